@@ -1,0 +1,169 @@
+//! The `--simulate` syntax: `gpus=8,model=h100-sxm,scenario=thermal[,seed=N][,hide=energy+pcie_replays]`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{GpuModel, Scenario};
+use crate::{BackendError, Field};
+
+/// Default GPU count when `gpus=` is not given: an 8-GPU server, the common shape.
+pub const DEFAULT_GPUS: u32 = 8;
+/// Upper bound on simulated GPUs per host, as on the largest real servers (NVL16 and friends).
+pub const MAX_GPUS: u32 = 16;
+
+/// What to simulate on one host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSpec {
+    /// GPUs on the host, 1..=[`MAX_GPUS`]; default [`DEFAULT_GPUS`].
+    pub gpus: u32,
+    /// Default `h100-sxm`.
+    pub model: GpuModel,
+    /// Default `training`.
+    pub scenario: Scenario,
+    /// Seeds the random walk and the UUIDs; hosts with different seeds have different GPUs. Default 1.
+    pub seed: u64,
+    /// Fields the simulated host does not expose, as on an opaque cloud host.
+    pub hidden: Vec<Field>,
+}
+
+impl Default for SimSpec {
+    fn default() -> Self {
+        SimSpec {
+            gpus: DEFAULT_GPUS,
+            model: GpuModel::H100Sxm,
+            scenario: Scenario::Training,
+            seed: 1,
+            hidden: Vec::new(),
+        }
+    }
+}
+
+impl FromStr for SimSpec {
+    type Err = BackendError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: String| BackendError::InvalidSimSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let mut out = SimSpec::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                invalid(format!(
+                    "{part:?} is not key=value; write e.g. gpus=8,model=h100-sxm,scenario=thermal"
+                ))
+            })?;
+            match key.trim() {
+                "gpus" => {
+                    out.gpus = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_GPUS).contains(n))
+                        .ok_or_else(|| {
+                            invalid(format!("gpus={value}: give a whole number from 1 to {MAX_GPUS}"))
+                        })?
+                }
+                "model" => {
+                    out.model = GpuModel::parse(value).ok_or_else(|| {
+                        invalid(format!(
+                            "unknown model {value:?}; known models: {}",
+                            GpuModel::NAMES.map(|(n, _)| n).join(", ")
+                        ))
+                    })?
+                }
+                "scenario" => {
+                    out.scenario = Scenario::parse(value).ok_or_else(|| {
+                        invalid(format!(
+                            "unknown scenario {value:?}; known scenarios: {}",
+                            Scenario::NAMES.map(|(n, _)| n).join(", ")
+                        ))
+                    })?
+                }
+                "seed" => {
+                    out.seed = value
+                        .parse()
+                        .map_err(|_| invalid(format!("seed={value}: give a whole number")))?
+                }
+                "hide" => {
+                    out.hidden = value
+                        .split('+')
+                        .map(|name| {
+                            Field::ALL
+                                .into_iter()
+                                .find(|f| f.name() == name)
+                                .ok_or_else(|| {
+                                    invalid(format!(
+                                        "hide: unknown field {name:?}; known fields: {}",
+                                        Field::ALL.map(Field::name).join(", ")
+                                    ))
+                                })
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown key {other:?}; known keys: gpus, model, scenario, seed, hide"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for SimSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "gpus={},model={},scenario={},seed={}",
+            self.gpus,
+            self.model.name(),
+            self.scenario.name(),
+            self.seed
+        )?;
+        if !self.hidden.is_empty() {
+            let names: Vec<_> = self.hidden.iter().map(|h| h.name()).collect();
+            write!(f, ",hide={}", names.join("+"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let s: SimSpec = "gpus=8,model=h100-sxm,scenario=thermal".parse().unwrap();
+        assert_eq!(s.gpus, 8);
+        assert_eq!(s.model, GpuModel::H100Sxm);
+        assert_eq!(s.scenario, Scenario::Thermal);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let s: SimSpec = "gpus=2,model=l4,scenario=pcie-degraded,seed=9,hide=energy+pcie_replays"
+            .parse()
+            .unwrap();
+        assert_eq!(s.to_string().parse::<SimSpec>().unwrap(), s);
+    }
+
+    #[test]
+    fn every_bad_spec_names_the_problem() {
+        for (spec, needle) in [
+            ("gpus=0", "from 1 to 16"),
+            ("gpus=x", "gpus=x"),
+            ("model=v100", "known models: h100-sxm"),
+            ("scenario=melting", "known scenarios: idle"),
+            ("seed=-1", "seed=-1"),
+            ("colour=red", "unknown key \"colour\""),
+            ("thermal", "is not key=value"),
+            ("hide=fan", "unknown field \"fan\""),
+        ] {
+            let err = spec.parse::<SimSpec>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+            assert!(err.contains(spec), "{spec}: error should quote the input: {err}");
+        }
+    }
+}
