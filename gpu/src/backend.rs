@@ -35,7 +35,10 @@ pub enum BackendError {
     )]
     NoPermission,
     #[error("NVML failed while {action}: {detail}")]
-    Nvml { action: &'static str, detail: String },
+    Nvml {
+        action: &'static str,
+        detail: String,
+    },
     #[error("invalid simulator spec {spec:?}: {reason}")]
     InvalidSimSpec { spec: String, reason: String },
 }

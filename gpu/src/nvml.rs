@@ -11,7 +11,9 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor, TemperatureT
 use nvml_wrapper::error::NvmlError;
 use tracing::{debug, info, warn};
 
-use crate::{BackendError, DeviceInfo, DeviceSample, DeviceState, GpuBackend, Reading, ThrottleReasons};
+use crate::{
+    BackendError, DeviceInfo, DeviceSample, DeviceState, GpuBackend, Reading, ThrottleReasons,
+};
 
 /// nvml.h NVML_NVLINK_MAX_LINKS: the most NVLink links a GPU can have.
 const NVLINK_MAX_LINKS: u32 = 18;
@@ -154,10 +156,10 @@ impl NvmlBackend {
             max_memory_clock_mhz: opt(device.max_clock_info(Clock::Memory)),
             default_power_limit_milliwatts: opt(device.power_management_limit_default()),
             slowdown_temperature_celsius: opt(
-                device.temperature_threshold(TemperatureThreshold::Slowdown),
+                device.temperature_threshold(TemperatureThreshold::Slowdown)
             ),
             shutdown_temperature_celsius: opt(
-                device.temperature_threshold(TemperatureThreshold::Shutdown),
+                device.temperature_threshold(TemperatureThreshold::Shutdown)
             ),
             max_pcie_generation: opt(device.max_pcie_link_gen()),
             max_pcie_width: opt(device.max_pcie_link_width()),
@@ -178,7 +180,8 @@ impl NvmlBackend {
         };
         let lost = std::cell::Cell::new(false);
         let read = |r| reading(r, info.index, &lost);
-        let utilization = reading(device.utilization_rates(), info.index, &lost).map(|u| (u.gpu, u.memory));
+        let utilization =
+            reading(device.utilization_rates(), info.index, &lost).map(|u| (u.gpu, u.memory));
         let sample = DeviceSample {
             uuid: info.uuid.clone(),
             state: DeviceState::Ok,
@@ -250,7 +253,11 @@ mod tests {
 
     #[test]
     fn transient_errors_are_failures() {
-        for e in [NvmlError::Timeout, NvmlError::Unknown, NvmlError::InsufficientSize(None)] {
+        for e in [
+            NvmlError::Timeout,
+            NvmlError::Unknown,
+            NvmlError::InsufficientSize(None),
+        ] {
             assert_eq!(classify(&e), ReadOutcome::Failed, "{e:?}");
         }
     }
@@ -269,7 +276,10 @@ mod tests {
     fn a_missing_library_is_a_clear_error_not_a_crash() {
         let err = NvmlBackend::open(Some(OsStr::new("/nonexistent/libnvidia-ml.so.1")))
             .expect_err("no library at that path");
-        assert!(matches!(err, BackendError::LibraryNotFound { .. }), "{err:?}");
+        assert!(
+            matches!(err, BackendError::LibraryNotFound { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("libnvidia-ml.so.1"), "{err}");
     }
 }

@@ -33,7 +33,10 @@ impl ThrottleReasons {
     /// Every named reason with its stable snake_case name, used as a metric label value.
     pub const NAMED: [(ThrottleReasons, &'static str); 9] = [
         (Self::GPU_IDLE, "gpu_idle"),
-        (Self::APPLICATIONS_CLOCKS_SETTING, "applications_clocks_setting"),
+        (
+            Self::APPLICATIONS_CLOCKS_SETTING,
+            "applications_clocks_setting",
+        ),
         (Self::SW_POWER_CAP, "sw_power_cap"),
         (Self::HW_SLOWDOWN, "hw_slowdown"),
         (Self::SYNC_BOOST, "sync_boost"),

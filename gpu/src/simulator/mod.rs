@@ -136,8 +136,15 @@ impl Simulator {
         let default_limit_w = f64::from(m.default_power_limit_watts);
         let jitter = |rng: &mut SmallRng, spread: f64| rng.random_range(-spread..=spread);
 
-        let (util, mem_util, sm_clock, target_temp, power_w, limit_w, mut reasons): (f64, f64, f64, f64, f64, f64, ThrottleReasons) = match scenario
-        {
+        let (util, mem_util, sm_clock, target_temp, power_w, limit_w, mut reasons): (
+            f64,
+            f64,
+            f64,
+            f64,
+            f64,
+            f64,
+            ThrottleReasons,
+        ) = match scenario {
             Scenario::Idle => (
                 0.0,
                 0.0,
@@ -198,7 +205,10 @@ impl Simulator {
             Scenario::Idle => (1, m.max_pcie_width),
             Scenario::PcieDegraded => {
                 g.pcie_replays += g.rng.random_range(5..40);
-                (m.max_pcie_generation.saturating_sub(2).max(1), m.max_pcie_width / 2)
+                (
+                    m.max_pcie_generation.saturating_sub(2).max(1),
+                    m.max_pcie_width / 2,
+                )
             }
             _ => (m.max_pcie_generation, m.max_pcie_width),
         };
@@ -290,15 +300,30 @@ mod tests {
             for (scenario, _) in Scenario::NAMES {
                 let (sim, ticks) = run(&format!("gpus=2,model={model},scenario={scenario}"), 40);
                 let spec = sim.model;
-                for s in ticks.iter().flatten().filter(|s| s.state == DeviceState::Ok) {
+                for s in ticks
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.state == DeviceState::Ok)
+                {
                     let sm = s.sm_clock_mhz.value().unwrap();
-                    assert!(sm >= spec.idle_sm_clock_mhz && sm <= spec.max_sm_clock_mhz, "{model}/{scenario}: sm {sm}");
+                    assert!(
+                        sm >= spec.idle_sm_clock_mhz && sm <= spec.max_sm_clock_mhz,
+                        "{model}/{scenario}: sm {sm}"
+                    );
                     let t = s.temperature_celsius.value().unwrap();
-                    assert!((20..spec.shutdown_temperature_celsius).contains(&t), "{model}/{scenario}: temp {t}");
+                    assert!(
+                        (20..spec.shutdown_temperature_celsius).contains(&t),
+                        "{model}/{scenario}: temp {t}"
+                    );
                     let p = s.power_usage_milliwatts.value().unwrap();
-                    assert!(p <= s.power_limit_milliwatts.value().unwrap() + 1000, "{model}/{scenario}: power {p}");
+                    assert!(
+                        p <= s.power_limit_milliwatts.value().unwrap() + 1000,
+                        "{model}/{scenario}: power {p}"
+                    );
                     assert!(s.gpu_utilization_percent.value().unwrap() <= 100);
-                    assert!(s.memory_used_bytes.value().unwrap() <= spec.memory_total_mib * 1024 * 1024);
+                    assert!(
+                        s.memory_used_bytes.value().unwrap() <= spec.memory_total_mib * 1024 * 1024
+                    );
                 }
             }
         }
@@ -307,8 +332,14 @@ mod tests {
     #[test]
     fn energy_and_replays_only_grow() {
         let (_, ticks) = run("gpus=1,scenario=pcie-degraded", 30);
-        let energy: Vec<u64> = ticks.iter().map(|t| t[0].energy_millijoules.value().unwrap()).collect();
-        let replays: Vec<u64> = ticks.iter().map(|t| t[0].pcie_replays.value().unwrap()).collect();
+        let energy: Vec<u64> = ticks
+            .iter()
+            .map(|t| t[0].energy_millijoules.value().unwrap())
+            .collect();
+        let replays: Vec<u64> = ticks
+            .iter()
+            .map(|t| t[0].pcie_replays.value().unwrap())
+            .collect();
         assert!(energy.windows(2).all(|w| w[1] > w[0]));
         assert!(replays.windows(2).all(|w| w[1] > w[0]));
     }
@@ -329,12 +360,26 @@ mod tests {
 
         let thermal = &last("gpus=1,scenario=thermal")[0];
         assert!(thermal.temperature_celsius.value().unwrap() >= h100.slowdown_temperature_celsius);
-        assert!(thermal.throttle_reasons.value().unwrap().contains(ThrottleReasons::HW_THERMAL_SLOWDOWN));
+        assert!(
+            thermal
+                .throttle_reasons
+                .value()
+                .unwrap()
+                .contains(ThrottleReasons::HW_THERMAL_SLOWDOWN)
+        );
         assert!(thermal.sm_clock_mhz.value().unwrap() < h100.max_sm_clock_mhz * 3 / 4);
 
         let capped = &last("gpus=1,scenario=power-cap")[0];
-        assert!(capped.power_limit_milliwatts.value().unwrap() < h100.default_power_limit_watts * 1000);
-        assert!(capped.throttle_reasons.value().unwrap().contains(ThrottleReasons::SW_POWER_CAP));
+        assert!(
+            capped.power_limit_milliwatts.value().unwrap() < h100.default_power_limit_watts * 1000
+        );
+        assert!(
+            capped
+                .throttle_reasons
+                .value()
+                .unwrap()
+                .contains(ThrottleReasons::SW_POWER_CAP)
+        );
 
         let pcie = &last("gpus=1,scenario=pcie-degraded")[0];
         assert!(pcie.pcie_generation.value().unwrap() < h100.max_pcie_generation);
@@ -342,7 +387,12 @@ mod tests {
 
         let idle = &last("gpus=1,scenario=idle")[0];
         assert_eq!(idle.gpu_utilization_percent.value(), Some(0));
-        assert!(idle.throttle_reasons.value().unwrap().contains(ThrottleReasons::GPU_IDLE));
+        assert!(
+            idle.throttle_reasons
+                .value()
+                .unwrap()
+                .contains(ThrottleReasons::GPU_IDLE)
+        );
 
         let lost = last("gpus=4,scenario=lost");
         assert_eq!(lost[3].state, DeviceState::Lost);

@@ -60,7 +60,9 @@ impl FromStr for SimSpec {
                         .ok()
                         .filter(|n| (1..=MAX_GPUS).contains(n))
                         .ok_or_else(|| {
-                            invalid(format!("gpus={value}: give a whole number from 1 to {MAX_GPUS}"))
+                            invalid(format!(
+                                "gpus={value}: give a whole number from 1 to {MAX_GPUS}"
+                            ))
                         })?
                 }
                 "model" => {
@@ -163,7 +165,10 @@ mod tests {
         ] {
             let err = spec.parse::<SimSpec>().unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");
-            assert!(err.contains(spec), "{spec}: error should quote the input: {err}");
+            assert!(
+                err.contains(spec),
+                "{spec}: error should quote the input: {err}"
+            );
         }
     }
 }

@@ -1,0 +1,297 @@
+//! Host views to Prometheus metric families, built at scrape time from the views
+//! themselves: a host that is dropped from the source disappears from the next scrape,
+//! with no series to unregister.
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+
+use gpulse_gpu::{DeviceState, Field, FieldStatus, ThrottleReasons};
+
+use crate::names::{self, Def, Kind};
+use crate::{GpuView, HostView};
+
+/// Whatever holds host views: the collector's fleet state, or the agent's own host.
+pub trait HostSource: Send + Sync {
+    /// Calls `f` once for each host, under whatever lock the source needs.
+    fn for_each_host(&self, f: &mut dyn FnMut(&HostView));
+}
+
+/// A `prometheus::core::Collector` over a [`HostSource`].
+#[derive(Debug)]
+pub struct FleetCollector<S> {
+    source: S,
+}
+
+impl<S: HostSource> FleetCollector<S> {
+    pub fn new(source: S) -> Self {
+        FleetCollector { source }
+    }
+}
+
+impl<S: HostSource> Collector for FleetCollector<S> {
+    fn desc(&self) -> Vec<&Desc> {
+        // Series come and go with hosts; an unchecked collector has no fixed descriptors.
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = Families::default();
+        self.source.for_each_host(&mut |host| out.add_host(host));
+        out.finish()
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+/// Metrics collected so far, one bucket per metric definition in [`names::FLEET`] order.
+struct Families {
+    buckets: Vec<Vec<Metric>>,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Families {
+            buckets: vec![Vec::new(); names::FLEET.len()],
+        }
+    }
+}
+
+/// Converts NVML units to the base units in metric names.
+const HZ_PER_MHZ: f64 = 1e6;
+const WATTS_PER_MILLIWATT: f64 = 1e-3;
+const JOULES_PER_MILLIJOULE: f64 = 1e-3;
+
+impl Families {
+    fn push(&mut self, def: &Def, labels: Vec<LabelPair>, value: f64) {
+        let i = names::FLEET
+            .iter()
+            .position(|d| d.name == def.name)
+            .expect("every definition used is in names::FLEET");
+        let mut m = Metric::from_label(labels);
+        match def.kind {
+            Kind::Gauge => {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+            Kind::Counter => {
+                let mut c = Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            }
+        }
+        self.buckets[i].push(m);
+    }
+
+    fn add_host(&mut self, host: &HostView) {
+        let id = &host.identity;
+        let host_label = || vec![label(names::LABEL_HOST, &id.agent_id)];
+        let p = &id.provider;
+        let mut info = vec![
+            label(names::LABEL_HOST, &id.agent_id),
+            label("hostname", &id.hostname),
+            label("provider", &p.provider.value),
+            label("region", &p.region.value),
+            label("zone", &p.zone.value),
+            label("instance_type", &p.instance_type.value),
+            label("agent_version", &id.agent_version),
+            label("os", &id.facts.os),
+            label("kernel", &id.facts.kernel),
+        ];
+        info.extend(
+            id.labels
+                .iter()
+                .map(|(k, v)| label(&format!("label_{k}"), v)),
+        );
+        self.push(&names::HOST_INFO, info, 1.0);
+        self.push(
+            &names::AGENT_UP,
+            host_label(),
+            f64::from(u8::from(host.connected)),
+        );
+        self.push(
+            &names::AGENT_LAST_SEEN,
+            host_label(),
+            host.last_seen_unix_ms as f64 / 1000.0,
+        );
+        for gpu in &host.gpus {
+            self.add_gpu(&id.agent_id, gpu);
+        }
+    }
+
+    fn add_gpu(&mut self, host: &str, gpu: &GpuView) {
+        let d = &gpu.info;
+        let index = d.index.to_string();
+        let base = || {
+            vec![
+                label(names::LABEL_HOST, host),
+                label(names::LABEL_GPU, &index),
+                label(names::LABEL_UUID, &d.uuid),
+                label(names::LABEL_MODEL, &d.model),
+            ]
+        };
+        let with = |extra: &[(&str, &str)]| {
+            let mut l = base();
+            l.extend(extra.iter().map(|(k, v)| label(k, v)));
+            l
+        };
+        self.push(
+            &names::GPU_INFO,
+            with(&[
+                ("pci_bus_id", &d.pci_bus_id),
+                ("driver_version", &d.driver_version),
+                ("vbios_version", &d.vbios_version),
+            ]),
+            1.0,
+        );
+        let inventory = [
+            (
+                &names::GPU_MEMORY_TOTAL,
+                d.memory_total_bytes.map(|v| v as f64),
+            ),
+            (
+                &names::GPU_SM_CLOCK_MAX,
+                d.max_sm_clock_mhz.map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_MEMORY_CLOCK_MAX,
+                d.max_memory_clock_mhz.map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_POWER_DEFAULT_LIMIT,
+                d.default_power_limit_milliwatts
+                    .map(|v| f64::from(v) * WATTS_PER_MILLIWATT),
+            ),
+            (
+                &names::GPU_SLOWDOWN_TEMPERATURE,
+                d.slowdown_temperature_celsius.map(f64::from),
+            ),
+            (
+                &names::GPU_SHUTDOWN_TEMPERATURE,
+                d.shutdown_temperature_celsius.map(f64::from),
+            ),
+            (
+                &names::GPU_PCIE_MAX_GENERATION,
+                d.max_pcie_generation.map(f64::from),
+            ),
+            (&names::GPU_PCIE_MAX_WIDTH, d.max_pcie_width.map(f64::from)),
+        ];
+        for (def, value) in inventory {
+            if let Some(v) = value {
+                self.push(def, base(), v);
+            }
+        }
+        let Some(s) = &gpu.latest else { return };
+        let lost = s.state == DeviceState::Lost;
+        self.push(&names::GPU_LOST, base(), f64::from(u8::from(lost)));
+        if lost {
+            // A lost GPU says nothing about its fields: no values, no support claims.
+            return;
+        }
+        let readings = [
+            (
+                &names::GPU_UTILIZATION,
+                s.gpu_utilization_percent
+                    .value()
+                    .map(|v| f64::from(v) / 100.0),
+            ),
+            (
+                &names::GPU_MEMORY_UTILIZATION,
+                s.memory_utilization_percent
+                    .value()
+                    .map(|v| f64::from(v) / 100.0),
+            ),
+            (
+                &names::GPU_SM_CLOCK,
+                s.sm_clock_mhz.value().map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_MEMORY_CLOCK,
+                s.memory_clock_mhz
+                    .value()
+                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_TEMPERATURE,
+                s.temperature_celsius.value().map(f64::from),
+            ),
+            (
+                &names::GPU_POWER_USAGE,
+                s.power_usage_milliwatts
+                    .value()
+                    .map(|v| f64::from(v) * WATTS_PER_MILLIWATT),
+            ),
+            (
+                &names::GPU_POWER_LIMIT,
+                s.power_limit_milliwatts
+                    .value()
+                    .map(|v| f64::from(v) * WATTS_PER_MILLIWATT),
+            ),
+            (
+                &names::GPU_ENERGY,
+                s.energy_millijoules
+                    .value()
+                    .map(|v| v as f64 * JOULES_PER_MILLIJOULE),
+            ),
+            (
+                &names::GPU_MEMORY_USED,
+                s.memory_used_bytes.value().map(|v| v as f64),
+            ),
+            (
+                &names::GPU_PCIE_GENERATION,
+                s.pcie_generation.value().map(f64::from),
+            ),
+            (&names::GPU_PCIE_WIDTH, s.pcie_width.value().map(f64::from)),
+            (
+                &names::GPU_PCIE_REPLAYS,
+                s.pcie_replays.value().map(|v| v as f64),
+            ),
+        ];
+        for (def, value) in readings {
+            if let Some(v) = value {
+                self.push(def, base(), v);
+            }
+        }
+        if let Some(reasons) = s.throttle_reasons.value() {
+            for (flag, name) in ThrottleReasons::NAMED {
+                self.push(
+                    &names::GPU_THROTTLE_ACTIVE,
+                    with(&[("reason", name)]),
+                    f64::from(u8::from(reasons.contains(flag))),
+                );
+            }
+        }
+        for field in Field::ALL {
+            let supported = s.field_status(field) != FieldStatus::Unsupported;
+            self.push(
+                &names::GPU_FIELD_SUPPORTED,
+                with(&[("field", field.name())]),
+                f64::from(u8::from(supported)),
+            );
+        }
+    }
+
+    fn finish(self) -> Vec<MetricFamily> {
+        names::FLEET
+            .iter()
+            .zip(self.buckets)
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|(def, metrics)| {
+                let mut f = MetricFamily::default();
+                f.set_name(def.name.to_string());
+                f.set_help(def.help.to_string());
+                f.set_field_type(match def.kind {
+                    Kind::Gauge => MetricType::GAUGE,
+                    Kind::Counter => MetricType::COUNTER,
+                });
+                f.set_metric(metrics);
+                f
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,180 @@
+//! Every metric gpulse exposes, with its type and help text. Names are API: a rename
+//! needs a migration note in docs/metrics.md.
+//!
+//! Naming follows Prometheus: `gpulse_<subsystem>_<name>_<base unit>[_total]`, ratios
+//! in 0..1, temperatures in celsius, power in watts, energy in joules, clocks in hertz.
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// A metric's name, type and help text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Def {
+    Def {
+        name,
+        kind: Kind::Gauge,
+        help,
+    }
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Def {
+    Def {
+        name,
+        kind: Kind::Counter,
+        help,
+    }
+}
+
+// Labels on every per-GPU series.
+pub const LABEL_HOST: &str = "host";
+pub const LABEL_GPU: &str = "gpu";
+pub const LABEL_UUID: &str = "UUID";
+pub const LABEL_MODEL: &str = "model";
+
+pub const GPU_INFO: Def = gauge(
+    "gpulse_gpu_info",
+    "GPU inventory as labels (PCI bus id, driver, VBIOS); value is always 1.",
+);
+pub const GPU_LOST: Def = gauge(
+    "gpulse_gpu_lost",
+    "1 when the GPU stopped answering (fallen off the bus), else 0.",
+);
+pub const GPU_UTILIZATION: Def = gauge(
+    "gpulse_gpu_utilization_ratio",
+    "Share of the last sample period in which a kernel ran on the GPU (0..1).",
+);
+pub const GPU_MEMORY_UTILIZATION: Def = gauge(
+    "gpulse_gpu_memory_utilization_ratio",
+    "Share of the last sample period in which device memory was read or written (0..1).",
+);
+pub const GPU_SM_CLOCK: Def = gauge("gpulse_gpu_sm_clock_hertz", "Current SM clock in hertz.");
+pub const GPU_SM_CLOCK_MAX: Def = gauge(
+    "gpulse_gpu_sm_clock_max_hertz",
+    "Maximum SM clock in hertz.",
+);
+pub const GPU_MEMORY_CLOCK: Def = gauge(
+    "gpulse_gpu_memory_clock_hertz",
+    "Current memory clock in hertz.",
+);
+pub const GPU_MEMORY_CLOCK_MAX: Def = gauge(
+    "gpulse_gpu_memory_clock_max_hertz",
+    "Maximum memory clock in hertz.",
+);
+pub const GPU_TEMPERATURE: Def = gauge(
+    "gpulse_gpu_temperature_celsius",
+    "GPU die temperature in degrees celsius.",
+);
+pub const GPU_SLOWDOWN_TEMPERATURE: Def = gauge(
+    "gpulse_gpu_slowdown_temperature_celsius",
+    "Temperature in degrees celsius at which the hardware starts slowing the GPU down.",
+);
+pub const GPU_SHUTDOWN_TEMPERATURE: Def = gauge(
+    "gpulse_gpu_shutdown_temperature_celsius",
+    "Temperature in degrees celsius at which the GPU shuts down to protect itself.",
+);
+pub const GPU_POWER_USAGE: Def = gauge(
+    "gpulse_gpu_power_usage_watts",
+    "Power draw in watts (a one-second average on Ampere and later).",
+);
+pub const GPU_POWER_LIMIT: Def = gauge(
+    "gpulse_gpu_power_limit_watts",
+    "Enforced power limit in watts; below the default limit means a cap, often the provider's.",
+);
+pub const GPU_POWER_DEFAULT_LIMIT: Def = gauge(
+    "gpulse_gpu_power_default_limit_watts",
+    "Default power limit of the board in watts.",
+);
+pub const GPU_ENERGY: Def = counter(
+    "gpulse_gpu_energy_joules_total",
+    "Energy consumed in joules since the driver loaded (resets when it reloads).",
+);
+pub const GPU_THROTTLE_ACTIVE: Def = gauge(
+    "gpulse_gpu_throttle_active",
+    "1 while the named clock-event (throttle) reason holds the clocks down, else 0.",
+);
+pub const GPU_MEMORY_USED: Def = gauge(
+    "gpulse_gpu_memory_used_bytes",
+    "Device memory in use in bytes.",
+);
+pub const GPU_MEMORY_TOTAL: Def = gauge(
+    "gpulse_gpu_memory_total_bytes",
+    "Device memory installed in bytes.",
+);
+pub const GPU_PCIE_GENERATION: Def = gauge(
+    "gpulse_gpu_pcie_link_generation",
+    "Current PCIe link generation (idle links train down to save power).",
+);
+pub const GPU_PCIE_MAX_GENERATION: Def = gauge(
+    "gpulse_gpu_pcie_link_max_generation",
+    "Maximum PCIe link generation of the GPU and its slot.",
+);
+pub const GPU_PCIE_WIDTH: Def = gauge(
+    "gpulse_gpu_pcie_link_width_lanes",
+    "Current PCIe link width in lanes.",
+);
+pub const GPU_PCIE_MAX_WIDTH: Def = gauge(
+    "gpulse_gpu_pcie_link_max_width_lanes",
+    "Maximum PCIe link width in lanes.",
+);
+pub const GPU_PCIE_REPLAYS: Def = counter(
+    "gpulse_gpu_pcie_replays_total",
+    "PCIe replays since the driver loaded: link-level retransmissions, a sign of a bad link.",
+);
+pub const GPU_FIELD_SUPPORTED: Def = gauge(
+    "gpulse_gpu_field_supported",
+    "1 when the host exposes the named field of this GPU, 0 when it hides it.",
+);
+
+pub const HOST_INFO: Def = gauge(
+    "gpulse_host_info",
+    "Host identity as labels (hostname, provider, region, zone, instance type, agent version, operator labels as label_<key>); value is always 1.",
+);
+pub const AGENT_UP: Def = gauge(
+    "gpulse_agent_up",
+    "1 while the host's agent is connected, 0 after it went away (until its series expire).",
+);
+pub const AGENT_LAST_SEEN: Def = gauge(
+    "gpulse_agent_last_seen_timestamp_seconds",
+    "When the agent was last heard from, in seconds since the Unix epoch.",
+);
+
+/// Every per-host and per-GPU metric, in exposition order.
+pub const FLEET: [Def; 27] = [
+    HOST_INFO,
+    AGENT_UP,
+    AGENT_LAST_SEEN,
+    GPU_INFO,
+    GPU_LOST,
+    GPU_UTILIZATION,
+    GPU_MEMORY_UTILIZATION,
+    GPU_SM_CLOCK,
+    GPU_SM_CLOCK_MAX,
+    GPU_MEMORY_CLOCK,
+    GPU_MEMORY_CLOCK_MAX,
+    GPU_TEMPERATURE,
+    GPU_SLOWDOWN_TEMPERATURE,
+    GPU_SHUTDOWN_TEMPERATURE,
+    GPU_POWER_USAGE,
+    GPU_POWER_LIMIT,
+    GPU_POWER_DEFAULT_LIMIT,
+    GPU_ENERGY,
+    GPU_THROTTLE_ACTIVE,
+    GPU_MEMORY_USED,
+    GPU_MEMORY_TOTAL,
+    GPU_PCIE_GENERATION,
+    GPU_PCIE_MAX_GENERATION,
+    GPU_PCIE_WIDTH,
+    GPU_PCIE_MAX_WIDTH,
+    GPU_PCIE_REPLAYS,
+    GPU_FIELD_SUPPORTED,
+];
