@@ -1,1 +1,178 @@
+//! gpulse-agent: the daemon on every GPU host.
+//!
+//! It reads the host's GPUs through a [`gpulse_gpu::GpuBackend`] (NVML, or the
+//! simulator with `--simulate`) on its interval ([`sampler`]), keeps every batch until
+//! the collector acknowledges it ([`buffer`]) and streams them over gRPC, reconnecting
+//! with jittered backoff and replaying what was not acknowledged ([`uplink`]). It can
+//! also serve its own host on a local /metrics ([`local`]).
+//!
+//! It does not aggregate across hosts, price anything or evaluate alerts: the
+//! collector does.
 
+pub mod backoff;
+pub mod buffer;
+pub mod config;
+pub mod identity;
+pub mod local;
+pub mod sampler;
+pub mod uplink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use gpulse_gpu::simulator::Simulator;
+use gpulse_gpu::{BackendError, GpuBackend, HostIdentity};
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::local::{AgentMetrics, LocalHost};
+use crate::sampler::{BackendOpener, Sampler};
+use crate::uplink::{Shared, UplinkConfig};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen for local /metrics on {addr}: {source}; is another process using the port?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read auth token file {path}: {source}")]
+    Token {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The backend the configuration asks for: the simulator, or NVML.
+pub fn backend_opener(config: &AgentConfig) -> Result<BackendOpener, ConfigError> {
+    if let Some(spec) = config.sim_spec()? {
+        return Ok(Box::new(move || {
+            Ok(Box::new(Simulator::new(spec.clone())) as Box<dyn GpuBackend>)
+        }));
+    }
+    let library = config.nvml_library.clone();
+    Ok(Box::new(move || {
+        gpulse_gpu::nvml::NvmlBackend::open(library.as_deref().map(|p| p.as_os_str()))
+            .map(|b| Box::new(b) as Box<dyn GpuBackend>)
+    }))
+}
+
+/// Whether NVML can be opened here (used to choose real GPUs over the simulator).
+pub fn nvml_available() -> Result<usize, BackendError> {
+    gpulse_gpu::nvml::NvmlBackend::open(None).map(|b| b.inventory().len())
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// Where the local /metrics listens, when enabled.
+    pub http_addr: Option<SocketAddr>,
+    pub metrics: AgentMetrics,
+    pub local: Arc<LocalHost>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Stops sampling and closes the stream. Unacknowledged batches are not kept.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts an agent with the given identity and backend. `config` must be valid.
+pub async fn start(
+    config: AgentConfig,
+    identity: HostIdentity,
+    opener: BackendOpener,
+) -> Result<RunningAgent, AgentError> {
+    config.validate()?;
+    let auth_token = match &config.auth_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| AgentError::Token {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let local = Arc::new(LocalHost::default());
+    let (registry, metrics) = local::registry(local.clone())?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let http_addr = match config.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| AgentError::Bind { addr, source })?;
+            let mut http_stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, local::router(registry))
+                    .with_graceful_shutdown(async move {
+                        let _ = http_stop.wait_for(|s| *s).await;
+                    });
+                if let Err(e) = serve.await {
+                    error!(error = %e, "local /metrics server failed");
+                }
+            }));
+            info!(addr = %bound, "local /metrics listening");
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let shared = Arc::new(Shared::new(config.max_buffered_batches, metrics.clone()));
+    let (hello_tx, hello_rx) = watch::channel(gpulse_proto::hello(&identity, &[], 0));
+    let jitter_seed = identity
+        .agent_id
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let sampler = Sampler {
+        opener,
+        identity,
+        interval: config.interval,
+        retry: config.nvml_retry,
+        shared: shared.clone(),
+        local: local.clone(),
+        hello: hello_tx,
+    };
+    // The first Hello must carry the inventory: open the backend before connecting.
+    let sampler_stop = stop_rx.clone();
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    tasks.push(tokio::spawn(async move {
+        sampler.run_with_ready(sampler_stop, opened_tx).await;
+    }));
+    let _ = opened_rx.await;
+    let uplink_config = UplinkConfig {
+        collector: config.collector.clone(),
+        connect_timeout: config.connect_timeout,
+        backoff_initial: config.backoff_initial,
+        backoff_max: config.backoff_max,
+        auth_token,
+        jitter_seed,
+    };
+    tasks.push(tokio::spawn(uplink::run(shared, uplink_config, hello_rx, stop_rx)));
+    Ok(RunningAgent {
+        http_addr,
+        metrics,
+        local,
+        stop,
+        tasks,
+    })
+}

@@ -1,1 +1,233 @@
+//! gpulse-collector: receives agent streams and serves the fleet to Prometheus.
+//!
+//! It validates and deduplicates what agents send ([`ingest`], [`validate`]), keeps
+//! the latest state of every host ([`fleet`]), and serves /metrics, /healthz and
+//! /readyz ([`http`]). [`start`] binds and runs everything; the `gpulse-collector`
+//! binary is a thin command line over it.
+//!
+//! It does not read GPUs (it links no NVML code) and keeps no history yet: the
+//! Prometheus server that scrapes it does.
 
+pub mod auth;
+pub mod config;
+pub mod fleet;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tracing::{error, info};
+
+use gpulse_exposition::FleetCollector;
+use gpulse_proto::v1::ingest_server::IngestServer;
+
+use crate::auth::BearerToken;
+use crate::config::{CollectorConfig, ConfigError};
+use crate::fleet::Fleet;
+use crate::metrics::SelfMetrics;
+use crate::validate::RejectKind;
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen for {what} on {addr}: {source}; is another process using the port?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}; set --data-dir to a writable directory")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Token(String),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The example configuration file, generated from the defaults.
+pub fn example_config() -> String {
+    let body = toml::to_string_pretty(&CollectorConfig::default()).expect("the defaults serialise");
+    format!(
+        "# gpulse-collector configuration: every setting with its default.\n\
+         # Generated from the code's defaults; see README.md for what each one means.\n\
+         # Unset by default: auth_token_file = \"/etc/gpulse/token\"\n\n{body}"
+    )
+}
+
+/// A running collector. Dropping it does not stop it; call [`RunningCollector::shutdown`].
+#[derive(Debug)]
+pub struct RunningCollector {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub fleet: Arc<Fleet>,
+    pub registry: Registry,
+    pub metrics: SelfMetrics,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningCollector {
+    /// Stops accepting, closes agent streams and waits for the servers to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Validates the configuration, binds both listeners and starts serving.
+pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let token = config
+        .auth_token_file
+        .as_deref()
+        .map(BearerToken::from_file)
+        .transpose()
+        .map_err(StartError::Token)?;
+
+    let registry = Registry::new();
+    let metrics = SelfMetrics::new(&registry)?;
+    let fleet = Fleet::new(config.limits.clone());
+    registry.register(Box::new(FleetCollector::new(fleet.clone())))?;
+
+    let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;
+    let http_listener = bind("HTTP", config.http_listen).await?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "agents (gRPC)",
+        addr: config.grpc_listen,
+        source,
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "HTTP",
+        addr: config.http_listen,
+        source,
+    })?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+
+    let service = ingest::IngestService::new(
+        fleet.clone(),
+        metrics.clone(),
+        config.hello_timeout,
+        stop_rx.clone(),
+    );
+    let server = IngestServer::new(service)
+        .max_decoding_message_size(config.limits.max_message_bytes);
+    let grpc_token = token.clone();
+    let grpc_metrics = metrics.clone();
+    let interceptor = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
+        match &grpc_token {
+            None => Ok(req),
+            Some(t) => {
+                let header = req
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok());
+                if t.accepts(header.as_ref()) {
+                    Ok(req)
+                } else {
+                    grpc_metrics.reject(RejectKind::Unauthenticated);
+                    Err(tonic::Status::unauthenticated(
+                        "missing or wrong bearer token: set auth_token_file in the agent's config",
+                    ))
+                }
+            }
+        }
+    };
+    let grpc_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(InterceptedService::new(server, interceptor))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(grpc_stop))
+            .await;
+        if let Err(e) = result {
+            error!(error = %e, "gRPC server failed; agents cannot deliver data");
+        }
+    }));
+
+    let app = http::router(http::HttpState {
+        registry: registry.clone(),
+        ready: ready.clone(),
+        token,
+    });
+    let http_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stopped(http_stop))
+            .await
+        {
+            error!(error = %e, "HTTP server failed; /metrics is not served");
+        }
+    }));
+
+    let expiry = config.agent_expiry;
+    let expiry_fleet = fleet.clone();
+    let expiry_metrics = metrics.clone();
+    let mut expiry_stop = stop_rx;
+    tasks.push(tokio::spawn(async move {
+        // Check often enough that series go within a tenth of the expiry, at most every 5 s.
+        let period = (expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = expiry_stop.wait_for(|s| *s) => break,
+            }
+            let gone = expiry_fleet.expire(ingest::now_unix_ms(), expiry.as_millis() as i64);
+            if !gone.is_empty() {
+                info!(agents = ?gone, "expired agents that stayed away longer than {:?}", expiry);
+                expiry_metrics.agents_expired.inc_by(gone.len() as u64);
+                let (connected, known) = expiry_fleet.agent_counts();
+                expiry_metrics.agents_connected.set(connected as i64);
+                expiry_metrics.agents_known.set(known as i64);
+            }
+        }
+    }));
+
+    ready.store(true, Ordering::Release);
+    info!(grpc = %grpc_addr, http = %http_addr, "collector serving");
+    Ok(RunningCollector {
+        grpc_addr,
+        http_addr,
+        fleet,
+        registry,
+        metrics,
+        stop,
+        tasks,
+    })
+}

@@ -1,1 +1,98 @@
-fn main() {}
+//! `gpulse-collector`: receives GPU telemetry from agents and serves it to Prometheus.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use gpulse_collector::config::CollectorConfig;
+
+/// Receives GPU telemetry from gpulse agents over gRPC and serves it to Prometheus.
+///
+/// Settings come from the config file, then GPULSE_COLLECTOR_* environment variables,
+/// then flags; each overrides the one before.
+#[derive(Debug, Parser)]
+#[command(name = "gpulse-collector", version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "GPULSE_COLLECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC address agents connect to [default: 127.0.0.1:7431].
+    #[arg(long, env = "GPULSE_COLLECTOR_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:7432].
+    #[arg(long, env = "GPULSE_COLLECTOR_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Directory for durable state [default: gpulse-data].
+    #[arg(long, env = "GPULSE_COLLECTOR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Series of an agent gone this long disappear, e.g. "5m" [default: 5m].
+    #[arg(long, env = "GPULSE_COLLECTOR_AGENT_EXPIRY", value_parser = humantime::parse_duration)]
+    agent_expiry: Option<Duration>,
+    /// File with the bearer token agents and scrapers must present.
+    #[arg(long, env = "GPULSE_COLLECTOR_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Allow listening beyond loopback with no authentication (trusted networks only).
+    #[arg(long, env = "GPULSE_COLLECTOR_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// Print an example configuration file with every default, then exit.
+    #[arg(long)]
+    print_example_config: bool,
+}
+
+impl Cli {
+    fn into_config(self) -> anyhow::Result<CollectorConfig> {
+        let mut c = match &self.config {
+            Some(path) => CollectorConfig::from_file(path)?,
+            None => CollectorConfig::default(),
+        };
+        if let Some(v) = self.grpc_listen {
+            c.grpc_listen = v;
+        }
+        if let Some(v) = self.http_listen {
+            c.http_listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.agent_expiry {
+            c.agent_expiry = v;
+        }
+        if let Some(v) = self.auth_token_file {
+            c.auth_token_file = Some(v);
+        }
+        c.allow_unauthenticated |= self.allow_unauthenticated;
+        Ok(c)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    if cli.print_example_config {
+        print!("{}", gpulse_collector::example_config());
+        return Ok(());
+    }
+    let config = cli.into_config()?;
+    let running = gpulse_collector::start(config)
+        .await
+        .context("the collector could not start")?;
+    println!(
+        "gpulse-collector: agents -> {}  metrics -> http://{}/metrics",
+        running.grpc_addr, running.http_addr
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}

@@ -16,6 +16,12 @@ pub trait HostSource: Send + Sync {
     fn for_each_host(&self, f: &mut dyn FnMut(&HostView));
 }
 
+impl<T: HostSource + ?Sized> HostSource for std::sync::Arc<T> {
+    fn for_each_host(&self, f: &mut dyn FnMut(&HostView)) {
+        (**self).for_each_host(f)
+    }
+}
+
 /// A `prometheus::core::Collector` over a [`HostSource`].
 #[derive(Debug)]
 pub struct FleetCollector<S> {
@@ -109,6 +115,11 @@ impl Families {
                 .map(|(k, v)| label(&format!("label_{k}"), v)),
         );
         self.push(&names::HOST_INFO, info, 1.0);
+        if !id.gpu_backend_error.is_empty() {
+            let mut l = host_label();
+            l.push(label("reason", &id.gpu_backend_error));
+            self.push(&names::HOST_GPU_BACKEND_ERROR, l, 1.0);
+        }
         self.push(
             &names::AGENT_UP,
             host_label(),

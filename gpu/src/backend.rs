@@ -42,3 +42,16 @@ pub enum BackendError {
     #[error("invalid simulator spec {spec:?}: {reason}")]
     InvalidSimSpec { spec: String, reason: String },
 }
+
+impl BackendError {
+    /// A bounded kind, for metric labels and the Hello.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::LibraryNotFound { .. } => "library_not_found",
+            BackendError::DriverNotLoaded => "driver_not_loaded",
+            BackendError::NoPermission => "no_permission",
+            BackendError::Nvml { .. } => "nvml_error",
+            BackendError::InvalidSimSpec { .. } => "invalid_sim_spec",
+        }
+    }
+}

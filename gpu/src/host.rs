@@ -82,4 +82,7 @@ pub struct HostIdentity {
     pub facts: HostFacts,
     /// Operator-chosen labels (team, cluster, ...).
     pub labels: BTreeMap<String, String>,
+    /// Why the agent cannot read this host's GPUs, as a bounded kind
+    /// ([`crate::BackendError::kind`]); empty when it can.
+    pub gpu_backend_error: String,
 }

@@ -278,6 +278,7 @@ pub fn hello(identity: &HostIdentity, gpus: &[DeviceInfo], interval_ms: u64) -> 
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         interval_ms,
+        gpu_backend_error: identity.gpu_backend_error.clone(),
     }
 }
 
@@ -309,6 +310,7 @@ pub fn identity_from_hello(h: v1::Hello) -> (HostIdentity, Vec<DeviceInfo>) {
             memory_total_bytes: f.memory_total_bytes,
         },
         labels: h.labels.into_iter().collect(),
+        gpu_backend_error: h.gpu_backend_error,
     };
     (identity, h.gpus.into_iter().map(Into::into).collect())
 }
@@ -353,6 +355,7 @@ mod tests {
                 ..ProviderIdentity::default()
             },
             labels: [("team".to_string(), "ml".to_string())].into(),
+            gpu_backend_error: "driver_not_loaded".into(),
             ..HostIdentity::default()
         };
         let (id, gpus) = identity_from_hello(hello(&identity, sim.inventory(), 5000));

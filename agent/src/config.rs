@@ -1,0 +1,281 @@
+//! Agent configuration: a TOML file, `GPULSE_AGENT_*` environment variables and
+//! command-line flags, in rising precedence. Every default is a named constant.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use gpulse_gpu::simulator::SimSpec;
+
+/// Default collector address: one on the same host.
+pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:7431";
+/// Default sampling interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Shortest interval accepted: NVML's utilisation counters average over about 1/6 s to 1 s.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Unacknowledged batches kept while the collector is away: one hour at the default interval.
+pub const DEFAULT_MAX_BUFFERED_BATCHES: usize = 720;
+/// First wait before reconnecting.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// Longest wait between reconnection attempts.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often to try opening NVML again after it failed (the driver may load after the agent).
+pub const DEFAULT_NVML_RETRY: Duration = Duration::from_secs(60);
+/// Time allowed to open a connection to the collector.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the host runs, as the operator states it. Stated values always win over detection.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// e.g. "aws", "gcp", "azure", "coreweave", "lambda", "on-prem". Default: unset.
+    pub name: String,
+    pub region: String,
+    pub zone: String,
+    pub instance_type: String,
+}
+
+/// The agent's configuration file (`--config`, TOML).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Collector gRPC URL. Default [`DEFAULT_COLLECTOR`].
+    pub collector: String,
+    /// Simulator spec (`gpus=8,model=h100-sxm,scenario=thermal`); unset: real GPUs through NVML.
+    pub simulate: Option<String>,
+    /// Sampling interval. Default 5s; at least 100ms.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Address for a local /metrics (same names as the collector's). Unset: no local HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// Stable identity of this agent. Default: the hostname.
+    pub agent_id: Option<String>,
+    /// Path of libnvidia-ml.so.1 when it is not on the loader's path.
+    pub nvml_library: Option<PathBuf>,
+    /// File with the collector's bearer token.
+    pub auth_token_file: Option<PathBuf>,
+    /// Unacknowledged batches kept; when full, the oldest is dropped and counted. Default 720.
+    pub max_buffered_batches: usize,
+    /// First reconnect wait; doubles, with jitter, up to `backoff_max`. Default 500ms.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest reconnect wait. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Time allowed to open a connection. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Retry period for opening NVML after a failure. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub nvml_retry: Duration,
+    pub provider: ProviderConfig,
+    /// Operator labels sent with the Hello (keys: [a-zA-Z_][a-zA-Z0-9_]*).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            collector: DEFAULT_COLLECTOR.to_string(),
+            simulate: None,
+            interval: DEFAULT_INTERVAL,
+            http_listen: None,
+            agent_id: None,
+            nvml_library: None,
+            auth_token_file: None,
+            max_buffered_batches: DEFAULT_MAX_BUFFERED_BATCHES,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            nvml_retry: DEFAULT_NVML_RETRY,
+            provider: ProviderConfig::default(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot work, with the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+impl AgentConfig {
+    /// Reads a TOML file; unknown keys are errors that name the key, line and file.
+    pub fn from_file(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The simulator spec, parsed, when one is set.
+    pub fn sim_spec(&self) -> Result<Option<SimSpec>, ConfigError> {
+        self.simulate
+            .as_deref()
+            .map(|s| {
+                s.parse().map_err(|e: gpulse_gpu::BackendError| ConfigError::Invalid {
+                    setting: "simulate",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Checks the settings, without touching the network or disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if !self.collector.starts_with("http://") {
+            return invalid(
+                "collector",
+                format!(
+                    "{:?} must be an http:// URL such as {DEFAULT_COLLECTOR}",
+                    self.collector
+                ),
+            );
+        }
+        if tonic::transport::Endpoint::from_shared(self.collector.clone()).is_err() {
+            return invalid("collector", format!("{:?} is not a valid URL", self.collector));
+        }
+        if self.interval < MIN_INTERVAL {
+            return invalid(
+                "interval",
+                format!("{:?} is shorter than the minimum of 100ms", self.interval),
+            );
+        }
+        if self.max_buffered_batches == 0 {
+            return invalid("max_buffered_batches", "must be at least 1".to_string());
+        }
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            return invalid(
+                "backoff_initial",
+                "must be more than 0s and no more than backoff_max".to_string(),
+            );
+        }
+        if let Some(id) = &self.agent_id
+            && (id.is_empty()
+                || id.len() > 128
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+        {
+            return invalid(
+                "agent_id",
+                format!("{id:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ - :"),
+            );
+        }
+        for key in self.labels.keys() {
+            let mut chars = key.chars();
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return invalid(
+                    "labels",
+                    format!("label key {key:?} must match [a-zA-Z_][a-zA-Z0-9_]*"),
+                );
+            }
+        }
+        self.sim_spec()?;
+        Ok(())
+    }
+}
+
+/// The example configuration file, generated from the defaults.
+pub fn example_config() -> String {
+    let body = toml::to_string_pretty(&AgentConfig::default()).expect("the defaults serialise");
+    format!(
+        "# gpulse-agent configuration: every setting with its default.\n\
+         # Generated from the code's defaults; see README.md for what each one means.\n\
+         # Unset by default: simulate, http_listen, agent_id, nvml_library, auth_token_file.\n\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, String> {
+        toml::from_str::<AgentConfig>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_config_reads() {
+        let c = parse(
+            "collector = \"http://collector:7431\"\ninterval = \"2s\"\n\
+             [provider]\nname = \"coreweave\"\nregion = \"us-east-04\"\n\
+             [labels]\nteam = \"ml\"",
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.provider.name, "coreweave");
+        assert_eq!(c.labels["team"], "ml");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_configs_name_the_key_and_line() {
+        for (text, needle) in [
+            ("colector = \"http://x:1\"", "unknown field `colector`"),
+            ("interval = 5", "interval"),
+            ("[provider]\nnme = \"aws\"", "unknown field `nme`"),
+            ("http_listen = \"nowhere\"", "http_listen"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(err.contains("line"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_do() {
+        for (c, needle) in [
+            (AgentConfig { collector: "collector:7431".into(), ..AgentConfig::default() }, "http:// URL"),
+            (AgentConfig { interval: Duration::from_millis(10), ..AgentConfig::default() }, "minimum of 100ms"),
+            (AgentConfig { simulate: Some("gpus=99".into()), ..AgentConfig::default() }, "from 1 to 16"),
+            (AgentConfig { agent_id: Some("a b".into()), ..AgentConfig::default() }, "agent_id"),
+            (
+                AgentConfig { labels: [("bad-key".to_string(), "x".to_string())].into(), ..AgentConfig::default() },
+                "bad-key",
+            ),
+        ] {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/agent.example.toml");
+        let generated = example_config();
+        if std::env::var_os("GPULSE_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            committed, generated,
+            "{} drifted from the defaults: run GPULSE_BLESS=1 cargo test -p gpulse-agent",
+            path.display()
+        );
+        assert_eq!(AgentConfig::from_file(&path).unwrap(), AgentConfig::default());
+    }
+}

@@ -1,0 +1,109 @@
+//! The agent's own metrics and its optional local /metrics, which shows this host
+//! under the same names the collector uses.
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder, Gauge};
+
+use gpulse_exposition::names::{self, Def};
+use gpulse_exposition::{FleetCollector, HostSource, HostView};
+
+/// The latest view of this host, for the local /metrics.
+#[derive(Debug, Default)]
+pub struct LocalHost {
+    view: RwLock<Option<HostView>>,
+}
+
+impl LocalHost {
+    pub fn update(&self, f: impl FnOnce(&mut Option<HostView>)) {
+        let mut guard = self.view.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard);
+    }
+
+    pub fn snapshot(&self) -> Option<HostView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl HostSource for LocalHost {
+    fn for_each_host(&self, f: &mut dyn FnMut(&HostView)) {
+        if let Some(v) = self.view.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            f(v);
+        }
+    }
+}
+
+/// Counters and gauges about the agent itself.
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    pub batches_sent: IntCounter,
+    pub batches_acked: IntCounter,
+    pub batches_rejected: IntCounter,
+    pub batches_dropped: IntCounter,
+    pub buffered_batches: IntGauge,
+    pub connects: IntCounterVec,
+    pub connected: IntGauge,
+    pub sample_duration: Gauge,
+}
+
+fn opts(def: &Def) -> Opts {
+    Opts::new(def.name, def.help)
+}
+
+impl AgentMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<AgentMetrics> {
+        let m = AgentMetrics {
+            batches_sent: IntCounter::with_opts(opts(&names::AGENT_BATCHES_SENT))?,
+            batches_acked: IntCounter::with_opts(opts(&names::AGENT_BATCHES_ACKED))?,
+            batches_rejected: IntCounter::with_opts(opts(&names::AGENT_BATCHES_REJECTED))?,
+            batches_dropped: IntCounter::with_opts(opts(&names::AGENT_BATCHES_DROPPED))?,
+            buffered_batches: IntGauge::with_opts(opts(&names::AGENT_BUFFERED_BATCHES))?,
+            connects: IntCounterVec::new(opts(&names::AGENT_CONNECTS), &["result"])?,
+            connected: IntGauge::with_opts(opts(&names::AGENT_CONNECTED))?,
+            sample_duration: Gauge::with_opts(opts(&names::AGENT_SAMPLE_DURATION))?,
+        };
+        registry.register(Box::new(m.batches_sent.clone()))?;
+        registry.register(Box::new(m.batches_acked.clone()))?;
+        registry.register(Box::new(m.batches_rejected.clone()))?;
+        registry.register(Box::new(m.batches_dropped.clone()))?;
+        registry.register(Box::new(m.buffered_batches.clone()))?;
+        registry.register(Box::new(m.connects.clone()))?;
+        registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.sample_duration.clone()))?;
+        for result in ["ok", "error"] {
+            m.connects.with_label_values(&[result]);
+        }
+        Ok(m)
+    }
+}
+
+/// A registry with the agent's metrics and its host's series.
+pub fn registry(host: Arc<LocalHost>) -> prometheus::Result<(Registry, AgentMetrics)> {
+    let registry = Registry::new();
+    let metrics = AgentMetrics::new(&registry)?;
+    registry.register(Box::new(FleetCollector::new(host)))?;
+    Ok((registry, metrics))
+}
+
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(registry)
+}
+
+async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("writing to a Vec cannot fail");
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        buf,
+    )
+}

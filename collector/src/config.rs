@@ -1,0 +1,258 @@
+//! Collector configuration: a TOML file, `GPULSE_COLLECTOR_*` environment variables
+//! and command-line flags, in rising precedence. Every default is a named constant.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default gRPC address agents connect to. Loopback: listening wider is a decision.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7431";
+/// Default HTTP address for /metrics, /healthz, /readyz.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7432";
+/// Default directory for the collector's durable state.
+pub const DEFAULT_DATA_DIR: &str = "gpulse-data";
+/// An agent gone this long has its series removed.
+pub const DEFAULT_AGENT_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// A Hello must arrive this soon after a stream opens.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agents connected at once; past it, new agents are refused (RESOURCE_EXHAUSTED).
+pub const DEFAULT_MAX_AGENTS: usize = 10_000;
+/// GPUs one host may declare; the largest servers have 16.
+pub const DEFAULT_MAX_GPUS_PER_HOST: usize = 64;
+/// Snapshots in one batch; agents send one per interval, more only when catching up.
+pub const DEFAULT_MAX_SNAPSHOTS_PER_BATCH: usize = 1024;
+/// Largest gRPC message accepted, in bytes (tonic's own default is 4 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Operator labels one host may carry.
+pub const DEFAULT_MAX_LABELS: usize = 16;
+/// Length of any identity string or label value, in bytes.
+pub const DEFAULT_MAX_STRING_BYTES: usize = 256;
+/// How far in the future a snapshot may claim to be (clock skew between hosts).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+/// How old a snapshot may be and still be accepted (agents replay after outages).
+pub const DEFAULT_MAX_SAMPLE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Limits on what agents may send. Each one refused is counted in
+/// `gpulse_collector_rejected_messages_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Agents connected at once. Default [`DEFAULT_MAX_AGENTS`].
+    pub max_agents: usize,
+    /// GPUs per host. Default [`DEFAULT_MAX_GPUS_PER_HOST`].
+    pub max_gpus_per_host: usize,
+    /// Snapshots per batch. Default [`DEFAULT_MAX_SNAPSHOTS_PER_BATCH`].
+    pub max_snapshots_per_batch: usize,
+    /// Largest message in bytes. Default [`DEFAULT_MAX_MESSAGE_BYTES`].
+    pub max_message_bytes: usize,
+    /// Operator labels per host. Default [`DEFAULT_MAX_LABELS`].
+    pub max_labels: usize,
+    /// Bytes in an identity string or label value. Default [`DEFAULT_MAX_STRING_BYTES`].
+    pub max_string_bytes: usize,
+    /// Future timestamps beyond this are refused. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Snapshots older than this are refused. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub max_sample_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_agents: DEFAULT_MAX_AGENTS,
+            max_gpus_per_host: DEFAULT_MAX_GPUS_PER_HOST,
+            max_snapshots_per_batch: DEFAULT_MAX_SNAPSHOTS_PER_BATCH,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_labels: DEFAULT_MAX_LABELS,
+            max_string_bytes: DEFAULT_MAX_STRING_BYTES,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            max_sample_age: DEFAULT_MAX_SAMPLE_AGE,
+        }
+    }
+}
+
+/// The collector's configuration file (`--config`, TOML).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// gRPC address agents stream to. Default [`DEFAULT_GRPC_LISTEN`].
+    pub grpc_listen: SocketAddr,
+    /// HTTP address for /metrics, /healthz and /readyz. Default [`DEFAULT_HTTP_LISTEN`].
+    pub http_listen: SocketAddr,
+    /// Directory for durable state. Default [`DEFAULT_DATA_DIR`] (relative to the working directory).
+    pub data_dir: PathBuf,
+    /// Series of an agent gone this long disappear. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub agent_expiry: Duration,
+    /// A stream must open with a Hello this soon. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// File holding the bearer token agents must present. Unset: no authentication.
+    pub auth_token_file: Option<PathBuf>,
+    /// Allow listening beyond loopback with no authentication. Default false.
+    pub allow_unauthenticated: bool,
+    pub limits: Limits,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default address"),
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            agent_expiry: DEFAULT_AGENT_EXPIRY,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            auth_token_file: None,
+            allow_unauthenticated: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration that cannot work, with the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+impl CollectorConfig {
+    /// Reads a TOML file; unknown keys are errors that name the key, line and file.
+    pub fn from_file(path: &Path) -> Result<CollectorConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks the settings against each other, without touching the network or disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        if self.agent_expiry < Duration::from_secs(1) {
+            return invalid("agent_expiry", "must be at least 1s");
+        }
+        if self.hello_timeout.is_zero() {
+            return invalid("hello_timeout", "must be more than 0s");
+        }
+        let l = &self.limits;
+        for (setting, value) in [
+            ("limits.max_agents", l.max_agents),
+            ("limits.max_gpus_per_host", l.max_gpus_per_host),
+            ("limits.max_snapshots_per_batch", l.max_snapshots_per_batch),
+            ("limits.max_string_bytes", l.max_string_bytes),
+        ] {
+            if value == 0 {
+                return invalid(setting, "must be at least 1");
+            }
+        }
+        if l.max_message_bytes < 64 * 1024 {
+            return invalid("limits.max_message_bytes", "must be at least 65536 (64 KiB)");
+        }
+        let wide = |a: &SocketAddr| !a.ip().is_loopback();
+        if self.auth_token_file.is_none()
+            && !self.allow_unauthenticated
+            && (wide(&self.grpc_listen) || wide(&self.http_listen))
+        {
+            return invalid(
+                "grpc_listen/http_listen",
+                &format!(
+                    "refusing to listen on {} / {} beyond loopback with no authentication: \
+                     set auth_token_file (--auth-token-file), or pass --allow-unauthenticated \
+                     if the network is trusted",
+                    self.grpc_listen, self.http_listen
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CollectorConfig, String> {
+        toml::from_str::<CollectorConfig>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations_read_like_durations() {
+        let c = parse("agent_expiry = \"90s\"\n[limits]\nmax_clock_skew = \"1m\"").unwrap();
+        assert_eq!(c.agent_expiry, Duration::from_secs(90));
+        assert_eq!(c.limits.max_clock_skew, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, needle) in [
+            ("grpc_lsten = \"127.0.0.1:1\"", "unknown field `grpc_lsten`"),
+            ("agent_expiry = 300", "agent_expiry"),
+            ("agent_expiry = \"5 parsecs\"", "agent_expiry"),
+            ("grpc_listen = \"localhost\"", "grpc_listen"),
+            ("[limits]\nmax_agnts = 3", "unknown field `max_agnts`"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(err.contains("line"), "{text}: the error should give the line: {err}");
+        }
+    }
+
+    #[test]
+    fn wide_listening_needs_auth_or_an_explicit_opt_in() {
+        let mut c = CollectorConfig {
+            grpc_listen: "0.0.0.0:7431".parse().unwrap(),
+            ..CollectorConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--allow-unauthenticated"), "{err}");
+        c.allow_unauthenticated = true;
+        c.validate().unwrap();
+        c.allow_unauthenticated = false;
+        c.auth_token_file = Some("/etc/gpulse/token".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        CollectorConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_config_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/collector.example.toml");
+        let generated = crate::example_config();
+        if std::env::var_os("GPULSE_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            committed, generated,
+            "{} drifted from the defaults: run GPULSE_BLESS=1 cargo test -p gpulse-collector",
+            path.display()
+        );
+        let parsed = CollectorConfig::from_file(&path).unwrap();
+        assert_eq!(parsed, CollectorConfig::default());
+    }
+}

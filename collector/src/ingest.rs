@@ -1,0 +1,237 @@
+//! The gRPC ingest service: one bidirectional stream per agent. Every message is
+//! validated; good batches are applied and acknowledged, bad ones are refused with a
+//! reason the agent can log, and nothing stored is changed by a refused message.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use gpulse_gpu::Snapshot;
+use gpulse_proto::v1::{self, agent_message, collector_message};
+
+use crate::fleet::{Applied, ApplyError, Fleet, Session};
+use crate::metrics::SelfMetrics;
+use crate::validate::{RejectKind, Rejection};
+
+/// Responses queued per stream before the handler waits for the agent to read them.
+const OUTBOUND_QUEUE: usize = 64;
+
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The `gpulse.v1.Ingest` service.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    fleet: Arc<Fleet>,
+    metrics: SelfMetrics,
+    hello_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl IngestService {
+    /// `stop` turning true ends every open stream, so a graceful shutdown does not wait
+    /// on streams that would otherwise never finish.
+    pub fn new(
+        fleet: Arc<Fleet>,
+        metrics: SelfMetrics,
+        hello_timeout: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        IngestService {
+            fleet,
+            metrics,
+            hello_timeout,
+            stop,
+        }
+    }
+
+    fn refuse(&self, r: &Rejection) -> Status {
+        self.metrics.reject(r.kind);
+        let code = match r.kind {
+            RejectKind::AgentIdConflict => tonic::Code::AlreadyExists,
+            RejectKind::TooManyAgents => tonic::Code::ResourceExhausted,
+            RejectKind::NoHello | RejectKind::DuplicateHello => tonic::Code::FailedPrecondition,
+            RejectKind::HelloTimeout => tonic::Code::DeadlineExceeded,
+            RejectKind::Unauthenticated => tonic::Code::Unauthenticated,
+            _ => tonic::Code::InvalidArgument,
+        };
+        Status::new(code, format!("{} ({})", r.message, r.kind.as_str()))
+    }
+
+    /// Counts a transport-level failure of the inbound stream (decode error, oversized).
+    fn count_stream_error(&self, status: &Status) {
+        let kind = match status.code() {
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => RejectKind::Oversized,
+            tonic::Code::Internal | tonic::Code::InvalidArgument | tonic::Code::DataLoss => {
+                RejectKind::Malformed
+            }
+            // Cancelled, Unknown (connection reset) and the like: the agent went away.
+            _ => return,
+        };
+        self.metrics.reject(kind);
+    }
+
+    async fn accept_hello(
+        &self,
+        inbound: &mut Streaming<v1::AgentMessage>,
+    ) -> Result<Session, Status> {
+        let first = tokio::time::timeout(self.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                self.refuse(&Rejection::new(
+                    RejectKind::HelloTimeout,
+                    format!("no Hello within {:?} of opening the stream", self.hello_timeout),
+                ))
+            })?
+            .inspect_err(|s| self.count_stream_error(s))?;
+        let Some(message) = first else {
+            return Err(Status::cancelled("stream closed before its Hello"));
+        };
+        self.metrics.received_bytes.inc_by(message.encoded_len() as u64);
+        let Some(agent_message::Msg::Hello(hello)) = message.msg else {
+            return Err(self.refuse(&Rejection::new(
+                RejectKind::NoHello,
+                "a stream must open with a Hello before any Batch",
+            )));
+        };
+        let (identity, inventory) = gpulse_proto::identity_from_hello(hello);
+        let agent_id = identity.agent_id.clone();
+        let gpus = inventory.len();
+        let session = self
+            .fleet
+            .connect(identity, inventory, now_unix_ms())
+            .map_err(|r| {
+                warn!(agent = %agent_id, reason = r.kind.as_str(), "refused an agent's Hello: {}", r.message);
+                self.refuse(&r)
+            })?;
+        info!(agent = %agent_id, gpus, "agent connected");
+        self.update_agent_gauges();
+        Ok(session)
+    }
+
+    fn update_agent_gauges(&self) {
+        let (connected, known) = self.fleet.agent_counts();
+        self.metrics.agents_connected.set(connected as i64);
+        self.metrics.agents_known.set(known as i64);
+    }
+
+    /// Handles one message after the Hello. `Err` ends the stream with that status.
+    fn handle(
+        &self,
+        session: &Session,
+        message: v1::AgentMessage,
+    ) -> Result<v1::CollectorMessage, Status> {
+        self.metrics.received_bytes.inc_by(message.encoded_len() as u64);
+        let batch = match message.msg {
+            Some(agent_message::Msg::Batch(b)) => b,
+            Some(agent_message::Msg::Hello(_)) => {
+                return Err(self.refuse(&Rejection::new(
+                    RejectKind::DuplicateHello,
+                    "a second Hello on the same stream; open a new stream to re-identify",
+                )));
+            }
+            None => {
+                return Err(self.refuse(&Rejection::new(
+                    RejectKind::Malformed,
+                    "an AgentMessage with neither Hello nor Batch",
+                )));
+            }
+        };
+        let seq = batch.seq;
+        let reject = |r: Rejection| {
+            self.metrics.reject(r.kind);
+            debug!(agent = %session.agent_id, seq, reason = r.kind.as_str(), "refused a batch: {}", r.message);
+            Ok(v1::CollectorMessage {
+                msg: Some(collector_message::Msg::Reject(v1::Reject {
+                    seq,
+                    reason: r.kind.as_str().to_string(),
+                    message: r.message,
+                })),
+            })
+        };
+        let snapshots = match batch
+            .snapshots
+            .into_iter()
+            .map(Snapshot::try_from)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(s) => s,
+            Err(e) => return reject(Rejection::new(RejectKind::UnknownEnum, e.to_string())),
+        };
+        match self.fleet.apply(session, seq, snapshots, now_unix_ms()) {
+            Ok(Applied::New { gpu_samples }) => {
+                self.metrics.batches_received.inc();
+                self.metrics.gpu_samples_received.inc_by(gpu_samples as u64);
+            }
+            Ok(Applied::Duplicate) => self.metrics.duplicate_batches.inc(),
+            Err(ApplyError::Rejected(r)) => return reject(r),
+            Err(e @ ApplyError::Superseded(_)) => return Err(Status::aborted(e.to_string())),
+        }
+        Ok(v1::CollectorMessage {
+            msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+        })
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<v1::CollectorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for IngestService {
+    type StreamStream = ResponseStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let session = self.accept_hello(&mut inbound).await?;
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let service = self.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => Some(next),
+                    _ = async { stop.wait_for(|s| *s).await.is_ok() } => None,
+                };
+                let Some(next) = next else {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the collector is shutting down; reconnect and replay unacknowledged batches",
+                        )))
+                        .await;
+                    break;
+                };
+                match next {
+                    Ok(Some(message)) => {
+                        let reply = service.handle(&session, message);
+                        let end = reply.is_err();
+                        if tx.send(reply).await.is_err() || end {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        service.count_stream_error(&status);
+                        debug!(agent = %session.agent_id, %status, "agent stream ended with an error");
+                        break;
+                    }
+                }
+            }
+            service.fleet.disconnect(&session, now_unix_ms());
+            service.update_agent_gauges();
+            info!(agent = %session.agent_id, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
