@@ -29,7 +29,9 @@ impl Backoff {
         let ceiling = self.ceiling;
         self.ceiling = (self.ceiling * 2).min(self.max);
         let half = ceiling / 2;
-        half + ceiling.saturating_sub(half).mul_f64(self.rng.random_range(0.0..=1.0))
+        half + ceiling
+            .saturating_sub(half)
+            .mul_f64(self.rng.random_range(0.0..=1.0))
     }
 
     /// Back to the initial wait, after a connection that worked.

@@ -75,7 +75,10 @@ mod tests {
     use super::*;
 
     fn batch(seq: u64) -> v1::Batch {
-        v1::Batch { seq, snapshots: vec![] }
+        v1::Batch {
+            seq,
+            snapshots: vec![],
+        }
     }
 
     #[test]

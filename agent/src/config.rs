@@ -111,7 +111,10 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("invalid setting {setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 impl AgentConfig {
@@ -132,10 +135,11 @@ impl AgentConfig {
         self.simulate
             .as_deref()
             .map(|s| {
-                s.parse().map_err(|e: gpulse_gpu::BackendError| ConfigError::Invalid {
-                    setting: "simulate",
-                    reason: e.to_string(),
-                })
+                s.parse()
+                    .map_err(|e: gpulse_gpu::BackendError| ConfigError::Invalid {
+                        setting: "simulate",
+                        reason: e.to_string(),
+                    })
             })
             .transpose()
     }
@@ -153,7 +157,10 @@ impl AgentConfig {
             );
         }
         if tonic::transport::Endpoint::from_shared(self.collector.clone()).is_err() {
-            return invalid("collector", format!("{:?} is not a valid URL", self.collector));
+            return invalid(
+                "collector",
+                format!("{:?} is not a valid URL", self.collector),
+            );
         }
         if self.interval < MIN_INTERVAL {
             return invalid(
@@ -249,12 +256,39 @@ mod tests {
     #[test]
     fn bad_settings_say_what_to_do() {
         for (c, needle) in [
-            (AgentConfig { collector: "collector:7431".into(), ..AgentConfig::default() }, "http:// URL"),
-            (AgentConfig { interval: Duration::from_millis(10), ..AgentConfig::default() }, "minimum of 100ms"),
-            (AgentConfig { simulate: Some("gpus=99".into()), ..AgentConfig::default() }, "from 1 to 16"),
-            (AgentConfig { agent_id: Some("a b".into()), ..AgentConfig::default() }, "agent_id"),
             (
-                AgentConfig { labels: [("bad-key".to_string(), "x".to_string())].into(), ..AgentConfig::default() },
+                AgentConfig {
+                    collector: "collector:7431".into(),
+                    ..AgentConfig::default()
+                },
+                "http:// URL",
+            ),
+            (
+                AgentConfig {
+                    interval: Duration::from_millis(10),
+                    ..AgentConfig::default()
+                },
+                "minimum of 100ms",
+            ),
+            (
+                AgentConfig {
+                    simulate: Some("gpus=99".into()),
+                    ..AgentConfig::default()
+                },
+                "from 1 to 16",
+            ),
+            (
+                AgentConfig {
+                    agent_id: Some("a b".into()),
+                    ..AgentConfig::default()
+                },
+                "agent_id",
+            ),
+            (
+                AgentConfig {
+                    labels: [("bad-key".to_string(), "x".to_string())].into(),
+                    ..AgentConfig::default()
+                },
                 "bad-key",
             ),
         ] {
@@ -265,17 +299,22 @@ mod tests {
 
     #[test]
     fn the_example_config_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/agent.example.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/agent.example.toml");
         let generated = example_config();
         if std::env::var_os("GPULSE_BLESS").is_some() {
             std::fs::write(&path, &generated).unwrap();
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(
-            committed, generated,
+            committed,
+            generated,
             "{} drifted from the defaults: run GPULSE_BLESS=1 cargo test -p gpulse-agent",
             path.display()
         );
-        assert_eq!(AgentConfig::from_file(&path).unwrap(), AgentConfig::default());
+        assert_eq!(
+            AgentConfig::from_file(&path).unwrap(),
+            AgentConfig::default()
+        );
     }
 }

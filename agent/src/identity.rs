@@ -82,7 +82,11 @@ fn sanitize_id(hostname: &str) -> String {
             }
         })
         .collect();
-    if id.is_empty() { "unknown-host".to_string() } else { id }
+    if id.is_empty() {
+        "unknown-host".to_string()
+    } else {
+        id
+    }
 }
 
 #[cfg(test)]
@@ -103,7 +107,10 @@ mod tests {
         let id = host_identity(&config, &SystemPaths::default());
         assert_eq!(id.agent_id, "gpu-node-7");
         assert_eq!(id.provider.provider.value, "lambda");
-        assert_eq!(id.provider.provider.source, gpulse_gpu::IdentitySource::Config);
+        assert_eq!(
+            id.provider.provider.source,
+            gpulse_gpu::IdentitySource::Config
+        );
         assert_eq!(id.provider.zone.source, gpulse_gpu::IdentitySource::Unknown);
         assert!(!id.hostname.is_empty());
     }

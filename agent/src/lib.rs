@@ -37,7 +37,9 @@ use crate::uplink::{Shared, UplinkConfig};
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen for local /metrics on {addr}: {source}; is another process using the port?")]
+    #[error(
+        "cannot listen for local /metrics on {addr}: {source}; is another process using the port?"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -120,13 +122,16 @@ pub async fn start(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AgentError::Bind { addr, source })?;
-            let bound = listener.local_addr().map_err(|source| AgentError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AgentError::Bind { addr, source })?;
             let mut http_stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(listener, local::router(registry))
-                    .with_graceful_shutdown(async move {
+                let serve = axum::serve(listener, local::router(registry)).with_graceful_shutdown(
+                    async move {
                         let _ = http_stop.wait_for(|s| *s).await;
-                    });
+                    },
+                );
                 if let Err(e) = serve.await {
                     error!(error = %e, "local /metrics server failed");
                 }
@@ -167,7 +172,12 @@ pub async fn start(
         auth_token,
         jitter_seed,
     };
-    tasks.push(tokio::spawn(uplink::run(shared, uplink_config, hello_rx, stop_rx)));
+    tasks.push(tokio::spawn(uplink::run(
+        shared,
+        uplink_config,
+        hello_rx,
+        stop_rx,
+    )));
     Ok(RunningAgent {
         http_addr,
         metrics,

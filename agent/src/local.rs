@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder, Gauge};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use gpulse_exposition::names::{self, Def};
 use gpulse_exposition::{FleetCollector, HostSource, HostView};
@@ -103,7 +105,10 @@ async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
         .encode(&registry.gather(), &mut buf)
         .expect("writing to a Vec cannot fail");
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         buf,
     )
 }

@@ -50,7 +50,10 @@ impl Shared {
         };
         if let Some(seq) = dropped {
             self.metrics.batches_dropped.inc();
-            warn!(seq, "unacknowledged batch dropped: the buffer is full (max_buffered_batches); the collector is away too long");
+            warn!(
+                seq,
+                "unacknowledged batch dropped: the buffer is full (max_buffered_batches); the collector is away too long"
+            );
         }
         self.metrics.buffered_batches.set(len as i64);
         self.wake.notify_one();
@@ -97,7 +100,10 @@ enum End {
     /// The Hello changed (GPUs appeared): reconnect at once to announce them.
     HelloChanged,
     /// The stream ended; whether it got as far as an acknowledgement.
-    Lost { acked: bool, error: String },
+    Lost {
+        acked: bool,
+        error: String,
+    },
 }
 
 /// Runs until `stop` turns true.
@@ -107,7 +113,11 @@ pub async fn run(
     mut hello: watch::Receiver<v1::Hello>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.jitter_seed);
+    let mut backoff = Backoff::new(
+        config.backoff_initial,
+        config.backoff_max,
+        config.jitter_seed,
+    );
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {

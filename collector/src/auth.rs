@@ -24,7 +24,9 @@ impl BearerToken {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
         let token = text.trim();
-        if token.len() < MIN_TOKEN_BYTES || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if token.len() < MIN_TOKEN_BYTES
+            || token.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
                 "token file {} must hold one token of at least {MIN_TOKEN_BYTES} printable characters \
                  (e.g. `openssl rand -hex 32`)",

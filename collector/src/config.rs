@@ -126,7 +126,10 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("invalid setting {setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 impl CollectorConfig {
@@ -168,7 +171,10 @@ impl CollectorConfig {
             }
         }
         if l.max_message_bytes < 64 * 1024 {
-            return invalid("limits.max_message_bytes", "must be at least 65536 (64 KiB)");
+            return invalid(
+                "limits.max_message_bytes",
+                "must be at least 65536 (64 KiB)",
+            );
         }
         let wide = |a: &SocketAddr| !a.ip().is_loopback();
         if self.auth_token_file.is_none()
@@ -215,7 +221,10 @@ mod tests {
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
-            assert!(err.contains("line"), "{text}: the error should give the line: {err}");
+            assert!(
+                err.contains("line"),
+                "{text}: the error should give the line: {err}"
+            );
         }
     }
 
@@ -241,14 +250,16 @@ mod tests {
 
     #[test]
     fn the_example_config_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/collector.example.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/config/collector.example.toml");
         let generated = crate::example_config();
         if std::env::var_os("GPULSE_BLESS").is_some() {
             std::fs::write(&path, &generated).unwrap();
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(
-            committed, generated,
+            committed,
+            generated,
             "{} drifted from the defaults: run GPULSE_BLESS=1 cargo test -p gpulse-collector",
             path.display()
         );

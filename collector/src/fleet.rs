@@ -186,7 +186,9 @@ impl Fleet {
         let gone: Vec<String> = inner
             .agents
             .iter()
-            .filter(|(_, e)| e.session.is_none() && now_unix_ms - e.view.last_seen_unix_ms > expiry_ms)
+            .filter(|(_, e)| {
+                e.session.is_none() && now_unix_ms - e.view.last_seen_unix_ms > expiry_ms
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
@@ -198,7 +200,11 @@ impl Fleet {
     /// (connected, known) agent counts.
     pub fn agent_counts(&self) -> (usize, usize) {
         let inner = self.read();
-        let connected = inner.agents.values().filter(|e| e.session.is_some()).count();
+        let connected = inner
+            .agents
+            .values()
+            .filter(|e| e.session.is_some())
+            .count();
         (connected, inner.agents.len())
     }
 

@@ -68,7 +68,10 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     // Rendering a large fleet takes milliseconds of CPU: keep it off the async workers.
     match tokio::task::spawn_blocking(move || render(&registry)).await {
         Ok(body) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             body,
         )
             .into_response(),

@@ -59,7 +59,7 @@ impl IngestService {
         self.metrics.reject(r.kind);
         let code = match r.kind {
             RejectKind::AgentIdConflict => tonic::Code::AlreadyExists,
-            RejectKind::TooManyAgents => tonic::Code::ResourceExhausted,
+            RejectKind::TooManyAgents | RejectKind::Oversized => tonic::Code::ResourceExhausted,
             RejectKind::NoHello | RejectKind::DuplicateHello => tonic::Code::FailedPrecondition,
             RejectKind::HelloTimeout => tonic::Code::DeadlineExceeded,
             RejectKind::Unauthenticated => tonic::Code::Unauthenticated,
@@ -68,17 +68,24 @@ impl IngestService {
         Status::new(code, format!("{} ({})", r.message, r.kind.as_str()))
     }
 
-    /// Counts a transport-level failure of the inbound stream (decode error, oversized).
-    fn count_stream_error(&self, status: &Status) {
+    /// Counts a transport-level failure of the inbound stream (decode error, oversized)
+    /// and returns the status to send back; `None` when the agent simply went away.
+    fn count_stream_error(&self, status: &Status) -> Option<Status> {
         let kind = match status.code() {
             tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => RejectKind::Oversized,
             tonic::Code::Internal | tonic::Code::InvalidArgument | tonic::Code::DataLoss => {
                 RejectKind::Malformed
             }
             // Cancelled, Unknown (connection reset) and the like: the agent went away.
-            _ => return,
+            _ => return None,
         };
-        self.metrics.reject(kind);
+        Some(self.refuse(&Rejection::new(
+            kind,
+            format!(
+                "{} (limit: limits.max_message_bytes; send smaller batches)",
+                status.message()
+            ),
+        )))
     }
 
     async fn accept_hello(
@@ -90,14 +97,19 @@ impl IngestService {
             .map_err(|_| {
                 self.refuse(&Rejection::new(
                     RejectKind::HelloTimeout,
-                    format!("no Hello within {:?} of opening the stream", self.hello_timeout),
+                    format!(
+                        "no Hello within {:?} of opening the stream",
+                        self.hello_timeout
+                    ),
                 ))
             })?
-            .inspect_err(|s| self.count_stream_error(s))?;
+            .map_err(|s| self.count_stream_error(&s).unwrap_or(s))?;
         let Some(message) = first else {
             return Err(Status::cancelled("stream closed before its Hello"));
         };
-        self.metrics.received_bytes.inc_by(message.encoded_len() as u64);
+        self.metrics
+            .received_bytes
+            .inc_by(message.encoded_len() as u64);
         let Some(agent_message::Msg::Hello(hello)) = message.msg else {
             return Err(self.refuse(&Rejection::new(
                 RejectKind::NoHello,
@@ -131,7 +143,9 @@ impl IngestService {
         session: &Session,
         message: v1::AgentMessage,
     ) -> Result<v1::CollectorMessage, Status> {
-        self.metrics.received_bytes.inc_by(message.encoded_len() as u64);
+        self.metrics
+            .received_bytes
+            .inc_by(message.encoded_len() as u64);
         let batch = match message.msg {
             Some(agent_message::Msg::Batch(b)) => b,
             Some(agent_message::Msg::Hello(_)) => {
@@ -222,7 +236,9 @@ impl v1::ingest_server::Ingest for IngestService {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        service.count_stream_error(&status);
+                        if let Some(reply) = service.count_stream_error(&status) {
+                            let _ = tx.send(Err(reply)).await;
+                        }
                         debug!(agent = %session.agent_id, %status, "agent stream ended with an error");
                         break;
                     }

@@ -50,7 +50,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot create the data directory {path}: {source}; set --data-dir to a writable directory")]
+    #[error(
+        "cannot create the data directory {path}: {source}; set --data-dir to a writable directory"
+    )]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
@@ -124,16 +126,20 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
 
     let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
-        what: "agents (gRPC)",
-        addr: config.grpc_listen,
-        source,
-    })?;
-    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind {
-        what: "HTTP",
-        addr: config.http_listen,
-        source,
-    })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "agents (gRPC)",
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "HTTP",
+            addr: config.http_listen,
+            source,
+        })?;
 
     let (stop, stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -145,8 +151,8 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         config.hello_timeout,
         stop_rx.clone(),
     );
-    let server = IngestServer::new(service)
-        .max_decoding_message_size(config.limits.max_message_bytes);
+    let server =
+        IngestServer::new(service).max_decoding_message_size(config.limits.max_message_bytes);
     let grpc_token = token.clone();
     let grpc_metrics = metrics.clone();
     let interceptor = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {

@@ -31,9 +31,14 @@ impl SelfMetrics {
             agents_expired: IntCounter::with_opts(opts(&names::COLLECTOR_AGENTS_EXPIRED))?,
             batches_received: IntCounter::with_opts(opts(&names::COLLECTOR_BATCHES_RECEIVED))?,
             duplicate_batches: IntCounter::with_opts(opts(&names::COLLECTOR_DUPLICATE_BATCHES))?,
-            gpu_samples_received: IntCounter::with_opts(opts(&names::COLLECTOR_GPU_SAMPLES_RECEIVED))?,
+            gpu_samples_received: IntCounter::with_opts(opts(
+                &names::COLLECTOR_GPU_SAMPLES_RECEIVED,
+            ))?,
             received_bytes: IntCounter::with_opts(opts(&names::COLLECTOR_RECEIVED_BYTES))?,
-            rejected_messages: IntCounterVec::new(opts(&names::COLLECTOR_REJECTED_MESSAGES), &["reason"])?,
+            rejected_messages: IntCounterVec::new(
+                opts(&names::COLLECTOR_REJECTED_MESSAGES),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(m.agents_connected.clone()))?;
         registry.register(Box::new(m.agents_known.clone()))?;
@@ -51,6 +56,8 @@ impl SelfMetrics {
     }
 
     pub fn reject(&self, kind: RejectKind) {
-        self.rejected_messages.with_label_values(&[kind.as_str()]).inc();
+        self.rejected_messages
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 }

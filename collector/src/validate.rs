@@ -176,7 +176,9 @@ pub fn hello(
     if reason.len() > 32 || !reason.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
         return Err(Rejection::new(
             RejectKind::InvalidIdentity,
-            format!("gpu_backend_error {reason:?} is not a kind of at most 32 characters of a-z and _"),
+            format!(
+                "gpu_backend_error {reason:?} is not a kind of at most 32 characters of a-z and _"
+            ),
         ));
     }
     if identity.labels.len() > limits.max_labels {
@@ -193,7 +195,9 @@ pub fn hello(
         if !is_label_key(k) || k.len() > 64 {
             return Err(Rejection::new(
                 RejectKind::InvalidLabel,
-                format!("label key {k:?} must match [a-zA-Z_][a-zA-Z0-9_]* and be at most 64 bytes"),
+                format!(
+                    "label key {k:?} must match [a-zA-Z_][a-zA-Z0-9_]* and be at most 64 bytes"
+                ),
             ));
         }
         check_string(&format!("label {k}"), v, limits)
@@ -214,7 +218,10 @@ pub fn hello(
         if g.uuid.is_empty() || !seen.insert(g.uuid.as_str()) {
             return Err(Rejection::new(
                 RejectKind::InvalidInventory,
-                format!("GPU index {} has an empty or repeated uuid {:?}", g.index, g.uuid),
+                format!(
+                    "GPU index {} has an empty or repeated uuid {:?}",
+                    g.index, g.uuid
+                ),
             ));
         }
         for (what, value) in [
@@ -245,13 +252,20 @@ fn check_sample(s: &DeviceSample) -> Result<(), Rejection> {
     let u = &s.uuid;
     for (what, v) in [
         ("gpu_utilization_percent", s.gpu_utilization_percent.value()),
-        ("memory_utilization_percent", s.memory_utilization_percent.value()),
+        (
+            "memory_utilization_percent",
+            s.memory_utilization_percent.value(),
+        ),
     ] {
         if let Some(v) = v.filter(|v| *v > 100) {
             return Err(out_of_range(u, what, v, "0..=100"));
         }
     }
-    if let Some(v) = s.temperature_celsius.value().filter(|v| *v > MAX_TEMPERATURE_CELSIUS) {
+    if let Some(v) = s
+        .temperature_celsius
+        .value()
+        .filter(|v| *v > MAX_TEMPERATURE_CELSIUS)
+    {
         return Err(out_of_range(u, "temperature_celsius", v, "0..=150"));
     }
     for (what, v) in [
@@ -270,7 +284,11 @@ fn check_sample(s: &DeviceSample) -> Result<(), Rejection> {
             return Err(out_of_range(u, what, v, "0..=10000000"));
         }
     }
-    if let Some(v) = s.pcie_generation.value().filter(|v| *v > MAX_PCIE_GENERATION) {
+    if let Some(v) = s
+        .pcie_generation
+        .value()
+        .filter(|v| *v > MAX_PCIE_GENERATION)
+    {
         return Err(out_of_range(u, "pcie_generation", v, "0..=7"));
     }
     if let Some(v) = s.pcie_width.value().filter(|v| !PCIE_WIDTHS.contains(v)) {
@@ -324,7 +342,10 @@ pub fn snapshots(
             if !known_gpu(&s.uuid) {
                 return Err(Rejection::new(
                     RejectKind::UnknownGpu,
-                    format!("GPU {:?} is not in the inventory the agent sent in its Hello", s.uuid),
+                    format!(
+                        "GPU {:?} is not in the inventory the agent sent in its Hello",
+                        s.uuid
+                    ),
                 ));
             }
             if !seen.insert(s.uuid.as_str()) {
@@ -361,7 +382,10 @@ mod tests {
         let (id, mut sim) = fixture();
         let limits = Limits::default();
         hello(&id, sim.inventory(), &limits).unwrap();
-        let snap = Snapshot { timestamp_unix_ms: NOW, gpus: sim.sample(0) };
+        let snap = Snapshot {
+            timestamp_unix_ms: NOW,
+            gpus: sim.sample(0),
+        };
         let inv = sim.inventory().to_vec();
         snapshots(&[snap], &|u| inv.iter().any(|g| g.uuid == u), &limits, NOW).unwrap();
     }
@@ -371,12 +395,43 @@ mod tests {
         let (id, sim) = fixture();
         let limits = Limits::default();
         let cases: Vec<(HostIdentity, RejectKind, &str)> = vec![
-            (HostIdentity { agent_id: String::new(), ..id.clone() }, RejectKind::InvalidIdentity, "agent id \"\""),
-            (HostIdentity { agent_id: "a b".into(), ..id.clone() }, RejectKind::InvalidIdentity, "\"a b\""),
-            (HostIdentity { hostname: "x\ny".into(), ..id.clone() }, RejectKind::InvalidIdentity, "control"),
-            (HostIdentity { hostname: "h".repeat(300), ..id.clone() }, RejectKind::InvalidIdentity, "300 bytes"),
             (
-                HostIdentity { labels: [("bad-key".into(), "v".into())].into(), ..id.clone() },
+                HostIdentity {
+                    agent_id: String::new(),
+                    ..id.clone()
+                },
+                RejectKind::InvalidIdentity,
+                "agent id \"\"",
+            ),
+            (
+                HostIdentity {
+                    agent_id: "a b".into(),
+                    ..id.clone()
+                },
+                RejectKind::InvalidIdentity,
+                "\"a b\"",
+            ),
+            (
+                HostIdentity {
+                    hostname: "x\ny".into(),
+                    ..id.clone()
+                },
+                RejectKind::InvalidIdentity,
+                "control",
+            ),
+            (
+                HostIdentity {
+                    hostname: "h".repeat(300),
+                    ..id.clone()
+                },
+                RejectKind::InvalidIdentity,
+                "300 bytes",
+            ),
+            (
+                HostIdentity {
+                    labels: [("bad-key".into(), "v".into())].into(),
+                    ..id.clone()
+                },
                 RejectKind::InvalidLabel,
                 "bad-key",
             ),
@@ -388,9 +443,18 @@ mod tests {
         }
         let mut gpus = sim.inventory().to_vec();
         gpus[1].uuid = gpus[0].uuid.clone();
-        assert_eq!(hello(&id, &gpus, &limits).unwrap_err().kind, RejectKind::InvalidInventory);
-        let tight = Limits { max_gpus_per_host: 1, ..Limits::default() };
-        assert_eq!(hello(&id, sim.inventory(), &tight).unwrap_err().kind, RejectKind::TooManyGpus);
+        assert_eq!(
+            hello(&id, &gpus, &limits).unwrap_err().kind,
+            RejectKind::InvalidInventory
+        );
+        let tight = Limits {
+            max_gpus_per_host: 1,
+            ..Limits::default()
+        };
+        assert_eq!(
+            hello(&id, sim.inventory(), &tight).unwrap_err().kind,
+            RejectKind::TooManyGpus
+        );
     }
 
     #[test]
@@ -399,7 +463,10 @@ mod tests {
         let limits = Limits::default();
         let inv = sim.inventory().to_vec();
         let good = sim.sample(0);
-        let snap = |t: i64, gpus: Vec<DeviceSample>| Snapshot { timestamp_unix_ms: t, gpus };
+        let snap = |t: i64, gpus: Vec<DeviceSample>| Snapshot {
+            timestamp_unix_ms: t,
+            gpus,
+        };
         let mut hot = good.clone();
         hot[0].temperature_celsius = Reading::Value(400);
         let mut busy = good.clone();
@@ -410,16 +477,26 @@ mod tests {
         stranger[0].uuid = "GPU-stranger".into();
         let twice = vec![good[0].clone(), good[0].clone()];
         for (batch, kind) in [
-            (vec![snap(NOW + 3_600_000, good.clone())], RejectKind::FutureTimestamp),
-            (vec![snap(NOW - 30 * 86_400_000, good.clone())], RejectKind::StaleTimestamp),
+            (
+                vec![snap(NOW + 3_600_000, good.clone())],
+                RejectKind::FutureTimestamp,
+            ),
+            (
+                vec![snap(NOW - 30 * 86_400_000, good.clone())],
+                RejectKind::StaleTimestamp,
+            ),
             (vec![snap(NOW, hot)], RejectKind::OutOfRange),
             (vec![snap(NOW, busy)], RejectKind::OutOfRange),
             (vec![snap(NOW, narrow)], RejectKind::OutOfRange),
             (vec![snap(NOW, stranger)], RejectKind::UnknownGpu),
             (vec![snap(NOW, twice)], RejectKind::DuplicateGpu),
-            (vec![snap(NOW, good.clone()); 1025], RejectKind::TooManySnapshots),
+            (
+                vec![snap(NOW, good.clone()); 1025],
+                RejectKind::TooManySnapshots,
+            ),
         ] {
-            let r = snapshots(&batch, &|u| inv.iter().any(|g| g.uuid == u), &limits, NOW).unwrap_err();
+            let r =
+                snapshots(&batch, &|u| inv.iter().any(|g| g.uuid == u), &limits, NOW).unwrap_err();
             assert_eq!(r.kind, kind, "{}", r.message);
         }
     }
@@ -427,7 +504,11 @@ mod tests {
     #[test]
     fn reject_kind_names_are_unique_label_values() {
         let mut names: Vec<_> = RejectKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
         names.sort();
         names.dedup();
         assert_eq!(names.len(), RejectKind::ALL.len());

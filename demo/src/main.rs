@@ -50,7 +50,9 @@ async fn main() -> anyhow::Result<()> {
         ..CollectorConfig::default()
     })
     .await
-    .context("the demo collector could not start (use --grpc-listen/--http-listen for other ports)")?;
+    .context(
+        "the demo collector could not start (use --grpc-listen/--http-listen for other ports)",
+    )?;
     let collector_url = format!("http://{}", collector.grpc_addr);
 
     let mut agents = Vec::new();
@@ -99,7 +101,10 @@ async fn main() -> anyhow::Result<()> {
                     ..AgentConfig::default()
                 };
                 let identity = host_identity(&config, &SystemPaths::default());
-                local = format!("{n} local GPU(s) through NVML as host {:?}", identity.agent_id);
+                local = format!(
+                    "{n} local GPU(s) through NVML as host {:?}",
+                    identity.agent_id
+                );
                 let opener = gpulse_agent::backend_opener(&config)?;
                 agents.push(gpulse_agent::start(config, identity, opener).await?);
             }
@@ -110,15 +115,30 @@ async fn main() -> anyhow::Result<()> {
 
     let gpus: u32 = hosts.iter().map(|h| h.spec.gpus).sum();
     let providers: std::collections::BTreeSet<_> = hosts.iter().map(|h| h.provider).collect();
-    println!("gpulse demo: a collector and {} simulated hosts ({gpus} GPUs) on {} providers ({})",
-        hosts.len(), providers.len(), providers.into_iter().collect::<Vec<_>>().join(", "));
+    println!(
+        "gpulse demo: a collector and {} simulated hosts ({gpus} GPUs) on {} providers ({})",
+        hosts.len(),
+        providers.len(),
+        providers.into_iter().collect::<Vec<_>>().join(", ")
+    );
     println!("  {local}");
     println!("  metrics:  http://{}/metrics", collector.http_addr);
-    println!("  health:   http://{}/healthz  http://{}/readyz", collector.http_addr, collector.http_addr);
-    println!("  agents:   {collector_url} (gRPC), sampling every {:?}", cli.interval);
-    println!("  try:      curl -s http://{}/metrics | grep gpulse_gpu_throttle_active | grep ' 1$'", collector.http_addr);
+    println!(
+        "  health:   http://{}/healthz  http://{}/readyz",
+        collector.http_addr, collector.http_addr
+    );
+    println!(
+        "  agents:   {collector_url} (gRPC), sampling every {:?}",
+        cli.interval
+    );
+    println!(
+        "  try:      curl -s http://{}/metrics | grep gpulse_gpu_throttle_active | grep ' 1$'",
+        collector.http_addr
+    );
     println!("Ctrl-C stops it.");
-    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
     println!("stopping");
     for a in agents {
         a.shutdown().await;
@@ -126,4 +146,3 @@ async fn main() -> anyhow::Result<()> {
     collector.shutdown().await;
     Ok(())
 }
-

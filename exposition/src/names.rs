@@ -38,7 +38,7 @@ const fn counter(name: &'static str, help: &'static str) -> Def {
 // Labels on every per-GPU series.
 pub const LABEL_HOST: &str = "host";
 pub const LABEL_GPU: &str = "gpu";
-pub const LABEL_UUID: &str = "UUID";
+pub const LABEL_UUID: &str = "uuid";
 pub const LABEL_MODEL: &str = "model";
 
 pub const GPU_INFO: Def = gauge(
@@ -139,7 +139,10 @@ pub const HOST_INFO: Def = gauge(
     "gpulse_host_info",
     "Host identity as labels (hostname, provider, region, zone, instance type, agent version, operator labels as label_<key>); value is always 1.",
 );
-pub const HOST_GPU_BACKEND_ERROR: Def = gauge("gpulse_host_gpu_backend_error", "1 while the agent cannot read the host's GPUs, with the reason as a label (library_not_found, driver_not_loaded, no_permission, nvml_error).");
+pub const HOST_GPU_BACKEND_ERROR: Def = gauge(
+    "gpulse_host_gpu_backend_error",
+    "1 while the agent cannot read the host's GPUs, with the reason as a label (library_not_found, driver_not_loaded, no_permission, nvml_error).",
+);
 pub const AGENT_UP: Def = gauge(
     "gpulse_agent_up",
     "1 while the host's agent is connected, 0 after it went away (until its series expire).",
@@ -182,21 +185,69 @@ pub const FLEET: [Def; 28] = [
 ];
 
 // The collector's own health.
-pub const COLLECTOR_AGENTS_CONNECTED: Def = gauge("gpulse_collector_agents_connected", "Agents with an open stream.");
-pub const COLLECTOR_AGENTS_KNOWN: Def = gauge("gpulse_collector_agents_known", "Agents whose series are exposed: connected, or gone for less than the expiry.");
-pub const COLLECTOR_AGENTS_EXPIRED: Def = counter("gpulse_collector_agents_expired_total", "Agents whose series were removed after they stayed away longer than the expiry.");
-pub const COLLECTOR_BATCHES_RECEIVED: Def = counter("gpulse_collector_batches_received_total", "Batches applied (duplicates and rejected batches not included).");
-pub const COLLECTOR_DUPLICATE_BATCHES: Def = counter("gpulse_collector_duplicate_batches_total", "Batches received again after a reconnect and acknowledged without being applied twice.");
-pub const COLLECTOR_GPU_SAMPLES_RECEIVED: Def = counter("gpulse_collector_gpu_samples_received_total", "GPU samples applied.");
-pub const COLLECTOR_RECEIVED_BYTES: Def = counter("gpulse_collector_received_bytes_total", "Protobuf-encoded bytes of agent messages received.");
-pub const COLLECTOR_REJECTED_MESSAGES: Def = counter("gpulse_collector_rejected_messages_total", "Agent messages refused, by reason; nothing stored was changed by them.");
+pub const COLLECTOR_AGENTS_CONNECTED: Def = gauge(
+    "gpulse_collector_agents_connected",
+    "Agents with an open stream.",
+);
+pub const COLLECTOR_AGENTS_KNOWN: Def = gauge(
+    "gpulse_collector_agents_known",
+    "Agents whose series are exposed: connected, or gone for less than the expiry.",
+);
+pub const COLLECTOR_AGENTS_EXPIRED: Def = counter(
+    "gpulse_collector_agents_expired_total",
+    "Agents whose series were removed after they stayed away longer than the expiry.",
+);
+pub const COLLECTOR_BATCHES_RECEIVED: Def = counter(
+    "gpulse_collector_batches_received_total",
+    "Batches applied (duplicates and rejected batches not included).",
+);
+pub const COLLECTOR_DUPLICATE_BATCHES: Def = counter(
+    "gpulse_collector_duplicate_batches_total",
+    "Batches received again after a reconnect and acknowledged without being applied twice.",
+);
+pub const COLLECTOR_GPU_SAMPLES_RECEIVED: Def = counter(
+    "gpulse_collector_gpu_samples_received_total",
+    "GPU samples applied.",
+);
+pub const COLLECTOR_RECEIVED_BYTES: Def = counter(
+    "gpulse_collector_received_bytes_total",
+    "Protobuf-encoded bytes of agent messages received.",
+);
+pub const COLLECTOR_REJECTED_MESSAGES: Def = counter(
+    "gpulse_collector_rejected_messages_total",
+    "Agent messages refused, by reason; nothing stored was changed by them.",
+);
 
 // The agent's own health (on the agent's optional /metrics).
-pub const AGENT_BATCHES_SENT: Def = counter("gpulse_agent_batches_sent_total", "Batches written to the collector stream, replays included.");
-pub const AGENT_BATCHES_ACKED: Def = counter("gpulse_agent_batches_acked_total", "Batches the collector acknowledged.");
-pub const AGENT_BATCHES_REJECTED: Def = counter("gpulse_agent_batches_rejected_total", "Batches the collector refused as invalid; they are dropped, not resent.");
-pub const AGENT_BATCHES_DROPPED: Def = counter("gpulse_agent_batches_dropped_total", "Unacknowledged batches dropped because the buffer was full (oldest first).");
-pub const AGENT_BUFFERED_BATCHES: Def = gauge("gpulse_agent_buffered_batches", "Batches waiting for an acknowledgement.");
-pub const AGENT_CONNECTS: Def = counter("gpulse_agent_connects_total", "Streams opened to the collector, by result (ok, error).");
-pub const AGENT_CONNECTED: Def = gauge("gpulse_agent_connected", "1 while the agent has an open stream to the collector.");
-pub const AGENT_SAMPLE_DURATION: Def = gauge("gpulse_agent_sample_duration_seconds", "How long the last reading of all GPUs took, in seconds.");
+pub const AGENT_BATCHES_SENT: Def = counter(
+    "gpulse_agent_batches_sent_total",
+    "Batches written to the collector stream, replays included.",
+);
+pub const AGENT_BATCHES_ACKED: Def = counter(
+    "gpulse_agent_batches_acked_total",
+    "Batches the collector acknowledged.",
+);
+pub const AGENT_BATCHES_REJECTED: Def = counter(
+    "gpulse_agent_batches_rejected_total",
+    "Batches the collector refused as invalid; they are dropped, not resent.",
+);
+pub const AGENT_BATCHES_DROPPED: Def = counter(
+    "gpulse_agent_batches_dropped_total",
+    "Unacknowledged batches dropped because the buffer was full (oldest first).",
+);
+pub const AGENT_BUFFERED_BATCHES: Def = gauge(
+    "gpulse_agent_buffered_batches",
+    "Batches waiting for an acknowledgement.",
+);
+pub const AGENT_CONNECTS: Def = counter(
+    "gpulse_agent_connects_total",
+    "Streams opened to the collector, by result (ok, error).",
+);
+pub const AGENT_CONNECTED: Def = gauge(
+    "gpulse_agent_connected",
+    "1 while the agent has an open stream to the collector.",
+);
+pub const AGENT_SAMPLE_DURATION: Def = gauge(
+    "gpulse_agent_sample_duration_seconds",
+    "How long the last reading of all GPUs took, in seconds.",
+);

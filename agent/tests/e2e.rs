@@ -1,0 +1,290 @@
+//! Agent to collector over real gRPC on loopback, with the simulator as the GPUs.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gpulse_agent::config::AgentConfig;
+use gpulse_agent::identity::{SystemPaths, host_identity};
+use gpulse_agent::{RunningAgent, backend_opener};
+use gpulse_collector::config::CollectorConfig;
+use gpulse_collector::{RunningCollector, http};
+
+async fn collector_on(grpc: &str) -> RunningCollector {
+    gpulse_collector::start(CollectorConfig {
+        grpc_listen: grpc.parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: tempfile::tempdir().unwrap().keep(),
+        ..CollectorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn agent(collector: &RunningCollector, id: &str, config: AgentConfig) -> RunningAgent {
+    let config = AgentConfig {
+        collector: format!("http://{}", collector.grpc_addr),
+        agent_id: Some(id.to_string()),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..config
+    };
+    let identity = host_identity(&config, &SystemPaths::default());
+    let opener = backend_opener(&config).unwrap();
+    gpulse_agent::start(config, identity, opener).await.unwrap()
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `check` every 20 ms for up to 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool is required: run scripts/install-test-deps.sh (Debian package prometheus)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+}
+
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_reaches_the_collector_and_passes_promtool() {
+    let c = collector_on("127.0.0.1:0").await;
+    let mut agents = Vec::new();
+    for (scenario, _) in gpulse_gpu::simulator::Scenario::NAMES {
+        let config = AgentConfig {
+            simulate: Some(format!(
+                "gpus=2,model=h100-sxm,scenario={scenario},seed={}",
+                scenario.len()
+            )),
+            interval: Duration::from_millis(100),
+            http_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..AgentConfig::default()
+        };
+        agents.push((
+            scenario,
+            agent(&c, &format!("host-{scenario}"), config).await,
+        ));
+    }
+    eventually("every host has sent at least 3 batches", || {
+        agents
+            .iter()
+            .all(|(_, a)| a.metrics.batches_acked.get() >= 3)
+    })
+    .await;
+    let text = http::render(&c.registry);
+    promtool_check(&text);
+    for (scenario, _) in &agents {
+        assert_eq!(
+            value(
+                &text,
+                &format!("gpulse_agent_up{{host=\"host-{scenario}\"}}")
+            ),
+            Some(1.0),
+            "{scenario}"
+        );
+    }
+    let throttled = |host: &str, reason: &str| {
+        text.lines().any(|l| {
+            l.starts_with("gpulse_gpu_throttle_active{")
+                && l.contains(&format!("host=\"{host}\""))
+                && l.contains(&format!("reason=\"{reason}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(throttled("host-thermal", "hw_thermal_slowdown"));
+    assert!(throttled("host-power-cap", "sw_power_cap"));
+    assert!(throttled("host-idle", "gpu_idle"));
+    assert!(!throttled("host-training", "hw_thermal_slowdown"));
+    let lost: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gpulse_gpu_lost{") && l.ends_with(" 1"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].contains("host=\"host-lost\"") && lost[0].contains("gpu=\"1\""));
+
+    // The agent's local /metrics uses the collector's names for its own host.
+    let (_, local) = &agents[0];
+    let local_text = fetch(&format!("http://{}/metrics", local.http_addr.unwrap())).await;
+    promtool_check(&local_text);
+    let gpu_names: BTreeSet<String> = metric_names(&text)
+        .into_iter()
+        .filter(|n| n.starts_with("gpulse_gpu_") || n.starts_with("gpulse_host_"))
+        .collect();
+    let local_names = metric_names(&local_text);
+    let idle_only = ["gpulse_gpu_lost"];
+    for name in &gpu_names {
+        assert!(
+            local_names.contains(name) || idle_only.contains(&name.as_str()),
+            "local /metrics lacks {name}"
+        );
+    }
+    assert!(local_names.contains("gpulse_agent_batches_acked_total"));
+
+    for (_, a) in agents {
+        a.shutdown().await;
+    }
+    c.shutdown().await;
+}
+
+async fn fetch(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    sock.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
+    buf.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_buffered_while_the_collector_is_away_are_replayed_once_it_returns() {
+    let first = collector_on("127.0.0.1:0").await;
+    let addr = first.grpc_addr;
+    let config = AgentConfig {
+        simulate: Some("gpus=2,scenario=training,seed=99".into()),
+        interval: Duration::from_millis(100),
+        ..AgentConfig::default()
+    };
+    let a = agent(&first, "replayer", config).await;
+    eventually("acks from the first collector", || {
+        a.metrics.batches_acked.get() >= 3
+    })
+    .await;
+    first.shutdown().await;
+
+    eventually("batches pile up while the collector is away", || {
+        a.metrics.buffered_batches.get() >= 8
+    })
+    .await;
+    let buffered_while_away = a.metrics.buffered_batches.get();
+    assert_eq!(a.metrics.connected.get(), 0);
+
+    let second = collector_on(&addr.to_string()).await;
+    eventually("the buffer drains into the new collector", || {
+        a.metrics.connected.get() == 1 && a.metrics.buffered_batches.get() <= 1
+    })
+    .await;
+    let text = http::render(&second.registry);
+    let received = value(&text, "gpulse_collector_batches_received_total").unwrap();
+    assert!(
+        received >= buffered_while_away as f64,
+        "the new collector got {received} batches; {buffered_while_away} were buffered"
+    );
+    assert_eq!(
+        value(&text, "gpulse_collector_duplicate_batches_total"),
+        Some(0.0)
+    );
+    assert_eq!(a.metrics.batches_dropped.get(), 0);
+    assert_eq!(a.metrics.batches_rejected.get(), 0);
+    assert!(a.metrics.connects.with_label_values(&["ok"]).get() >= 2);
+    a.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_drops_the_oldest_and_counts_it() {
+    // Nobody listens on this port: every batch stays unacknowledged.
+    let nowhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = nowhere.local_addr().unwrap().port();
+    drop(nowhere);
+    let config = AgentConfig {
+        collector: format!("http://127.0.0.1:{port}"),
+        simulate: Some("gpus=1,seed=5".into()),
+        interval: Duration::from_millis(100),
+        max_buffered_batches: 5,
+        agent_id: Some("lonely".into()),
+        ..AgentConfig::default()
+    };
+    let identity = host_identity(&config, &SystemPaths::default());
+    let a = gpulse_agent::start(config.clone(), identity, backend_opener(&config).unwrap())
+        .await
+        .unwrap();
+    eventually("drops are counted", || a.metrics.batches_dropped.get() >= 3).await;
+    assert_eq!(a.metrics.buffered_batches.get(), 5);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nvml_the_agent_keeps_running_and_says_why() {
+    let c = collector_on("127.0.0.1:0").await;
+    let config = AgentConfig {
+        nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()),
+        interval: Duration::from_millis(100),
+        ..AgentConfig::default()
+    };
+    let a = agent(&c, "no-driver", config).await;
+    eventually("the host is known with its reason", || {
+        c.fleet
+            .host("no-driver")
+            .is_some_and(|h| h.identity.gpu_backend_error == "library_not_found")
+    })
+    .await;
+    let text = http::render(&c.registry);
+    assert_eq!(
+        value(
+            &text,
+            "gpulse_host_gpu_backend_error{host=\"no-driver\",reason=\"library_not_found\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "gpulse_agent_up{host=\"no-driver\"}"),
+        Some(1.0)
+    );
+    a.shutdown().await;
+    c.shutdown().await;
+}

@@ -1,0 +1,519 @@
+//! The collector from the outside: over real gRPC on loopback, and its exposition
+//! against a golden file and promtool.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::Registry;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use gpulse_collector::config::CollectorConfig;
+use gpulse_collector::fleet::Fleet;
+use gpulse_collector::metrics::SelfMetrics;
+use gpulse_collector::{RunningCollector, http};
+use gpulse_exposition::FleetCollector;
+use gpulse_gpu::simulator::Simulator;
+use gpulse_gpu::{GpuBackend, HostFacts, HostIdentity, Learned, ProviderIdentity, Snapshot};
+use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn identity(agent_id: &str, machine_id: &str) -> HostIdentity {
+    HostIdentity {
+        agent_id: agent_id.into(),
+        boot_id: "boot-1".into(),
+        hostname: agent_id.into(),
+        agent_version: "0.1.0".into(),
+        provider: ProviderIdentity {
+            provider: Learned::from_config("aws"),
+            region: Learned::from_config("us-east-1"),
+            zone: Learned::from_config("us-east-1a"),
+            instance_type: Learned::from_config("p5.48xlarge"),
+        },
+        facts: HostFacts {
+            machine_id: machine_id.into(),
+            os: "Ubuntu 22.04".into(),
+            kernel: "5.15.0".into(),
+            ..HostFacts::default()
+        },
+        labels: [("team".to_string(), "llm".to_string())].into(),
+        gpu_backend_error: String::new(),
+    }
+}
+
+async fn start() -> RunningCollector {
+    start_with(CollectorConfig::default()).await
+}
+
+async fn start_with(config: CollectorConfig) -> RunningCollector {
+    let dir = tempfile::tempdir().unwrap().keep();
+    gpulse_collector::start(CollectorConfig {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir,
+        ..config
+    })
+    .await
+    .unwrap()
+}
+
+/// A hand-driven agent stream.
+struct Stream {
+    tx: mpsc::Sender<v1::AgentMessage>,
+    rx: Streaming<v1::CollectorMessage>,
+}
+
+async fn open(
+    c: &RunningCollector,
+    hello: v1::Hello,
+    token: Option<&str>,
+) -> Result<Stream, tonic::Status> {
+    let mut client = IngestClient::connect(format!("http://{}", c.grpc_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let rx = client.stream(req).await?.into_inner();
+    Ok(Stream { tx, rx })
+}
+
+impl Stream {
+    async fn send(&mut self, seq: u64, snapshots: Vec<v1::Snapshot>) -> collector_message::Msg {
+        self.tx
+            .send(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Batch(v1::Batch { seq, snapshots })),
+            })
+            .await
+            .unwrap();
+        self.next().await.unwrap()
+    }
+
+    async fn next(&mut self) -> Result<collector_message::Msg, tonic::Status> {
+        let m = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("the collector answers within 10 s")?;
+        Ok(m.expect("the stream is open").msg.expect("a message"))
+    }
+}
+
+fn sim(spec: &str) -> Simulator {
+    Simulator::new(spec.parse().unwrap())
+}
+
+fn hello_for(id: &HostIdentity, sim: &Simulator) -> v1::Hello {
+    gpulse_proto::hello(id, sim.inventory(), 5000)
+}
+
+fn snapshot(sim: &mut Simulator, t: i64) -> v1::Snapshot {
+    v1::Snapshot::from(&Snapshot {
+        timestamp_unix_ms: t,
+        gpus: sim.sample(t),
+    })
+}
+
+fn counter(c: &RunningCollector, name: &str) -> f64 {
+    http::render(&c.registry)
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exposed"))
+}
+
+fn rejected(c: &RunningCollector, reason: &str) -> f64 {
+    counter(
+        c,
+        &format!("gpulse_collector_rejected_messages_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn a_replayed_batch_is_acknowledged_but_applied_once() {
+    let c = start().await;
+    let mut sim = sim("gpus=2,scenario=training,seed=3");
+    let id = identity("node-a", "m-a");
+    let t0 = now_ms();
+    let s1 = snapshot(&mut sim, t0);
+    let s2 = snapshot(&mut sim, t0 + 5000);
+    let s3 = snapshot(&mut sim, t0 + 10000);
+
+    let mut first = open(&c, hello_for(&id, &sim), None).await.unwrap();
+    assert_eq!(
+        first.send(1, vec![s1]).await,
+        collector_message::Msg::Ack(v1::Ack { seq: 1 })
+    );
+    assert_eq!(
+        first.send(2, vec![s2.clone()]).await,
+        collector_message::Msg::Ack(v1::Ack { seq: 2 })
+    );
+    drop(first);
+
+    // The agent did not see the ack for 2 before the stream dropped: it replays 2, then sends 3.
+    let mut second = open(&c, hello_for(&id, &sim), None).await.unwrap();
+    assert_eq!(
+        second.send(2, vec![s2]).await,
+        collector_message::Msg::Ack(v1::Ack { seq: 2 })
+    );
+    assert_eq!(
+        second.send(3, vec![s3.clone()]).await,
+        collector_message::Msg::Ack(v1::Ack { seq: 3 })
+    );
+
+    assert_eq!(counter(&c, "gpulse_collector_batches_received_total"), 3.0);
+    assert_eq!(counter(&c, "gpulse_collector_duplicate_batches_total"), 1.0);
+    assert_eq!(
+        counter(&c, "gpulse_collector_gpu_samples_received_total"),
+        6.0
+    );
+    let view = c.fleet.host("node-a").unwrap();
+    assert_eq!(view.latest_snapshot_unix_ms, Some(s3.timestamp_unix_ms));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_batch_is_refused_with_its_reason_and_changes_nothing() {
+    let c = start().await;
+    let mut sim = sim("gpus=2,seed=4");
+    let id = identity("node-b", "m-b");
+    let t0 = now_ms();
+    let mut s = open(&c, hello_for(&id, &sim), None).await.unwrap();
+    assert!(matches!(
+        s.send(10, vec![snapshot(&mut sim, t0)]).await,
+        collector_message::Msg::Ack(_)
+    ));
+    let before = c.fleet.host("node-b").unwrap();
+
+    let future = snapshot(&mut sim, t0 + 3_600_000);
+    let mut hot = snapshot(&mut sim, t0 + 5000);
+    hot.gpus[1].temperature_celsius = Some(900);
+    let mut stranger = snapshot(&mut sim, t0 + 5000);
+    stranger.gpus[0].uuid = "GPU-not-ours".into();
+    let mut unknown_state = snapshot(&mut sim, t0 + 5000);
+    unknown_state.gpus[0].state = 42;
+    for (seq, snap, reason) in [
+        (11, future, "future_timestamp"),
+        (12, hot, "out_of_range"),
+        (13, stranger, "unknown_gpu"),
+        (14, unknown_state, "unknown_enum"),
+    ] {
+        match s.send(seq, vec![snap]).await {
+            collector_message::Msg::Reject(r) => {
+                assert_eq!((r.seq, r.reason.as_str()), (seq, reason), "{}", r.message);
+                assert!(!r.message.is_empty());
+            }
+            other => panic!("seq {seq}: expected a reject, got {other:?}"),
+        }
+        assert_eq!(rejected(&c, reason), 1.0, "{reason}");
+    }
+    let after = c.fleet.host("node-b").unwrap();
+    assert_eq!(
+        after.gpus, before.gpus,
+        "a refused batch must not touch stored state"
+    );
+    // The stream stays usable after a refusal.
+    assert!(matches!(
+        s.send(15, vec![snapshot(&mut sim, t0 + 10_000)]).await,
+        collector_message::Msg::Ack(_)
+    ));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_hellos_get_a_clear_status() {
+    let c = start().await;
+    let sim = sim("gpus=1,seed=5");
+
+    let bad_id = identity("bad id!", "m");
+    let err = open(&c, hello_for(&bad_id, &sim), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("agent id"), "{}", err.message());
+
+    let _holder = open(&c, hello_for(&identity("node-c", "machine-1"), &sim), None)
+        .await
+        .unwrap();
+    let err = open(&c, hello_for(&identity("node-c", "machine-2"), &sim), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains("machine-1"), "{}", err.message());
+    assert_eq!(rejected(&c, "agent_id_conflict"), 1.0);
+
+    // A batch before any Hello.
+    let mut client = IngestClient::connect(format!("http://{}", c.grpc_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Batch(v1::Batch::default())),
+    })
+    .await
+    .unwrap();
+    let err = client.stream(ReceiverStream::new(rx)).await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(rejected(&c, "no_hello"), 1.0);
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_and_counted() {
+    let c = start_with(CollectorConfig {
+        limits: gpulse_collector::config::Limits {
+            max_message_bytes: 64 * 1024,
+            ..Default::default()
+        },
+        ..CollectorConfig::default()
+    })
+    .await;
+    let mut sim = sim("gpus=8,seed=6");
+    let mut s = open(&c, hello_for(&identity("node-d", "m-d"), &sim), None)
+        .await
+        .unwrap();
+    let t0 = now_ms();
+    let big: Vec<v1::Snapshot> = (0..400)
+        .map(|i| snapshot(&mut sim, t0 - 400_000 + i * 1000))
+        .collect();
+    s.tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Batch(v1::Batch {
+            seq: 1,
+            snapshots: big,
+        })),
+    })
+    .await
+    .unwrap();
+    let end = s.next().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::ResourceExhausted, "{end:?}");
+    assert!(end.message().contains("max_message_bytes"), "{end:?}");
+    // The server counts the refusal once the stream has failed.
+    for _ in 0..50 {
+        if rejected(&c, "oversized") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rejected(&c, "oversized"), 1.0);
+    assert!(
+        c.fleet
+            .host("node-d")
+            .unwrap()
+            .gpus
+            .iter()
+            .all(|g| g.latest.is_none())
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_a_token_only_authenticated_agents_and_scrapers_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let c = start_with(CollectorConfig {
+        auth_token_file: Some(token_file),
+        ..CollectorConfig::default()
+    })
+    .await;
+    let sim = sim("gpus=1,seed=7");
+    let hello = hello_for(&identity("node-e", "m-e"), &sim);
+
+    let err = open(&c, hello.clone(), None).await.err().unwrap();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = open(&c, hello.clone(), Some("wrong-token-wrong-token"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(rejected(&c, "unauthenticated"), 2.0);
+    let _connected = open(&c, hello, Some(token)).await.unwrap();
+
+    let url = format!("http://{}/metrics", c.http_addr);
+    assert_eq!(http_get(&url, None).await.0, 401);
+    let (status, body) = http_get(&url, Some(token)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("gpulse_agent_up{host=\"node-e\"} 1"),
+        "{body}"
+    );
+    let (status, _) = http_get(&format!("http://{}/healthz", c.http_addr), None).await;
+    assert_eq!(status, 200, "probes stay open");
+    c.shutdown().await;
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket, to test the server as any scraper sees it.
+async fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    sock.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn readiness_and_health_answer() {
+    let c = start().await;
+    assert_eq!(
+        http_get(&format!("http://{}/readyz", c.http_addr), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        http_get(&format!("http://{}/healthz", c.http_addr), None)
+            .await
+            .0,
+        200
+    );
+    c.shutdown().await;
+}
+
+/// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent.
+fn golden_registry() -> Registry {
+    let registry = Registry::new();
+    SelfMetrics::new(&registry).unwrap();
+    let fleet = Fleet::new(Default::default());
+    registry
+        .register(Box::new(FleetCollector::new(fleet.clone())))
+        .unwrap();
+    let t0 = 1_790_000_000_000;
+    for (i, spec) in [
+        "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
+        "gpus=2,model=a100,scenario=power-cap,seed=12",
+        "gpus=1,model=l4,scenario=idle,seed=13,hide=energy+pcie_replays",
+        "gpus=2,model=h200,scenario=lost,seed=14",
+        "gpus=1,model=h100-sxm,scenario=pcie-degraded,seed=15",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut sim = sim(spec);
+        let id = identity(&format!("host-{i}"), &format!("machine-{i}"));
+        let session = fleet.connect(id, sim.inventory().to_vec(), t0).unwrap();
+        for k in 0..3 {
+            let t = t0 + k * 5000;
+            let snap = Snapshot {
+                timestamp_unix_ms: t,
+                gpus: sim.sample(t),
+            };
+            fleet.apply(&session, k as u64 + 1, vec![snap], t).unwrap();
+        }
+        if i == 4 {
+            fleet.disconnect(&session, t0 + 20_000);
+        }
+    }
+    registry
+}
+
+#[test]
+fn the_exposition_matches_the_golden_file() {
+    let text = http::render(&golden_registry());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/exposition.prom");
+    if std::env::var_os("GPULSE_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        golden == text,
+        "the exposition changed; if that is intended, review and run GPULSE_BLESS=1 cargo test -p gpulse-collector --test ingest (metric names are API: see docs/metrics.md)"
+    );
+    assert!(!text.contains("NaN"), "no metric may be NaN");
+}
+
+/// Runs `promtool check metrics` on an exposition. promtool is required: the test
+/// script installs it (scripts/install-test-deps.sh).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool is required: run scripts/install-test-deps.sh (Debian package prometheus)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+}
+
+#[test]
+fn the_exposition_passes_promtool() {
+    promtool_check(&http::render(&golden_registry()));
+}
+
+#[test]
+fn an_agent_that_stays_away_past_the_expiry_disappears() {
+    let fleet = Fleet::new(Default::default());
+    let registry = Registry::new();
+    registry
+        .register(Box::new(FleetCollector::new(fleet.clone())))
+        .unwrap();
+    let sim = sim("gpus=1,seed=21");
+    let session = fleet
+        .connect(identity("leaver", "m"), sim.inventory().to_vec(), 1000)
+        .unwrap();
+    fleet.disconnect(&session, 2000);
+    let text = http::render(&registry);
+    assert!(
+        text.contains("gpulse_agent_up{host=\"leaver\"} 0"),
+        "{text}"
+    );
+    assert!(fleet.expire(2000 + 299_000, 300_000).is_empty(), "not yet");
+    assert_eq!(fleet.expire(2000 + 300_001, 300_000), ["leaver"]);
+    assert!(!http::render(&registry).contains("leaver"));
+}
