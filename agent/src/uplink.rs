@@ -26,6 +26,8 @@ pub struct Shared {
     /// Wakes the uplink when a batch is added.
     pub wake: Notify,
     pub metrics: AgentMetrics,
+    /// Whether this outage's first drop was logged; later drops are only counted.
+    drop_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
             buffer: Mutex::new(Buffer::new(capacity)),
             wake: Notify::new(),
             metrics,
+            drop_logged: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -68,6 +71,8 @@ impl Shared {
             let mut b = self.buffer();
             (b.ack(seq), b.len())
         };
+        self.drop_logged
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.metrics.batches_acked.inc_by(n as u64);
         self.metrics.buffered_batches.set(len as i64);
     }

@@ -288,3 +288,59 @@ async fn without_nvml_the_agent_keeps_running_and_says_why() {
     a.shutdown().await;
     c.shutdown().await;
 }
+
+/// The binary as a user runs it: bad input is refused with a message naming it.
+#[test]
+fn the_binary_names_bad_input_and_exits_non_zero() {
+    let bin = env!("CARGO_BIN_EXE_gpulse-agent");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(&["--simulate", "gpus=8,model=v100"], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown model \"v100\"") && err.contains("h100-sxm"),
+        "{err}"
+    );
+
+    let (ok, err) = run(&[], &[("GPULSE_AGENT_INTERVAL", "soon")]);
+    assert!(!ok);
+    assert!(err.contains("--interval") && err.contains("soon"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "collector = \"http://127.0.0.1:7431\"\nintervall = \"5s\"\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&["--config", config.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("agent.toml") && err.contains("intervall") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_printed_example_config_is_the_shipped_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .arg("--print-example-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/config/agent.example.toml"
+    ))
+    .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), shipped);
+}

@@ -1,1 +1,105 @@
-fn main() {}
+//! The collector's two hot paths: decoding and applying an agent's batch, and
+//! rendering /metrics for a large fleet (1,000 hosts x 8 GPUs).
+//!
+//! Run: cargo bench -p gpulse-collector --bench ingest
+
+#![allow(clippy::unwrap_used, reason = "a bench fails by panicking")]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prometheus::Registry;
+use prost::Message;
+
+use gpulse_collector::fleet::Fleet;
+use gpulse_collector::http;
+use gpulse_exposition::FleetCollector;
+use gpulse_gpu::simulator::Simulator;
+use gpulse_gpu::{GpuBackend, HostIdentity, Snapshot};
+use gpulse_proto::v1::{self, agent_message};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn identity(i: usize) -> HostIdentity {
+    HostIdentity {
+        agent_id: format!("host-{i:04}"),
+        hostname: format!("host-{i:04}.example"),
+        boot_id: "boot".into(),
+        ..HostIdentity::default()
+    }
+}
+
+fn decode_and_apply(c: &mut Criterion) {
+    let fleet = Fleet::new(Default::default());
+    let mut sim = Simulator::new("gpus=8,scenario=training".parse().unwrap());
+    let session = fleet
+        .connect(identity(0), sim.inventory().to_vec(), now_ms())
+        .unwrap();
+    let t = now_ms();
+    let snapshot = Snapshot {
+        timestamp_unix_ms: t,
+        gpus: sim.sample(t),
+    };
+    let bytes = v1::AgentMessage {
+        msg: Some(agent_message::Msg::Batch(v1::Batch {
+            seq: 0,
+            snapshots: vec![v1::Snapshot::from(&snapshot)],
+        })),
+    }
+    .encode_to_vec();
+    let mut seq = 0u64;
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(8));
+    group.bench_function("decode_validate_apply_batch_8_gpus", |b| {
+        b.iter(|| {
+            let msg = v1::AgentMessage::decode(bytes.as_slice()).unwrap();
+            let Some(agent_message::Msg::Batch(batch)) = msg.msg else {
+                unreachable!()
+            };
+            let snapshots: Vec<Snapshot> = batch
+                .snapshots
+                .into_iter()
+                .map(|s| s.try_into().unwrap())
+                .collect();
+            seq += 1;
+            fleet.apply(&session, seq, snapshots, t).unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn render_large_fleet(c: &mut Criterion) {
+    let fleet = Fleet::new(Default::default());
+    let registry = Registry::new();
+    registry
+        .register(Box::new(FleetCollector::new(fleet.clone())))
+        .unwrap();
+    let t = now_ms();
+    for i in 0..1000 {
+        let mut sim = Simulator::new(format!("gpus=8,seed={i}").parse().unwrap());
+        let session = fleet
+            .connect(identity(i), sim.inventory().to_vec(), t)
+            .unwrap();
+        let snapshot = Snapshot {
+            timestamp_unix_ms: t,
+            gpus: sim.sample(t),
+        };
+        fleet.apply(&session, 1, vec![snapshot], t).unwrap();
+    }
+    let size = http::render(&registry).len();
+    eprintln!("exposition for 1,000 hosts x 8 GPUs: {size} bytes");
+    let mut group = c.benchmark_group("exposition");
+    group.sample_size(10);
+    group.bench_function("render_1000_hosts_x_8_gpus", |b| {
+        b.iter(|| http::render(&registry))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_apply, render_large_fleet);
+criterion_main!(benches);

@@ -133,6 +133,28 @@ impl Families {
         for gpu in &host.gpus {
             self.add_gpu(&id.agent_id, gpu);
         }
+        // Which fields the host hides, once per host rather than per GPU: a provider
+        // hides a field on all its GPUs, and per-GPU series would multiply the cost.
+        let answering: Vec<_> = host
+            .gpus
+            .iter()
+            .filter_map(|g| g.latest.as_ref())
+            .filter(|s| s.state != DeviceState::Lost)
+            .collect();
+        if !answering.is_empty() {
+            for field in Field::ALL {
+                let supported = answering
+                    .iter()
+                    .all(|s| s.field_status(field) != FieldStatus::Unsupported);
+                let mut l = host_label();
+                l.push(label("field", field.name()));
+                self.push(
+                    &names::GPU_FIELD_SUPPORTED,
+                    l,
+                    f64::from(u8::from(supported)),
+                );
+            }
+        }
     }
 
     fn add_gpu(&mut self, host: &str, gpu: &GpuView) {
@@ -276,14 +298,6 @@ impl Families {
                     f64::from(u8::from(reasons.contains(flag))),
                 );
             }
-        }
-        for field in Field::ALL {
-            let supported = s.field_status(field) != FieldStatus::Unsupported;
-            self.push(
-                &names::GPU_FIELD_SUPPORTED,
-                with(&[("field", field.name())]),
-                f64::from(u8::from(supported)),
-            );
         }
     }
 

@@ -251,3 +251,76 @@ pub const AGENT_SAMPLE_DURATION: Def = gauge(
     "gpulse_agent_sample_duration_seconds",
     "How long the last reading of all GPUs took, in seconds.",
 );
+
+/// The collector's self-metrics.
+pub const COLLECTOR: [Def; 8] = [
+    COLLECTOR_AGENTS_CONNECTED,
+    COLLECTOR_AGENTS_KNOWN,
+    COLLECTOR_AGENTS_EXPIRED,
+    COLLECTOR_BATCHES_RECEIVED,
+    COLLECTOR_DUPLICATE_BATCHES,
+    COLLECTOR_GPU_SAMPLES_RECEIVED,
+    COLLECTOR_RECEIVED_BYTES,
+    COLLECTOR_REJECTED_MESSAGES,
+];
+
+/// The agent's self-metrics.
+pub const AGENT: [Def; 8] = [
+    AGENT_BATCHES_SENT,
+    AGENT_BATCHES_ACKED,
+    AGENT_BATCHES_REJECTED,
+    AGENT_BATCHES_DROPPED,
+    AGENT_BUFFERED_BATCHES,
+    AGENT_CONNECTS,
+    AGENT_CONNECTED,
+    AGENT_SAMPLE_DURATION,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> impl Iterator<Item = Def> {
+        FLEET.into_iter().chain(COLLECTOR).chain(AGENT)
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/metrics.md");
+        for def in all() {
+            assert!(
+                doc.contains(&format!("`{}`", def.name)),
+                "docs/metrics.md does not document {}",
+                def.name
+            );
+        }
+    }
+
+    #[test]
+    fn names_follow_the_conventions() {
+        let mut names: Vec<&str> = all().map(|d| d.name).collect();
+        for d in all() {
+            assert!(d.name.starts_with("gpulse_"), "{}", d.name);
+            assert_eq!(
+                d.kind == Kind::Counter,
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
+            for banned in [
+                "_milliwatts",
+                "_percent",
+                "_mhz",
+                "_millijoules",
+                "_celcius",
+            ] {
+                assert!(!d.name.contains(banned), "{}: use base units", d.name);
+            }
+            assert!(d.help.ends_with('.'), "{}: help is a sentence", d.name);
+        }
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "duplicate metric names");
+    }
+}
