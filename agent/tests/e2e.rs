@@ -153,18 +153,30 @@ async fn every_scenario_reaches_the_collector_and_passes_promtool() {
     let (_, local) = &agents[0];
     let local_text = fetch(&format!("http://{}/metrics", local.http_addr.unwrap())).await;
     promtool_check(&local_text);
-    let gpu_names: BTreeSet<String> = metric_names(&text)
-        .into_iter()
-        .filter(|n| n.starts_with("gpulse_gpu_") || n.starts_with("gpulse_host_"))
+    let (scenario, _) = &agents[0];
+    let this_host = format!("host=\"host-{scenario}\"");
+    let host_lines: String = text
+        .lines()
+        .filter(|l| l.contains(&this_host))
+        .map(|l| format!("{l}\n"))
         .collect();
+    let collector_names: BTreeSet<String> = metric_names(&host_lines);
     let local_names = metric_names(&local_text);
-    let idle_only = ["gpulse_gpu_lost"];
-    for name in &gpu_names {
-        assert!(
-            local_names.contains(name) || idle_only.contains(&name.as_str()),
-            "local /metrics lacks {name}"
-        );
-    }
+    let local_host_names: BTreeSet<String> = local_names
+        .iter()
+        .filter(|n| n.starts_with("gpulse_gpu_") || n.starts_with("gpulse_host_"))
+        .cloned()
+        .collect();
+    assert!(!collector_names.is_empty());
+    assert_eq!(
+        local_host_names,
+        collector_names
+            .iter()
+            .filter(|n| n.starts_with("gpulse_gpu_") || n.starts_with("gpulse_host_"))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        "the local /metrics and the collector show {scenario} under the same names"
+    );
     assert!(local_names.contains("gpulse_agent_batches_acked_total"));
 
     for (_, a) in agents {

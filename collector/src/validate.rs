@@ -294,6 +294,91 @@ fn check_sample(s: &DeviceSample) -> Result<(), Rejection> {
     if let Some(v) = s.pcie_width.value().filter(|v| !PCIE_WIDTHS.contains(v)) {
         return Err(out_of_range(u, "pcie_width", v, "{1,2,4,8,12,16,32}"));
     }
+    check_health(s)
+}
+
+/// nvml.h NVML_NVLINK_MAX_LINKS.
+const MAX_NVLINKS: usize = 18;
+/// Processes listed per GPU; a GPU shared by more is summarised by the largest.
+const MAX_PROCESSES_PER_GPU: usize = 256;
+/// Distinct XID codes per GPU (NVIDIA's catalogue has under 200).
+const MAX_XID_CODES: usize = 256;
+/// Workload names (pod UIDs, unit names) longer than this are not names.
+const MAX_WORKLOAD_BYTES: usize = 256;
+
+fn check_health(s: &DeviceSample) -> Result<(), Rejection> {
+    let u = &s.uuid;
+    for (what, v) in [
+        ("graphics_clock_mhz", s.graphics_clock_mhz.value()),
+        (
+            "applications_sm_clock_mhz",
+            s.applications_sm_clock_mhz.value(),
+        ),
+        (
+            "applications_memory_clock_mhz",
+            s.applications_memory_clock_mhz.value(),
+        ),
+    ] {
+        if let Some(v) = v.filter(|v| *v > MAX_CLOCK_MHZ) {
+            return Err(out_of_range(u, what, v, "0..=10000"));
+        }
+    }
+    if let Some(v) = s
+        .memory_temperature_celsius
+        .value()
+        .filter(|v| *v > MAX_TEMPERATURE_CELSIUS)
+    {
+        return Err(out_of_range(u, "memory_temperature_celsius", v, "0..=150"));
+    }
+    if let Some(g) = s.gpm.value() {
+        for (what, v) in [
+            ("gpm.sm_active", g.sm_active),
+            ("gpm.sm_occupancy", g.sm_occupancy),
+            ("gpm.tensor_active", g.tensor_active),
+            ("gpm.dram_active", g.dram_active),
+        ] {
+            if !v.is_finite() || !(0.0..=1.0).contains(&v) {
+                return Err(out_of_range(u, what, v, "0..=1 (finite)"));
+            }
+        }
+    }
+    if let Some(links) = s.nvlinks.get()
+        && (links.len() > MAX_NVLINKS || links.iter().any(|l| l.link as usize >= MAX_NVLINKS))
+    {
+        return Err(out_of_range(
+            u,
+            "nvlinks",
+            links.len(),
+            "at most 18 links numbered 0..18",
+        ));
+    }
+    if let Some(x) = s.xid_errors.get().filter(|x| x.len() > MAX_XID_CODES) {
+        return Err(out_of_range(u, "xid codes", x.len(), "0..=256"));
+    }
+    if let Some(procs) = s.processes.get() {
+        if procs.len() > MAX_PROCESSES_PER_GPU {
+            return Err(out_of_range(u, "processes", procs.len(), "0..=256"));
+        }
+        for p in procs {
+            if let Some(v) = p.sm_utilization_percent.filter(|v| *v > 100) {
+                return Err(out_of_range(
+                    u,
+                    "process sm_utilization_percent",
+                    v,
+                    "0..=100",
+                ));
+            }
+            if p.workload.len() > MAX_WORKLOAD_BYTES || p.workload.chars().any(char::is_control) {
+                return Err(Rejection::new(
+                    RejectKind::OutOfRange,
+                    format!(
+                        "GPU {u}: process {} has a workload name that is too long or has control characters",
+                        p.pid
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

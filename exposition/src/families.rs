@@ -5,7 +5,7 @@
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-use gpulse_gpu::{DeviceState, Field, FieldStatus, ThrottleReasons};
+use gpulse_gpu::{DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
 
 use crate::names::{self, Def, Kind};
 use crate::{GpuView, HostView};
@@ -66,6 +66,9 @@ impl Default for Families {
         }
     }
 }
+
+/// Builds a GPU's labels plus extra pairs.
+type LabelsWith<'a> = dyn Fn(&[(&str, &str)]) -> Vec<LabelPair> + 'a;
 
 /// Converts NVML units to the base units in metric names.
 const HZ_PER_MHZ: f64 = 1e6;
@@ -179,9 +182,26 @@ impl Families {
                 ("pci_bus_id", &d.pci_bus_id),
                 ("driver_version", &d.driver_version),
                 ("vbios_version", &d.vbios_version),
+                ("architecture", &d.architecture),
             ]),
             1.0,
         );
+        for m in &d.mig_instances {
+            let gi = m.gpu_instance_id.map(|v| v.to_string()).unwrap_or_default();
+            let ci = m
+                .compute_instance_id
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            self.push(
+                &names::GPU_MIG_INSTANCE_INFO,
+                with(&[
+                    ("mig_uuid", &m.uuid),
+                    ("gpu_instance", &gi),
+                    ("compute_instance", &ci),
+                ]),
+                1.0,
+            );
+        }
         let inventory = [
             (
                 &names::GPU_MEMORY_TOTAL,
@@ -297,6 +317,135 @@ impl Families {
                     with(&[("reason", name)]),
                     f64::from(u8::from(reasons.contains(flag))),
                 );
+            }
+        }
+        self.add_health(&with, s);
+    }
+
+    /// Throttle time, interconnect, memory health, XID and processes of one GPU.
+    fn add_health(&mut self, with: &LabelsWith<'_>, s: &DeviceSample) {
+        let flag = |b: bool| f64::from(u8::from(b));
+        if let Some(t) = s.throttle_time.get() {
+            self.push(
+                &names::GPU_THROTTLE_TIME_INFO,
+                with(&[("source", t.source.name())]),
+                1.0,
+            );
+            for (policy, ns) in &t.nanoseconds {
+                self.push(
+                    &names::GPU_THROTTLE_SECONDS,
+                    with(&[("reason", policy.name())]),
+                    *ns as f64 / 1e9,
+                );
+            }
+        }
+        if let Some(links) = s.nvlinks.get() {
+            for l in links {
+                let link = l.link.to_string();
+                self.push(
+                    &names::GPU_NVLINK_UP,
+                    with(&[("link", &link)]),
+                    flag(l.active),
+                );
+                let counters = [
+                    (&names::GPU_NVLINK_TRANSMIT, None, l.tx_bytes),
+                    (&names::GPU_NVLINK_RECEIVE, None, l.rx_bytes),
+                    (
+                        &names::GPU_NVLINK_ERRORS,
+                        Some("crc_flit"),
+                        l.crc_flit_errors,
+                    ),
+                    (
+                        &names::GPU_NVLINK_ERRORS,
+                        Some("crc_data"),
+                        l.crc_data_errors,
+                    ),
+                    (&names::GPU_NVLINK_ERRORS, Some("replay"), l.replay_errors),
+                    (
+                        &names::GPU_NVLINK_ERRORS,
+                        Some("recovery"),
+                        l.recovery_errors,
+                    ),
+                ];
+                for (def, kind, value) in counters {
+                    if let Some(v) = value {
+                        let labels = match kind {
+                            Some(k) => with(&[("link", &link), ("type", k)]),
+                            None => with(&[("link", &link)]),
+                        };
+                        self.push(def, labels, v as f64);
+                    }
+                }
+            }
+        }
+        for (kind, value) in [
+            ("corrected", s.ecc_corrected_errors.value()),
+            ("uncorrected", s.ecc_uncorrected_errors.value()),
+        ] {
+            if let Some(v) = value {
+                self.push(&names::GPU_ECC_ERRORS, with(&[("type", kind)]), v as f64);
+            }
+        }
+        if let Some(r) = s.remapped_rows.value() {
+            self.push(
+                &names::GPU_REMAPPED_ROWS,
+                with(&[("type", "correctable")]),
+                f64::from(r.correctable),
+            );
+            self.push(
+                &names::GPU_REMAPPED_ROWS,
+                with(&[("type", "uncorrectable")]),
+                f64::from(r.uncorrectable),
+            );
+            self.push(&names::GPU_ROW_REMAP_PENDING, with(&[]), flag(r.pending));
+            self.push(&names::GPU_ROW_REMAP_FAILED, with(&[]), flag(r.failure));
+        }
+        if let Some(r) = s.retired_pages.value() {
+            self.push(
+                &names::GPU_RETIRED_PAGES,
+                with(&[("cause", "single_bit_ecc")]),
+                f64::from(r.single_bit_ecc),
+            );
+            self.push(
+                &names::GPU_RETIRED_PAGES,
+                with(&[("cause", "double_bit_ecc")]),
+                f64::from(r.double_bit_ecc),
+            );
+            self.push(
+                &names::GPU_RETIRED_PAGES_PENDING,
+                with(&[]),
+                flag(r.pending),
+            );
+        }
+        if let Some(xids) = s.xid_errors.get() {
+            for (xid, count) in xids {
+                self.push(
+                    &names::GPU_XID_ERRORS,
+                    with(&[("xid", &xid.to_string())]),
+                    *count as f64,
+                );
+            }
+        }
+        if let Some(procs) = s.processes.get() {
+            for p in procs {
+                let pid = p.pid.to_string();
+                let labels = || {
+                    with(&[
+                        ("pid", &pid),
+                        ("workload_kind", p.workload_kind.name()),
+                        ("workload", &p.workload),
+                    ])
+                };
+                if let Some(m) = p.used_memory_bytes {
+                    self.push(&names::GPU_PROCESS_MEMORY_USED, labels(), m as f64);
+                }
+                if let Some(u) = p.sm_utilization_percent {
+                    self.push(
+                        &names::GPU_PROCESS_SM_UTILIZATION,
+                        labels(),
+                        f64::from(u) / 100.0,
+                    );
+                }
             }
         }
     }

@@ -135,6 +135,129 @@ pub const GPU_FIELD_SUPPORTED: Def = gauge(
     "1 when the host exposes the named field of this GPU, 0 when it hides it.",
 );
 
+pub const GPU_GRAPHICS_CLOCK: Def = gauge(
+    "gpulse_gpu_graphics_clock_hertz",
+    "Current graphics clock in hertz.",
+);
+pub const GPU_GRAPHICS_CLOCK_MAX: Def = gauge(
+    "gpulse_gpu_graphics_clock_max_hertz",
+    "Maximum graphics clock in hertz.",
+);
+pub const GPU_APPLICATIONS_SM_CLOCK: Def = gauge(
+    "gpulse_gpu_applications_sm_clock_hertz",
+    "SM application clock in force in hertz; below the maximum means clocks are locked by settings.",
+);
+pub const GPU_APPLICATIONS_MEMORY_CLOCK: Def = gauge(
+    "gpulse_gpu_applications_memory_clock_hertz",
+    "Memory application clock in force in hertz.",
+);
+pub const GPU_MEMORY_TEMPERATURE: Def = gauge(
+    "gpulse_gpu_memory_temperature_celsius",
+    "Device memory (HBM) temperature in degrees celsius.",
+);
+pub const GPU_MEMORY_MAX_TEMPERATURE: Def = gauge(
+    "gpulse_gpu_memory_max_temperature_celsius",
+    "Memory temperature in degrees celsius at which the GPU slows down.",
+);
+pub const GPU_MAX_OPERATING_TEMPERATURE: Def = gauge(
+    "gpulse_gpu_max_operating_temperature_celsius",
+    "GPU temperature in degrees celsius past which clocks may drop below base.",
+);
+pub const GPU_THROTTLE_SECONDS: Def = counter(
+    "gpulse_gpu_throttle_seconds_total",
+    "Seconds the clocks were held down, by reason (NVML performance policy).",
+);
+pub const GPU_THROTTLE_TIME_INFO: Def = gauge(
+    "gpulse_gpu_throttle_time_info",
+    "Where gpulse_gpu_throttle_seconds_total comes from (source: violation_status, field_values, sampled_flags); value is always 1.",
+);
+pub const GPU_PCIE_TRANSMIT: Def = counter(
+    "gpulse_gpu_pcie_transmit_bytes_total",
+    "Bytes the GPU sent over PCIe.",
+);
+pub const GPU_PCIE_RECEIVE: Def = counter(
+    "gpulse_gpu_pcie_receive_bytes_total",
+    "Bytes the GPU received over PCIe.",
+);
+pub const GPU_NVLINK_UP: Def = gauge(
+    "gpulse_gpu_nvlink_up",
+    "1 while the NVLink link is active, 0 when it is down.",
+);
+pub const GPU_NVLINK_TRANSMIT: Def = counter(
+    "gpulse_gpu_nvlink_transmit_bytes_total",
+    "Data bytes sent over the NVLink link.",
+);
+pub const GPU_NVLINK_RECEIVE: Def = counter(
+    "gpulse_gpu_nvlink_receive_bytes_total",
+    "Data bytes received over the NVLink link.",
+);
+pub const GPU_NVLINK_ERRORS: Def = counter(
+    "gpulse_gpu_nvlink_errors_total",
+    "NVLink errors on the link, by type (crc_flit, crc_data, replay, recovery).",
+);
+pub const GPU_ECC_ERRORS: Def = counter(
+    "gpulse_gpu_ecc_errors_total",
+    "ECC errors over the GPU's life, by type (corrected, uncorrected).",
+);
+pub const GPU_REMAPPED_ROWS: Def = gauge(
+    "gpulse_gpu_remapped_rows",
+    "Memory rows remapped, by type (correctable, uncorrectable).",
+);
+pub const GPU_ROW_REMAP_PENDING: Def = gauge(
+    "gpulse_gpu_row_remap_pending",
+    "1 when a row remap waits for the next GPU reset.",
+);
+pub const GPU_ROW_REMAP_FAILED: Def = gauge(
+    "gpulse_gpu_row_remap_failed",
+    "1 when a row remap failed: the GPU needs service.",
+);
+pub const GPU_RETIRED_PAGES: Def = gauge(
+    "gpulse_gpu_retired_pages",
+    "Memory pages retired, by cause (single_bit_ecc, double_bit_ecc).",
+);
+pub const GPU_RETIRED_PAGES_PENDING: Def = gauge(
+    "gpulse_gpu_retired_pages_pending",
+    "1 when pages wait to be retired at the next reboot.",
+);
+pub const GPU_XID_ERRORS: Def = counter(
+    "gpulse_gpu_xid_errors_total",
+    "XID errors the driver reported, by XID code.",
+);
+pub const GPU_SM_ACTIVE: Def = gauge(
+    "gpulse_gpu_sm_active_ratio",
+    "Share of time at least one warp was active on an SM, averaged over SMs (GPM, 0..1).",
+);
+pub const GPU_SM_OCCUPANCY: Def = gauge(
+    "gpulse_gpu_sm_occupancy_ratio",
+    "Resident warps as a share of the maximum, averaged over SMs (GPM, 0..1).",
+);
+pub const GPU_TENSOR_ACTIVE: Def = gauge(
+    "gpulse_gpu_tensor_active_ratio",
+    "Share of time any tensor pipe was active (GPM, 0..1).",
+);
+pub const GPU_DRAM_ACTIVE: Def = gauge(
+    "gpulse_gpu_dram_active_ratio",
+    "Share of time device memory was being read or written (GPM, 0..1).",
+);
+pub const GPU_PROCESSES: Def = gauge("gpulse_gpu_processes", "Compute processes holding the GPU.");
+pub const GPU_PROCESS_MEMORY_USED: Def = gauge(
+    "gpulse_gpu_process_memory_used_bytes",
+    "Device memory a process holds in bytes, with its workload (kubernetes_pod, container, slurm_job, systemd_unit, process).",
+);
+pub const GPU_PROCESS_SM_UTILIZATION: Def = gauge(
+    "gpulse_gpu_process_sm_utilization_ratio",
+    "Share of the last interval a process had kernels on the SMs (0..1).",
+);
+pub const GPU_ECC_ENABLED: Def = gauge(
+    "gpulse_gpu_ecc_enabled",
+    "1 when ECC is enabled on the GPU.",
+);
+pub const GPU_MIG_ENABLED: Def = gauge("gpulse_gpu_mig_enabled", "1 when the GPU is in MIG mode.");
+pub const GPU_MIG_INSTANCE_INFO: Def = gauge(
+    "gpulse_gpu_mig_instance_info",
+    "A MIG instance of the GPU (mig_uuid, gpu_instance, compute_instance); value is always 1.",
+);
+
 pub const HOST_INFO: Def = gauge(
     "gpulse_host_info",
     "Host identity as labels (hostname, provider, region, zone, instance type, agent version, operator labels as label_<key>); value is always 1.",
@@ -153,7 +276,7 @@ pub const AGENT_LAST_SEEN: Def = gauge(
 );
 
 /// Every per-host and per-GPU metric, in exposition order.
-pub const FLEET: [Def; 28] = [
+pub const FLEET: [Def; 60] = [
     HOST_INFO,
     HOST_GPU_BACKEND_ERROR,
     AGENT_UP,
@@ -182,6 +305,38 @@ pub const FLEET: [Def; 28] = [
     GPU_PCIE_MAX_WIDTH,
     GPU_PCIE_REPLAYS,
     GPU_FIELD_SUPPORTED,
+    GPU_GRAPHICS_CLOCK,
+    GPU_GRAPHICS_CLOCK_MAX,
+    GPU_APPLICATIONS_SM_CLOCK,
+    GPU_APPLICATIONS_MEMORY_CLOCK,
+    GPU_MEMORY_TEMPERATURE,
+    GPU_MEMORY_MAX_TEMPERATURE,
+    GPU_MAX_OPERATING_TEMPERATURE,
+    GPU_THROTTLE_SECONDS,
+    GPU_THROTTLE_TIME_INFO,
+    GPU_PCIE_TRANSMIT,
+    GPU_PCIE_RECEIVE,
+    GPU_NVLINK_UP,
+    GPU_NVLINK_TRANSMIT,
+    GPU_NVLINK_RECEIVE,
+    GPU_NVLINK_ERRORS,
+    GPU_ECC_ERRORS,
+    GPU_REMAPPED_ROWS,
+    GPU_ROW_REMAP_PENDING,
+    GPU_ROW_REMAP_FAILED,
+    GPU_RETIRED_PAGES,
+    GPU_RETIRED_PAGES_PENDING,
+    GPU_XID_ERRORS,
+    GPU_SM_ACTIVE,
+    GPU_SM_OCCUPANCY,
+    GPU_TENSOR_ACTIVE,
+    GPU_DRAM_ACTIVE,
+    GPU_PROCESSES,
+    GPU_PROCESS_MEMORY_USED,
+    GPU_PROCESS_SM_UTILIZATION,
+    GPU_ECC_ENABLED,
+    GPU_MIG_ENABLED,
+    GPU_MIG_INSTANCE_INFO,
 ];
 
 // The collector's own health.

@@ -4,6 +4,9 @@
 //! millijoules, bytes. Conversion to base units happens at exposition.
 
 use crate::ThrottleReasons;
+use crate::health::{
+    GpmActivity, MigInstance, NvLinkSample, ProcessSample, RemappedRows, RetiredPages, ThrottleTime,
+};
 
 /// One field of one reading. A value the GPU or host does not expose is
 /// `Unsupported`, never 0 and never an error; a read that failed this time is `Failed`.
@@ -23,6 +26,24 @@ impl<T> Reading<T> {
             Reading::Value(v) => Reading::Value(f(v)),
             Reading::Unsupported => Reading::Unsupported,
             Reading::Failed => Reading::Failed,
+        }
+    }
+}
+
+impl<T> Reading<T> {
+    pub fn as_ref(&self) -> Reading<&T> {
+        match self {
+            Reading::Value(v) => Reading::Value(v),
+            Reading::Unsupported => Reading::Unsupported,
+            Reading::Failed => Reading::Failed,
+        }
+    }
+
+    /// The value, if one was read.
+    pub fn get(&self) -> Option<&T> {
+        match self {
+            Reading::Value(v) => Some(v),
+            Reading::Unsupported | Reading::Failed => None,
         }
     }
 }
@@ -70,6 +91,16 @@ pub struct DeviceInfo {
     pub mig_enabled: Option<bool>,
     pub driver_version: String,
     pub vbios_version: String,
+    pub max_graphics_clock_mhz: Option<u32>,
+    /// Memory temperature at which the GPU slows down (NVML_TEMPERATURE_THRESHOLD_MEM_MAX).
+    pub memory_max_temperature_celsius: Option<u32>,
+    /// GPU temperature past which clocks may drop below base (NVML_TEMPERATURE_THRESHOLD_GPU_MAX).
+    pub gpu_max_operating_temperature_celsius: Option<u32>,
+    pub ecc_enabled: Option<bool>,
+    /// Architecture name in lower case ("hopper", "ampere", ...), empty when unknown.
+    pub architecture: String,
+    /// MIG instances when MIG is enabled.
+    pub mig_instances: Vec<MigInstance>,
 }
 
 /// Whether the GPU answered.
@@ -98,10 +129,22 @@ pub enum Field {
     PcieGeneration,
     PcieWidth,
     PcieReplays,
+    GraphicsClock,
+    ApplicationsClocks,
+    MemoryTemperature,
+    ThrottleTime,
+    PcieThroughput,
+    NvLink,
+    EccErrors,
+    RemappedRows,
+    RetiredPages,
+    Xid,
+    Gpm,
+    Processes,
 }
 
 impl Field {
-    pub const ALL: [Field; 13] = [
+    pub const ALL: [Field; 25] = [
         Field::GpuUtilization,
         Field::MemoryUtilization,
         Field::SmClock,
@@ -115,6 +158,18 @@ impl Field {
         Field::PcieGeneration,
         Field::PcieWidth,
         Field::PcieReplays,
+        Field::GraphicsClock,
+        Field::ApplicationsClocks,
+        Field::MemoryTemperature,
+        Field::ThrottleTime,
+        Field::PcieThroughput,
+        Field::NvLink,
+        Field::EccErrors,
+        Field::RemappedRows,
+        Field::RetiredPages,
+        Field::Xid,
+        Field::Gpm,
+        Field::Processes,
     ];
 
     /// Stable snake_case name, used as a metric label value.
@@ -133,6 +188,18 @@ impl Field {
             Field::PcieGeneration => "pcie_generation",
             Field::PcieWidth => "pcie_width",
             Field::PcieReplays => "pcie_replays",
+            Field::GraphicsClock => "graphics_clock",
+            Field::ApplicationsClocks => "applications_clocks",
+            Field::MemoryTemperature => "memory_temperature",
+            Field::ThrottleTime => "throttle_time",
+            Field::PcieThroughput => "pcie_throughput",
+            Field::NvLink => "nvlink",
+            Field::EccErrors => "ecc_errors",
+            Field::RemappedRows => "remapped_rows",
+            Field::RetiredPages => "retired_pages",
+            Field::Xid => "xid",
+            Field::Gpm => "gpm",
+            Field::Processes => "processes",
         }
     }
 }
@@ -160,6 +227,28 @@ pub struct DeviceSample {
     pub pcie_width: Reading<u32>,
     /// Cumulative PCIe replays since the driver loaded.
     pub pcie_replays: Reading<u64>,
+    pub graphics_clock_mhz: Reading<u32>,
+    /// Application clocks in force (a clock held below max by settings shows here).
+    pub applications_sm_clock_mhz: Reading<u32>,
+    pub applications_memory_clock_mhz: Reading<u32>,
+    /// HBM temperature (NVML field NVML_FI_DEV_MEMORY_TEMP).
+    pub memory_temperature_celsius: Reading<u32>,
+    /// Cumulative throttled time per policy, and where it came from.
+    pub throttle_time: Reading<ThrottleTime>,
+    /// Cumulative PCIe bytes sent and received (NVML_FI_DEV_PCIE_COUNT_TX/RX_BYTES).
+    pub pcie_tx_bytes: Reading<u64>,
+    pub pcie_rx_bytes: Reading<u64>,
+    /// Every NVLink link of the GPU; unsupported on GPUs without NVLink.
+    pub nvlinks: Reading<Vec<NvLinkSample>>,
+    /// Cumulative ECC errors over the GPU's life (aggregate counters).
+    pub ecc_corrected_errors: Reading<u64>,
+    pub ecc_uncorrected_errors: Reading<u64>,
+    pub remapped_rows: Reading<RemappedRows>,
+    pub retired_pages: Reading<RetiredPages>,
+    /// XID events seen by the agent: (XID code, cumulative count), sorted by code.
+    pub xid_errors: Reading<Vec<(u64, u64)>>,
+    pub gpm: Reading<GpmActivity>,
+    pub processes: Reading<Vec<ProcessSample>>,
 }
 
 /// Whether a field was read, is unsupported, or failed.
@@ -170,7 +259,7 @@ pub enum FieldStatus {
     Failed,
 }
 
-fn status<T: Copy>(r: &Reading<T>) -> FieldStatus {
+fn status<T>(r: &Reading<T>) -> FieldStatus {
     match r {
         Reading::Value(_) => FieldStatus::Read,
         Reading::Unsupported => FieldStatus::Unsupported,
@@ -208,6 +297,18 @@ impl DeviceSample {
             Field::PcieGeneration => status(&self.pcie_generation),
             Field::PcieWidth => status(&self.pcie_width),
             Field::PcieReplays => status(&self.pcie_replays),
+            Field::GraphicsClock => status(&self.graphics_clock_mhz),
+            Field::ApplicationsClocks => status(&self.applications_sm_clock_mhz),
+            Field::MemoryTemperature => status(&self.memory_temperature_celsius),
+            Field::ThrottleTime => status(&self.throttle_time),
+            Field::PcieThroughput => status(&self.pcie_tx_bytes),
+            Field::NvLink => status(&self.nvlinks),
+            Field::EccErrors => status(&self.ecc_uncorrected_errors),
+            Field::RemappedRows => status(&self.remapped_rows),
+            Field::RetiredPages => status(&self.retired_pages),
+            Field::Xid => status(&self.xid_errors),
+            Field::Gpm => status(&self.gpm),
+            Field::Processes => status(&self.processes),
         }
     }
 
@@ -235,6 +336,27 @@ impl DeviceSample {
             Field::PcieGeneration => set(&mut self.pcie_generation, status),
             Field::PcieWidth => set(&mut self.pcie_width, status),
             Field::PcieReplays => set(&mut self.pcie_replays, status),
+            Field::GraphicsClock => set(&mut self.graphics_clock_mhz, status),
+            Field::ApplicationsClocks => {
+                set(&mut self.applications_sm_clock_mhz, status);
+                set(&mut self.applications_memory_clock_mhz, status);
+            }
+            Field::MemoryTemperature => set(&mut self.memory_temperature_celsius, status),
+            Field::ThrottleTime => set(&mut self.throttle_time, status),
+            Field::PcieThroughput => {
+                set(&mut self.pcie_tx_bytes, status);
+                set(&mut self.pcie_rx_bytes, status);
+            }
+            Field::NvLink => set(&mut self.nvlinks, status),
+            Field::EccErrors => {
+                set(&mut self.ecc_corrected_errors, status);
+                set(&mut self.ecc_uncorrected_errors, status);
+            }
+            Field::RemappedRows => set(&mut self.remapped_rows, status),
+            Field::RetiredPages => set(&mut self.retired_pages, status),
+            Field::Xid => set(&mut self.xid_errors, status),
+            Field::Gpm => set(&mut self.gpm, status),
+            Field::Processes => set(&mut self.processes, status),
         }
     }
 

@@ -167,6 +167,7 @@ impl NvmlBackend {
             mig_enabled: opt(device.mig_mode().map(|m| m.current == 1)),
             driver_version: driver_version.to_string(),
             vbios_version: device.vbios_version().unwrap_or_default(),
+            ..DeviceInfo::default()
         }
     }
 
@@ -199,6 +200,7 @@ impl NvmlBackend {
             pcie_generation: read(device.current_pcie_link_gen()),
             pcie_width: read(device.current_pcie_link_width()),
             pcie_replays: read(device.pcie_replay_counter()).map(u64::from),
+            ..DeviceSample::default()
         };
         if lost.get() {
             DeviceSample::lost(info.uuid.clone())

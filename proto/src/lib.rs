@@ -20,18 +20,24 @@ pub mod v1 {
     tonic::include_proto!("gpulse.v1");
 }
 
+mod health;
+
 use gpulse_gpu::{
     DeviceInfo, DeviceSample, DeviceState, Field, FieldStatus, HostFacts, HostIdentity,
     IdentitySource, Learned, ProviderIdentity, Reading, Snapshot, ThrottleReasons,
 };
 
 /// A wire message that does not map onto the domain model.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConversionError {
     #[error("unknown GPU state {0}: the agent is newer than this collector; upgrade the collector")]
     UnknownGpuState(i32),
     #[error("unknown field {0} in an unsupported/failed list: upgrade the collector")]
     UnknownField(i32),
+    #[error(
+        "unknown {what} {value}: the agent is newer than this collector; upgrade the collector"
+    )]
+    UnknownEnum { what: &'static str, value: i32 },
 }
 
 impl ConversionError {
@@ -40,6 +46,7 @@ impl ConversionError {
         match self {
             ConversionError::UnknownGpuState(_) => "unknown_gpu_state",
             ConversionError::UnknownField(_) => "unknown_field",
+            ConversionError::UnknownEnum { .. } => "unknown_enum",
         }
     }
 }
@@ -59,6 +66,18 @@ fn field_to_wire(f: Field) -> v1::Field {
         Field::PcieGeneration => v1::Field::PcieGeneration,
         Field::PcieWidth => v1::Field::PcieWidth,
         Field::PcieReplays => v1::Field::PcieReplays,
+        Field::GraphicsClock => v1::Field::GraphicsClock,
+        Field::ApplicationsClocks => v1::Field::ApplicationsClocks,
+        Field::MemoryTemperature => v1::Field::MemoryTemperature,
+        Field::ThrottleTime => v1::Field::ThrottleTime,
+        Field::PcieThroughput => v1::Field::PcieThroughput,
+        Field::NvLink => v1::Field::Nvlink,
+        Field::EccErrors => v1::Field::EccErrors,
+        Field::RemappedRows => v1::Field::RemappedRows,
+        Field::RetiredPages => v1::Field::RetiredPages,
+        Field::Xid => v1::Field::Xid,
+        Field::Gpm => v1::Field::Gpm,
+        Field::Processes => v1::Field::Processes,
     }
 }
 
@@ -79,6 +98,18 @@ fn field_from_wire(raw: i32) -> Result<Field, ConversionError> {
         v1::Field::PcieGeneration => Field::PcieGeneration,
         v1::Field::PcieWidth => Field::PcieWidth,
         v1::Field::PcieReplays => Field::PcieReplays,
+        v1::Field::GraphicsClock => Field::GraphicsClock,
+        v1::Field::ApplicationsClocks => Field::ApplicationsClocks,
+        v1::Field::MemoryTemperature => Field::MemoryTemperature,
+        v1::Field::ThrottleTime => Field::ThrottleTime,
+        v1::Field::PcieThroughput => Field::PcieThroughput,
+        v1::Field::Nvlink => Field::NvLink,
+        v1::Field::EccErrors => Field::EccErrors,
+        v1::Field::RemappedRows => Field::RemappedRows,
+        v1::Field::RetiredPages => Field::RetiredPages,
+        v1::Field::Xid => Field::Xid,
+        v1::Field::Gpm => Field::Gpm,
+        v1::Field::Processes => Field::Processes,
     })
 }
 
@@ -110,6 +141,21 @@ impl From<&DeviceSample> for v1::GpuSample {
             pcie_replays: s.pcie_replays.value(),
             unsupported: with(FieldStatus::Unsupported),
             failed: with(FieldStatus::Failed),
+            graphics_clock_mhz: s.graphics_clock_mhz.value(),
+            applications_sm_clock_mhz: s.applications_sm_clock_mhz.value(),
+            applications_memory_clock_mhz: s.applications_memory_clock_mhz.value(),
+            memory_temperature_celsius: s.memory_temperature_celsius.value(),
+            throttle_time: s.throttle_time.get().map(health::throttle_time_to_wire),
+            pcie_tx_bytes: s.pcie_tx_bytes.value(),
+            pcie_rx_bytes: s.pcie_rx_bytes.value(),
+            nvlinks: s.nvlinks.get().map(|l| health::nvlinks_to_wire(l)),
+            ecc_corrected_errors: s.ecc_corrected_errors.value(),
+            ecc_uncorrected_errors: s.ecc_uncorrected_errors.value(),
+            remapped_rows: s.remapped_rows.value().map(health::remapped_to_wire),
+            retired_pages: s.retired_pages.value().map(health::retired_to_wire),
+            xid_errors: s.xid_errors.get().map(|x| health::xids_to_wire(x)),
+            gpm: s.gpm.value().map(health::gpm_to_wire),
+            processes: s.processes.get().map(|p| health::processes_to_wire(p)),
         }
     }
 }
@@ -146,6 +192,25 @@ impl TryFrom<v1::GpuSample> for DeviceSample {
             pcie_generation: reading(s.pcie_generation),
             pcie_width: reading(s.pcie_width),
             pcie_replays: reading(s.pcie_replays),
+            graphics_clock_mhz: reading(s.graphics_clock_mhz),
+            applications_sm_clock_mhz: reading(s.applications_sm_clock_mhz),
+            applications_memory_clock_mhz: reading(s.applications_memory_clock_mhz),
+            memory_temperature_celsius: reading(s.memory_temperature_celsius),
+            throttle_time: reading(
+                s.throttle_time
+                    .map(health::throttle_time_from_wire)
+                    .transpose()?,
+            ),
+            pcie_tx_bytes: reading(s.pcie_tx_bytes),
+            pcie_rx_bytes: reading(s.pcie_rx_bytes),
+            nvlinks: reading(s.nvlinks.map(health::nvlinks_from_wire)),
+            ecc_corrected_errors: reading(s.ecc_corrected_errors),
+            ecc_uncorrected_errors: reading(s.ecc_uncorrected_errors),
+            remapped_rows: reading(s.remapped_rows.map(health::remapped_from_wire)),
+            retired_pages: reading(s.retired_pages.map(health::retired_from_wire)),
+            xid_errors: reading(s.xid_errors.map(health::xids_from_wire)),
+            gpm: reading(s.gpm.map(health::gpm_from_wire)),
+            processes: reading(s.processes.map(health::processes_from_wire).transpose()?),
         };
         for raw in s.unsupported {
             out.mark(field_from_wire(raw)?, FieldStatus::Unsupported);
@@ -197,6 +262,12 @@ impl From<&DeviceInfo> for v1::GpuInfo {
             mig_enabled: d.mig_enabled,
             driver_version: d.driver_version.clone(),
             vbios_version: d.vbios_version.clone(),
+            max_graphics_clock_mhz: d.max_graphics_clock_mhz,
+            memory_max_temperature_celsius: d.memory_max_temperature_celsius,
+            gpu_max_operating_temperature_celsius: d.gpu_max_operating_temperature_celsius,
+            ecc_enabled: d.ecc_enabled,
+            architecture: d.architecture.clone(),
+            mig_instances: d.mig_instances.iter().map(health::mig_to_wire).collect(),
         }
     }
 }
@@ -220,6 +291,16 @@ impl From<v1::GpuInfo> for DeviceInfo {
             mig_enabled: d.mig_enabled,
             driver_version: d.driver_version,
             vbios_version: d.vbios_version,
+            max_graphics_clock_mhz: d.max_graphics_clock_mhz,
+            memory_max_temperature_celsius: d.memory_max_temperature_celsius,
+            gpu_max_operating_temperature_celsius: d.gpu_max_operating_temperature_celsius,
+            ecc_enabled: d.ecc_enabled,
+            architecture: d.architecture,
+            mig_instances: d
+                .mig_instances
+                .into_iter()
+                .map(health::mig_from_wire)
+                .collect(),
         }
     }
 }

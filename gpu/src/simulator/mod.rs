@@ -12,6 +12,10 @@ pub use spec::{DEFAULT_GPUS, MAX_GPUS, SimSpec};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::health::{
+    GpmActivity, NvLinkSample, ProcessSample, RemappedRows, ThrottlePolicy, ThrottleTime,
+    ThrottleTimeSource, WorkloadKind,
+};
 use crate::{
     DeviceInfo, DeviceSample, DeviceState, FieldStatus, GpuBackend, Reading, ThrottleReasons,
 };
@@ -24,6 +28,8 @@ const PCI_BUSES: [u8; 8] = [0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb];
 const FIRST_STEP_MS: i64 = 1000;
 /// Share of the default power limit a provider cap leaves (power-cap scenario).
 const POWER_CAP_SHARE: f64 = 0.70;
+/// Share of the maximum SM clock that locked application clocks leave (app-clocks scenario).
+const APP_CLOCK_SHARE: f64 = 0.65;
 
 /// Simulated GPUs of one host.
 #[derive(Debug)]
@@ -40,8 +46,26 @@ struct SimGpu {
     temperature: f64,
     energy_millijoules: u64,
     pcie_replays: u64,
+    pcie_tx_bytes: u64,
+    pcie_rx_bytes: u64,
+    throttle_ns: [u64; ThrottlePolicy::ALL.len()],
+    nvlinks: Vec<NvLinkSample>,
+    ecc_corrected: u64,
+    ecc_uncorrected: u64,
+    remapped: RemappedRows,
+    /// (XID code, cumulative count), sorted by code.
+    xids: Vec<(u64, u64)>,
     ticks: u64,
     last_unix_ms: Option<i64>,
+}
+
+impl SimGpu {
+    fn count_xid(&mut self, code: u64) {
+        match self.xids.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.xids[i].1 += 1,
+            Err(i) => self.xids.insert(i, (code, 1)),
+        }
+    }
 }
 
 /// A 64-bit mix (splitmix64's finaliser) so nearby seeds give unrelated streams.
@@ -89,6 +113,16 @@ impl Simulator {
                 mig_enabled: Some(false),
                 driver_version: SIM_DRIVER_VERSION.to_string(),
                 vbios_version: "96.00.99.00.01".to_string(),
+                max_graphics_clock_mhz: Some(model.max_sm_clock_mhz),
+                memory_max_temperature_celsius: Some(model.memory_max_temperature_celsius)
+                    .filter(|t| *t > 0),
+                gpu_max_operating_temperature_celsius: Some(
+                    model.gpu_max_operating_temperature_celsius,
+                )
+                .filter(|t| *t > 0),
+                ecc_enabled: Some(true),
+                architecture: model.architecture.to_string(),
+                mig_instances: Vec::new(),
             })
             .collect();
         let gpus = (0..spec.gpus)
@@ -98,8 +132,27 @@ impl Simulator {
                     // The driver has been up a while: energy starts at some hours' worth.
                     energy_millijoules: rng.random_range(1_000_000_000..10_000_000_000),
                     temperature: 30.0 + rng.random_range(0.0..4.0),
+                    pcie_tx_bytes: rng.random_range(1u64 << 30..1u64 << 40),
+                    pcie_rx_bytes: rng.random_range(1u64 << 30..1u64 << 40),
+                    nvlinks: (0..model.nvlink_count)
+                        .map(|link| NvLinkSample {
+                            link,
+                            active: true,
+                            tx_bytes: Some(0),
+                            rx_bytes: Some(0),
+                            crc_flit_errors: Some(0),
+                            crc_data_errors: Some(0),
+                            replay_errors: Some(0),
+                            recovery_errors: Some(0),
+                        })
+                        .collect(),
                     rng,
                     pcie_replays: 0,
+                    throttle_ns: [0; ThrottlePolicy::ALL.len()],
+                    ecc_corrected: 0,
+                    ecc_uncorrected: 0,
+                    remapped: RemappedRows::default(),
+                    xids: Vec::new(),
                     ticks: 0,
                     last_unix_ms: None,
                 }
@@ -135,7 +188,10 @@ impl Simulator {
         let max_sm = f64::from(m.max_sm_clock_mhz);
         let default_limit_w = f64::from(m.default_power_limit_watts);
         let jitter = |rng: &mut SmallRng, spread: f64| rng.random_range(-spread..=spread);
+        let busy_power = |rng: &mut SmallRng| default_limit_w * rng.random_range(0.72..0.92);
+        let near_max = |rng: &mut SmallRng| max_sm - 15.0 * f64::from(rng.random_range(0..6u8));
 
+        // (gpu util %, memory util %, SM clock MHz, target temperature, power W, limit W, reasons)
         let (util, mem_util, sm_clock, target_temp, power_w, limit_w, mut reasons): (
             f64,
             f64,
@@ -145,7 +201,7 @@ impl Simulator {
             f64,
             ThrottleReasons,
         ) = match scenario {
-            Scenario::Idle => (
+            Scenario::Idle | Scenario::IdleHeld => (
                 0.0,
                 0.0,
                 f64::from(m.idle_sm_clock_mhz),
@@ -154,18 +210,20 @@ impl Simulator {
                 default_limit_w,
                 ThrottleReasons::GPU_IDLE,
             ),
-            Scenario::Training | Scenario::PcieDegraded | Scenario::Lost => {
-                let power = default_limit_w * g.rng.random_range(0.72..0.92);
-                (
-                    g.rng.random_range(93.0..=100.0),
-                    g.rng.random_range(40.0..70.0),
-                    max_sm - 15.0 * f64::from(g.rng.random_range(0..6u8)),
-                    66.0,
-                    power,
-                    default_limit_w,
-                    ThrottleReasons::empty(),
-                )
-            }
+            Scenario::Training
+            | Scenario::PcieDegraded
+            | Scenario::Lost
+            | Scenario::NvlinkErrors
+            | Scenario::Xid
+            | Scenario::Ecc => (
+                g.rng.random_range(93.0..=100.0),
+                g.rng.random_range(40.0..70.0),
+                near_max(&mut g.rng),
+                66.0,
+                busy_power(&mut g.rng),
+                default_limit_w,
+                ThrottleReasons::empty(),
+            ),
             Scenario::Thermal => (
                 100.0,
                 g.rng.random_range(50.0..70.0),
@@ -187,6 +245,33 @@ impl Simulator {
                     ThrottleReasons::SW_POWER_CAP,
                 )
             }
+            Scenario::HwSlowdown => (
+                100.0,
+                g.rng.random_range(30.0..50.0),
+                max_sm * 0.50 + jitter(&mut g.rng, 20.0),
+                60.0,
+                default_limit_w * 0.45,
+                default_limit_w,
+                ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+            ),
+            Scenario::SyncBoost => (
+                g.rng.random_range(90.0..=100.0),
+                g.rng.random_range(40.0..60.0),
+                max_sm * 0.88,
+                64.0,
+                default_limit_w * 0.70,
+                default_limit_w,
+                ThrottleReasons::SYNC_BOOST,
+            ),
+            Scenario::AppClocks => (
+                g.rng.random_range(93.0..=100.0),
+                g.rng.random_range(40.0..60.0),
+                (max_sm * APP_CLOCK_SHARE).round(),
+                58.0,
+                default_limit_w * 0.60,
+                default_limit_w,
+                ThrottleReasons::APPLICATIONS_CLOCKS_SETTING,
+            ),
         };
         // Temperature follows its target with a lag, as a heatsink does.
         g.temperature += (target_temp - g.temperature) * 0.35 + jitter(&mut g.rng, 0.6);
@@ -197,12 +282,37 @@ impl Simulator {
         if scenario == Scenario::Training && power_w > limit_w * 0.9 {
             reasons |= ThrottleReasons::SW_POWER_CAP;
         }
+        let step = step_ms.unsigned_abs();
         let power_mw = (power_w * 1000.0).round() as u64;
-        g.energy_millijoules += power_mw * step_ms.unsigned_abs() / 1000;
+        g.energy_millijoules += power_mw * step / 1000;
+
+        // Violation counters advance by the step for every policy whose reason is active.
+        let step_ns = step * 1_000_000;
+        for (i, policy) in ThrottlePolicy::ALL.into_iter().enumerate() {
+            let active = match policy {
+                ThrottlePolicy::Power => reasons.contains(ThrottleReasons::SW_POWER_CAP),
+                ThrottlePolicy::Thermal => reasons.intersects(
+                    ThrottleReasons::SW_THERMAL_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN,
+                ),
+                ThrottlePolicy::SyncBoost => reasons.contains(ThrottleReasons::SYNC_BOOST),
+                ThrottlePolicy::BoardLimit => reasons.intersects(
+                    ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+                ),
+                ThrottlePolicy::LowUtilization => reasons.contains(ThrottleReasons::GPU_IDLE),
+                ThrottlePolicy::Reliability => false,
+                ThrottlePolicy::TotalAppClocks => {
+                    reasons.contains(ThrottleReasons::APPLICATIONS_CLOCKS_SETTING)
+                }
+                ThrottlePolicy::TotalBaseClocks => !reasons.limiting().is_empty(),
+            };
+            if active {
+                g.throttle_ns[i] += step_ns;
+            }
+        }
 
         let (pcie_gen, pcie_width) = match scenario {
             // Idle links train down to save power: that is normal, not a fault.
-            Scenario::Idle => (1, m.max_pcie_width),
+            Scenario::Idle | Scenario::IdleHeld => (1, m.max_pcie_width),
             Scenario::PcieDegraded => {
                 g.pcie_replays += g.rng.random_range(5..40);
                 (
@@ -212,19 +322,103 @@ impl Simulator {
             }
             _ => (m.max_pcie_generation, m.max_pcie_width),
         };
+        // PCIe traffic in bytes per second: host-to-device input pipelines while busy.
+        let (tx_rate, rx_rate) = if scenario.busy() {
+            (
+                2.0e9 * g.rng.random_range(0.5..1.5),
+                6.0e9 * g.rng.random_range(0.5..1.5),
+            )
+        } else {
+            (1.0e5, 1.0e5)
+        };
+        g.pcie_tx_bytes += (tx_rate * step as f64 / 1000.0) as u64;
+        g.pcie_rx_bytes += (rx_rate * step as f64 / 1000.0) as u64;
+
+        // NVLink: collective traffic while busy, about 15 GB/s per link each way.
+        let link_rate = if scenario.busy() { 15.0e9 } else { 0.0 };
+        let ticks = g.ticks;
+        for l in &mut g.nvlinks {
+            let down = scenario == Scenario::NvlinkErrors && l.link == 3;
+            l.active = !down;
+            if !down {
+                let bytes = (link_rate * step as f64 / 1000.0) as u64;
+                l.tx_bytes = l.tx_bytes.map(|b| b + bytes);
+                l.rx_bytes = l.rx_bytes.map(|b| b + bytes);
+            }
+            if scenario == Scenario::NvlinkErrors && l.link == 5 {
+                l.crc_flit_errors = l.crc_flit_errors.map(|e| e + 12);
+                l.replay_errors = l.replay_errors.map(|e| e + 3);
+                if ticks.is_multiple_of(10) {
+                    l.recovery_errors = l.recovery_errors.map(|e| e + 1);
+                }
+            }
+        }
+
+        match scenario {
+            Scenario::Xid => {
+                if ticks % 5 == 1 {
+                    g.count_xid(13);
+                }
+                if ticks == 3 {
+                    g.count_xid(31);
+                }
+            }
+            Scenario::Ecc if index == 0 && ticks == 2 => {
+                g.ecc_uncorrected += 1;
+                g.remapped.uncorrectable += 1;
+                g.remapped.pending = true;
+                g.count_xid(94);
+            }
+            _ => {}
+        }
+
         let mem_total = m.memory_total_mib * 1024 * 1024;
-        let mem_used = if scenario.busy() {
+        let mem_used = if scenario.busy() || scenario == Scenario::IdleHeld {
             (mem_total as f64 * g.rng.random_range(0.70..0.92)) as u64
         } else {
             512 * 1024 * 1024
+        };
+        let app_clock = if scenario == Scenario::AppClocks {
+            (max_sm * APP_CLOCK_SHARE).round() as u32
+        } else {
+            m.max_sm_clock_mhz
+        };
+        let sm_clock = sm_clock.round().clamp(0.0, max_sm) as u32;
+        let util_pct = util.round() as u32;
+        let gpm = if m.gpm {
+            let busy = util / 100.0;
+            Reading::Value(GpmActivity {
+                sm_active: busy * g.rng.random_range(0.78..0.92),
+                sm_occupancy: busy * g.rng.random_range(0.35..0.55),
+                tensor_active: busy * g.rng.random_range(0.30..0.60),
+                dram_active: busy * g.rng.random_range(0.25..0.50),
+            })
+        } else {
+            Reading::Unsupported
+        };
+        let processes = if scenario.busy() || scenario == Scenario::IdleHeld {
+            vec![ProcessSample {
+                pid: 10_000 + index as u32,
+                used_memory_bytes: Some(mem_used.saturating_sub(512 * 1024 * 1024)),
+                sm_utilization_percent: Some(util_pct),
+                workload_kind: WorkloadKind::KubernetesPod,
+                workload: format!(
+                    "{:08x}-{:04x}-4000-8000-{:012x}",
+                    mix(self.spec.seed) >> 32,
+                    index,
+                    mix(self.spec.seed ^ 0x5eed) & 0xffff_ffff_ffff
+                ),
+            }]
+        } else {
+            Vec::new()
         };
 
         let mut sample = DeviceSample {
             uuid,
             state: DeviceState::Ok,
-            gpu_utilization_percent: Reading::Value(util.round() as u32),
+            gpu_utilization_percent: Reading::Value(util_pct),
             memory_utilization_percent: Reading::Value(mem_util.round() as u32),
-            sm_clock_mhz: Reading::Value(sm_clock.round().clamp(0.0, max_sm) as u32),
+            sm_clock_mhz: Reading::Value(sm_clock),
             memory_clock_mhz: Reading::Value(m.max_memory_clock_mhz),
             temperature_celsius: Reading::Value(g.temperature.round().max(0.0) as u32),
             power_usage_milliwatts: Reading::Value(power_mw as u32),
@@ -235,6 +429,33 @@ impl Simulator {
             pcie_generation: Reading::Value(pcie_gen),
             pcie_width: Reading::Value(pcie_width),
             pcie_replays: Reading::Value(g.pcie_replays),
+            graphics_clock_mhz: Reading::Value(sm_clock),
+            applications_sm_clock_mhz: Reading::Value(app_clock),
+            applications_memory_clock_mhz: Reading::Value(m.max_memory_clock_mhz),
+            memory_temperature_celsius: if m.memory_max_temperature_celsius > 0 {
+                Reading::Value((g.temperature + 4.0).round() as u32)
+            } else {
+                Reading::Unsupported
+            },
+            throttle_time: Reading::Value(ThrottleTime {
+                source: ThrottleTimeSource::ViolationStatus,
+                nanoseconds: ThrottlePolicy::ALL.into_iter().zip(g.throttle_ns).collect(),
+            }),
+            pcie_tx_bytes: Reading::Value(g.pcie_tx_bytes),
+            pcie_rx_bytes: Reading::Value(g.pcie_rx_bytes),
+            nvlinks: if g.nvlinks.is_empty() {
+                Reading::Unsupported
+            } else {
+                Reading::Value(g.nvlinks.clone())
+            },
+            ecc_corrected_errors: Reading::Value(g.ecc_corrected),
+            ecc_uncorrected_errors: Reading::Value(g.ecc_uncorrected),
+            remapped_rows: Reading::Value(g.remapped),
+            // Page retirement is the pre-Ampere mechanism: none of the simulated models has it.
+            retired_pages: Reading::Unsupported,
+            xid_errors: Reading::Value(g.xids.clone()),
+            gpm,
+            processes: Reading::Value(processes),
         };
         for field in &self.spec.hidden {
             sample.mark(*field, FieldStatus::Unsupported);

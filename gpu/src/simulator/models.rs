@@ -27,6 +27,13 @@ pub struct ModelSpec {
     pub max_pcie_generation: u32,
     pub max_pcie_width: u32,
     pub nvlink_count: u32,
+    /// HBM/GDDR temperature at which memory slows down.
+    pub memory_max_temperature_celsius: u32,
+    /// GPU temperature past which clocks may drop below base.
+    pub gpu_max_operating_temperature_celsius: u32,
+    pub architecture: &'static str,
+    /// GPM (SM activity, tensor activity) is available: Hopper and later.
+    pub gpm: bool,
 }
 
 impl GpuModel {
@@ -69,6 +76,10 @@ impl GpuModel {
                 max_pcie_generation: 5,
                 max_pcie_width: 16,
                 nvlink_count: 18,
+                memory_max_temperature_celsius: 95,
+                gpu_max_operating_temperature_celsius: 87,
+                architecture: "hopper",
+                gpm: true,
             },
             // H200 SXM 141 GB: HBM3e at 3201 MHz, 700 W, 18 NVLink 4 links.
             GpuModel::H200 => ModelSpec {
@@ -84,6 +95,10 @@ impl GpuModel {
                 max_pcie_generation: 5,
                 max_pcie_width: 16,
                 nvlink_count: 18,
+                memory_max_temperature_celsius: 95,
+                gpu_max_operating_temperature_celsius: 87,
+                architecture: "hopper",
+                gpm: true,
             },
             // A100 SXM4 80 GB: 1410 MHz boost, HBM2e at 1593 MHz, 400 W, PCIe Gen4 x16, 12 NVLink 3 links.
             GpuModel::A100 => ModelSpec {
@@ -99,6 +114,10 @@ impl GpuModel {
                 max_pcie_generation: 4,
                 max_pcie_width: 16,
                 nvlink_count: 12,
+                memory_max_temperature_celsius: 95,
+                gpu_max_operating_temperature_celsius: 87,
+                architecture: "ampere",
+                gpm: false,
             },
             // L4 24 GB: 2040 MHz boost, GDDR6 at 6251 MHz, 72 W, PCIe Gen4 x16, no NVLink.
             GpuModel::L4 => ModelSpec {
@@ -114,6 +133,10 @@ impl GpuModel {
                 max_pcie_generation: 4,
                 max_pcie_width: 16,
                 nvlink_count: 0,
+                memory_max_temperature_celsius: 93,
+                gpu_max_operating_temperature_celsius: 90,
+                architecture: "ada",
+                gpm: false,
             },
         }
     }

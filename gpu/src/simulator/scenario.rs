@@ -15,17 +15,38 @@ pub enum Scenario {
     PcieDegraded,
     /// Busy, and the host's last GPU falls off the bus after the first reading.
     Lost,
+    /// Busy with the hardware slowdown and power brake asserted by the platform.
+    HwSlowdown,
+    /// Busy with clocks held to a sync-boost group.
+    SyncBoost,
+    /// Busy with application clocks locked well below the maximum.
+    AppClocks,
+    /// Busy; one NVLink link is down and another accumulates CRC and replay errors.
+    NvlinkErrors,
+    /// Busy; XID 13 (graphics engine exception) repeats and XID 31 (MMU fault) fires once.
+    Xid,
+    /// Busy; an uncorrectable ECC error (XID 94) leaves a row remap pending on GPU 0.
+    Ecc,
+    /// Idle, but a process holds memory on every GPU: paid for and unused.
+    IdleHeld,
 }
 
 impl Scenario {
     /// Names accepted in `--simulate scenario=...`.
-    pub const NAMES: [(&'static str, Scenario); 6] = [
+    pub const NAMES: [(&'static str, Scenario); 13] = [
         ("idle", Scenario::Idle),
         ("training", Scenario::Training),
         ("thermal", Scenario::Thermal),
         ("power-cap", Scenario::PowerCap),
         ("pcie-degraded", Scenario::PcieDegraded),
         ("lost", Scenario::Lost),
+        ("hw-slowdown", Scenario::HwSlowdown),
+        ("sync-boost", Scenario::SyncBoost),
+        ("app-clocks", Scenario::AppClocks),
+        ("nvlink-errors", Scenario::NvlinkErrors),
+        ("xid", Scenario::Xid),
+        ("ecc", Scenario::Ecc),
+        ("idle-held", Scenario::IdleHeld),
     ];
 
     pub fn parse(name: &str) -> Option<Scenario> {
@@ -45,6 +66,6 @@ impl Scenario {
 
     /// Whether the GPUs run work in this scenario.
     pub fn busy(self) -> bool {
-        !matches!(self, Scenario::Idle)
+        !matches!(self, Scenario::Idle | Scenario::IdleHeld)
     }
 }
