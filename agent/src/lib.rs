@@ -12,6 +12,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod diagnose;
 pub mod identity;
 pub mod local;
 pub mod sampler;

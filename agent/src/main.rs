@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use gpulse_agent::config::AgentConfig;
 use gpulse_agent::identity::{SystemPaths, host_identity};
@@ -17,13 +17,15 @@ use gpulse_agent::identity::{SystemPaths, host_identity};
 #[derive(Debug, Parser)]
 #[command(name = "gpulse-agent", version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Collector gRPC URL [default: http://127.0.0.1:7431].
     #[arg(long, env = "GPULSE_AGENT_COLLECTOR")]
     collector: Option<String>,
     /// Simulate GPUs instead of reading NVML, e.g. "gpus=8,model=h100-sxm,scenario=thermal".
     /// Models: h100-sxm, h200, a100, l4. Scenarios: idle, training, thermal, power-cap,
     /// pcie-degraded, lost. Also seed=N and hide=field+field.
-    #[arg(long, env = "GPULSE_AGENT_SIMULATE")]
+    #[arg(long, env = "GPULSE_AGENT_SIMULATE", global = true)]
     simulate: Option<String>,
     /// Sampling interval, e.g. "5s" [default: 5s].
     #[arg(long, env = "GPULSE_AGENT_INTERVAL", value_parser = humantime::parse_duration)]
@@ -32,7 +34,7 @@ struct Cli {
     #[arg(long, env = "GPULSE_AGENT_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     /// TOML configuration file.
-    #[arg(long, env = "GPULSE_AGENT_CONFIG")]
+    #[arg(long, env = "GPULSE_AGENT_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Stable identity of this agent [default: the hostname].
     #[arg(long, env = "GPULSE_AGENT_ID")]
@@ -43,6 +45,27 @@ struct Cli {
     /// Print an example configuration file with every default, then exit.
     #[arg(long)]
     print_example_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sample this host's GPUs at a high rate for a short window and explain what slows
+    /// them down: findings with evidence, severity and what to do. No collector needed.
+    /// Exit status: 0 no critical finding, 2 a critical finding, 1 an error.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Debug, Args)]
+struct DiagnoseArgs {
+    /// How long to sample, e.g. "30s".
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time between readings, e.g. "250ms".
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    rate: Duration,
+    /// Print the report as JSON (stable; see docs/diagnose.md) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 impl Cli {
@@ -74,6 +97,37 @@ impl Cli {
     }
 }
 
+fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
+    use gpulse_agent::diagnose;
+    if args.rate < Duration::from_millis(10) || args.duration < args.rate {
+        anyhow::bail!(
+            "--rate {:?} must be at least 10ms and no longer than --duration {:?}",
+            args.rate,
+            args.duration
+        );
+    }
+    let identity = host_identity(&config, &SystemPaths::default());
+    let opener = gpulse_agent::backend_opener(&config)?;
+    let mut backend = opener().context("cannot read this host's GPUs")?;
+    let report = diagnose::run(
+        backend.as_mut(),
+        &identity.hostname,
+        args.duration,
+        args.rate,
+        diagnose::terminal_progress(),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", diagnose::render_text(&report));
+    }
+    Ok(if report.critical {
+        diagnose::EXIT_CRITICAL
+    } else {
+        0
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -81,10 +135,14 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if cli.print_example_config {
         print!("{}", gpulse_agent::config::example_config());
         return Ok(());
+    }
+    if let Some(Command::Diagnose(args)) = cli.command.take() {
+        let code = diagnose(cli.into_config()?, &args)?;
+        std::process::exit(code);
     }
     let config = cli.into_config()?;
     let identity = host_identity(&config, &SystemPaths::default());

@@ -356,3 +356,152 @@ fn the_printed_example_config_is_the_shipped_one() {
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), shipped);
 }
+
+/// `gpulse-agent diagnose --json` for every simulator scenario: the expected finding,
+/// and an exit status that says whether a critical one was seen.
+#[test]
+fn diagnose_finds_what_each_scenario_shows() {
+    let expected: &[(&str, &str, &str)] = &[
+        ("gpus=2,scenario=training", "", ""),
+        ("gpus=2,scenario=idle", "", ""),
+        ("gpus=2,scenario=thermal", "thermal_throttling", "critical"),
+        ("gpus=2,scenario=power-cap", "provider_power_cap", "warning"),
+        (
+            "gpus=2,scenario=pcie-degraded",
+            "pcie_downtrained",
+            "warning",
+        ),
+        ("gpus=2,scenario=lost", "gpu_lost", "critical"),
+        (
+            "gpus=2,scenario=hw-slowdown",
+            "hardware_slowdown",
+            "critical",
+        ),
+        ("gpus=2,scenario=sync-boost", "sync_boost", "info"),
+        (
+            "gpus=2,scenario=app-clocks",
+            "application_clocks_locked",
+            "warning",
+        ),
+        ("gpus=8,scenario=nvlink-errors", "nvlink_down", "critical"),
+        ("gpus=2,scenario=xid", "xid", "info"),
+        (
+            "gpus=2,model=a100,scenario=ecc",
+            "uncorrectable_ecc",
+            "critical",
+        ),
+        ("gpus=2,scenario=idle-held", "idle_while_held", "warning"),
+        (
+            "gpus=1,scenario=training,hide=energy+pcie_replays",
+            "hidden_fields",
+            "info",
+        ),
+    ];
+    let scenarios: BTreeSet<&str> = expected
+        .iter()
+        .filter_map(|(spec, _, _)| spec.split("scenario=").nth(1)?.split(',').next())
+        .collect();
+    assert_eq!(
+        scenarios.len(),
+        gpulse_gpu::simulator::Scenario::NAMES.len(),
+        "every scenario is covered"
+    );
+    let runs: Vec<_> = expected
+        .iter()
+        .map(|(spec, kind, severity)| {
+            let child = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+                .args([
+                    "diagnose",
+                    "--simulate",
+                    spec,
+                    "--duration",
+                    "2s",
+                    "--rate",
+                    "100ms",
+                    "--json",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (spec, kind, severity, child)
+        })
+        .collect();
+    for (spec, kind, severity, child) in runs {
+        let out = child.wait_with_output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{spec}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(report["version"], 1);
+        let findings = report["findings"].as_array().unwrap();
+        let critical = findings.iter().any(|f| f["severity"] == "critical");
+        assert_eq!(report["critical"], critical, "{spec}");
+        assert_eq!(
+            out.status.code(),
+            Some(if critical { 2 } else { 0 }),
+            "{spec}"
+        );
+        let kinds: Vec<&str> = findings
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap())
+            .collect();
+        if kind.is_empty() {
+            assert!(
+                findings.iter().all(|f| f["severity"] == "info"),
+                "{spec}: a healthy host raises nothing above info: {kinds:?}"
+            );
+        } else {
+            let f = findings
+                .iter()
+                .find(|f| f["kind"] == *kind)
+                .unwrap_or_else(|| panic!("{spec}: expected {kind}, got {kinds:?}"));
+            assert_eq!(f["severity"], *severity, "{spec}");
+            assert!(
+                !f["evidence"].as_array().unwrap().is_empty(),
+                "{spec}: evidence"
+            );
+            assert!(!f["action"].as_str().unwrap().is_empty(), "{spec}: action");
+        }
+        let gpus = report["gpus"].as_array().unwrap();
+        assert!(
+            gpus.iter().all(|g| g["readings"].as_u64().unwrap() >= 10),
+            "{spec}: sampled at the rate"
+        );
+    }
+}
+
+#[test]
+fn diagnose_prints_a_table_with_sparklines() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .args([
+            "diagnose",
+            "--simulate",
+            "gpus=2,scenario=thermal",
+            "--duration",
+            "1s",
+            "--rate",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("SM CLOCK") && text.contains("TEMPERATURE"),
+        "{text}"
+    );
+    assert!(
+        text.chars().any(|c| ('▁'..='█').contains(&c)),
+        "a sparkline: {text}"
+    );
+    assert!(
+        text.contains("CRITICAL  GPUs 0,1  thermal_throttling"),
+        "{text}"
+    );
+    assert!(text.contains("what to do:"), "{text}");
+    // Not a terminal: no progress bar on stderr.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sampling ["));
+}

@@ -11,6 +11,7 @@
 //! agent calls them off its async runtime.
 
 mod backend;
+pub mod diagnosis;
 pub mod health;
 mod host;
 mod model;
