@@ -9,6 +9,8 @@
 //! It does not aggregate across hosts, price anything or evaluate alerts: the
 //! collector does.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod buffer;
 pub mod config;

@@ -1,5 +1,7 @@
 //! `gpulse-agent`: reads this host's GPUs and streams them to a gpulse collector.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

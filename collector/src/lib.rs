@@ -8,6 +8,8 @@
 //! It does not read GPUs (it links no NVML code) and keeps no history yet: the
 //! Prometheus server that scrapes it does.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod fleet;

@@ -1,5 +1,7 @@
 //! `gpulse-collector`: receives GPU telemetry from agents and serves it to Prometheus.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

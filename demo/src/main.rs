@@ -2,6 +2,8 @@
 //! talking real gRPC. On a machine with NVIDIA GPUs, the local GPUs join the fleet
 //! through NVML beside the simulated hosts.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -9,6 +9,8 @@
 //! It is not where data is validated, deduplicated or stored: callers hand it
 //! readings they have already accepted.
 
+#![forbid(unsafe_code)]
+
 mod families;
 pub mod names;
 mod view;

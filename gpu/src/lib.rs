@@ -19,6 +19,8 @@ mod model;
 pub mod nvml;
 pub mod simulator;
 mod throttle;
+pub mod throttle_time;
+pub mod workload;
 
 pub use backend::{BackendError, GpuBackend};
 pub use host::{HostFacts, HostIdentity, IdentitySource, Learned, ProviderIdentity};

@@ -10,6 +10,8 @@
 //!
 //! The wire carries integers in NVML's units, so NaN and infinities cannot be sent.
 
+#![forbid(unsafe_code)]
+
 #[allow(
     clippy::all,
     missing_debug_implementations,

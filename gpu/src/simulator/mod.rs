@@ -289,23 +289,7 @@ impl Simulator {
         // Violation counters advance by the step for every policy whose reason is active.
         let step_ns = step * 1_000_000;
         for (i, policy) in ThrottlePolicy::ALL.into_iter().enumerate() {
-            let active = match policy {
-                ThrottlePolicy::Power => reasons.contains(ThrottleReasons::SW_POWER_CAP),
-                ThrottlePolicy::Thermal => reasons.intersects(
-                    ThrottleReasons::SW_THERMAL_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN,
-                ),
-                ThrottlePolicy::SyncBoost => reasons.contains(ThrottleReasons::SYNC_BOOST),
-                ThrottlePolicy::BoardLimit => reasons.intersects(
-                    ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
-                ),
-                ThrottlePolicy::LowUtilization => reasons.contains(ThrottleReasons::GPU_IDLE),
-                ThrottlePolicy::Reliability => false,
-                ThrottlePolicy::TotalAppClocks => {
-                    reasons.contains(ThrottleReasons::APPLICATIONS_CLOCKS_SETTING)
-                }
-                ThrottlePolicy::TotalBaseClocks => !reasons.limiting().is_empty(),
-            };
-            if active {
+            if crate::throttle_time::policy_of(reasons, policy) {
                 g.throttle_ns[i] += step_ns;
             }
         }
