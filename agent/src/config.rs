@@ -24,6 +24,8 @@ pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often to try opening NVML again after it failed (the driver may load after the agent).
 pub const DEFAULT_NVML_RETRY: Duration = Duration::from_secs(60);
+/// Where processes are looked up for workload attribution.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
 /// Time allowed to open a connection to the collector.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub collector: String,
     /// Simulator spec (`gpus=8,model=h100-sxm,scenario=thermal`); unset: real GPUs through NVML.
     pub simulate: Option<String>,
+    /// Capture file to play back instead of reading GPUs (see `gpulse-agent capture`).
+    pub replay: Option<PathBuf>,
     /// Sampling interval. Default 5s; at least 100ms.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -55,6 +59,9 @@ pub struct AgentConfig {
     pub agent_id: Option<String>,
     /// Path of libnvidia-ml.so.1 when it is not on the loader's path.
     pub nvml_library: Option<PathBuf>,
+    /// procfs used to attribute GPU processes to pods, containers, jobs and units.
+    /// Default "/proc"; in a container, mount the host's /proc and point here.
+    pub proc_root: PathBuf,
     /// File with the collector's bearer token.
     pub auth_token_file: Option<PathBuf>,
     /// Unacknowledged batches kept; when full, the oldest is dropped and counted. Default 720.
@@ -81,10 +88,12 @@ impl Default for AgentConfig {
         AgentConfig {
             collector: DEFAULT_COLLECTOR.to_string(),
             simulate: None,
+            replay: None,
             interval: DEFAULT_INTERVAL,
             http_listen: None,
             agent_id: None,
             nvml_library: None,
+            proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             auth_token_file: None,
             max_buffered_batches: DEFAULT_MAX_BUFFERED_BATCHES,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
@@ -203,6 +212,12 @@ impl AgentConfig {
             }
         }
         self.sim_spec()?;
+        if self.simulate.is_some() && self.replay.is_some() {
+            return invalid(
+                "simulate/replay",
+                "choose one: --simulate plays a scenario, --replay plays a capture".to_string(),
+            );
+        }
         Ok(())
     }
 }
@@ -213,7 +228,7 @@ pub fn example_config() -> String {
     format!(
         "# gpulse-agent configuration: every setting with its default.\n\
          # Generated from the code's defaults; see README.md for what each one means.\n\
-         # Unset by default: simulate, http_listen, agent_id, nvml_library, auth_token_file.\n\n{body}"
+         # Unset by default: simulate, replay, http_listen, agent_id, nvml_library, auth_token_file.\n\n{body}"
     )
 }
 

@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod buffer;
+pub mod capture;
 pub mod config;
 pub mod diagnose;
 pub mod identity;
@@ -58,15 +59,28 @@ pub enum AgentError {
 
 /// The backend the configuration asks for: the simulator, or NVML.
 pub fn backend_opener(config: &AgentConfig) -> Result<BackendOpener, ConfigError> {
+    if let Some(path) = &config.replay {
+        let capture = capture::Capture::read(path).map_err(|e| ConfigError::Invalid {
+            setting: "replay",
+            reason: e.to_string(),
+        })?;
+        return Ok(Box::new(move || {
+            Ok(Box::new(capture::Replay::new(capture.clone())) as Box<dyn GpuBackend>)
+        }));
+    }
     if let Some(spec) = config.sim_spec()? {
         return Ok(Box::new(move || {
             Ok(Box::new(Simulator::new(spec.clone())) as Box<dyn GpuBackend>)
         }));
     }
     let library = config.nvml_library.clone();
+    let procs = gpulse_gpu::workload::ProcReader::new(config.proc_root.clone());
     Ok(Box::new(move || {
-        gpulse_gpu::nvml::NvmlBackend::open(library.as_deref().map(|p| p.as_os_str()))
-            .map(|b| Box::new(b) as Box<dyn GpuBackend>)
+        gpulse_gpu::nvml::NvmlBackend::open_with(
+            library.as_deref().map(|p| p.as_os_str()),
+            procs.clone(),
+        )
+        .map(|b| Box::new(b) as Box<dyn GpuBackend>)
     }))
 }
 

@@ -29,6 +29,9 @@ struct Cli {
     /// pcie-degraded, lost. Also seed=N and hide=field+field.
     #[arg(long, env = "GPULSE_AGENT_SIMULATE", global = true)]
     simulate: Option<String>,
+    /// Play back a capture file (from `gpulse-agent capture`) instead of reading GPUs.
+    #[arg(long, env = "GPULSE_AGENT_REPLAY", global = true)]
+    replay: Option<PathBuf>,
     /// Sampling interval, e.g. "5s" [default: 5s].
     #[arg(long, env = "GPULSE_AGENT_INTERVAL", value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
@@ -55,6 +58,22 @@ enum Command {
     /// them down: findings with evidence, severity and what to do. No collector needed.
     /// Exit status: 0 no critical finding, 2 a critical finding, 1 an error.
     Diagnose(DiagnoseArgs),
+    /// Record this host's GPUs to a capture file (the agent's own protobuf messages),
+    /// to replay later with --replay or to keep as a test fixture.
+    Capture(CaptureArgs),
+}
+
+#[derive(Debug, Args)]
+struct CaptureArgs {
+    /// How long to record, e.g. "10s".
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time between readings, e.g. "500ms".
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    rate: Duration,
+    /// Where to write the capture.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +101,9 @@ impl Cli {
         if let Some(v) = self.simulate {
             c.simulate = Some(v);
         }
+        if let Some(v) = self.replay {
+            c.replay = Some(v);
+        }
         if let Some(v) = self.interval {
             c.interval = v;
         }
@@ -97,6 +119,28 @@ impl Cli {
         c.validate()?;
         Ok(c)
     }
+}
+
+fn capture(config: AgentConfig, args: &CaptureArgs) -> anyhow::Result<()> {
+    let identity = host_identity(&config, &SystemPaths::default());
+    let opener = gpulse_agent::backend_opener(&config)?;
+    let mut backend = opener().context("cannot read this host's GPUs")?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let n = gpulse_agent::capture::capture(
+        backend.as_mut(),
+        &identity,
+        args.duration,
+        args.rate,
+        &mut out,
+    )?;
+    eprintln!(
+        "captured {n} readings of {} GPU(s) to {}",
+        backend.inventory().len(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
@@ -142,9 +186,13 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", gpulse_agent::config::example_config());
         return Ok(());
     }
-    if let Some(Command::Diagnose(args)) = cli.command.take() {
-        let code = diagnose(cli.into_config()?, &args)?;
-        std::process::exit(code);
+    match cli.command.take() {
+        Some(Command::Diagnose(args)) => {
+            let code = diagnose(cli.into_config()?, &args)?;
+            std::process::exit(code);
+        }
+        Some(Command::Capture(args)) => return capture(cli.into_config()?, &args),
+        None => {}
     }
     let config = cli.into_config()?;
     let identity = host_identity(&config, &SystemPaths::default());

@@ -505,3 +505,81 @@ fn diagnose_prints_a_table_with_sparklines() {
     // Not a terminal: no progress bar on stderr.
     assert!(!String::from_utf8_lossy(&out.stderr).contains("sampling ["));
 }
+
+/// Captures (real ones committed under gpu/fixtures/captures, and one taken here from
+/// the simulator) read back, replay, and stay within the simulator's ranges for their
+/// GPU model.
+#[test]
+fn captures_replay_and_stay_within_the_models_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let simulated = dir.path().join("sim.gpulse");
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .args([
+            "capture",
+            "--simulate",
+            "gpus=2,model=h200,scenario=thermal",
+            "--duration",
+            "1s",
+            "--rate",
+            "100ms",
+        ])
+        .arg("--out")
+        .arg(&simulated)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu/fixtures/captures");
+    let mut files = vec![simulated.clone()];
+    files.extend(
+        std::fs::read_dir(&fixtures)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "gpulse")),
+    );
+    for path in &files {
+        let cap = gpulse_agent::capture::Capture::read(path).unwrap();
+        assert!(!cap.snapshots.is_empty());
+        for snap in &cap.snapshots {
+            for (info, s) in cap.inventory.iter().zip(&snap.gpus) {
+                if let Some((_, spec)) = gpulse_gpu::simulator::ModelSpec::by_nvml_name(&info.model)
+                {
+                    let bad = spec.out_of_range(s);
+                    assert!(
+                        bad.is_empty(),
+                        "{}: GPU {}: {bad:?}",
+                        path.display(),
+                        info.index
+                    );
+                }
+            }
+        }
+    }
+    // A replayed capture diagnoses like the scenario it recorded.
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .args([
+            "diagnose",
+            "--duration",
+            "1s",
+            "--rate",
+            "100ms",
+            "--json",
+            "--replay",
+        ])
+        .arg(&simulated)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "thermal_throttling"),
+        "{report}"
+    );
+}

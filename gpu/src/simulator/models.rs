@@ -141,3 +141,62 @@ impl GpuModel {
         }
     }
 }
+
+impl ModelSpec {
+    /// The model whose NVML name is `name`, if the simulator knows it.
+    pub fn by_nvml_name(name: &str) -> Option<(GpuModel, ModelSpec)> {
+        GpuModel::NAMES
+            .iter()
+            .map(|(_, m)| (*m, m.spec()))
+            .find(|(_, spec)| spec.name == name)
+    }
+
+    /// Where a real reading falls outside what this model's simulation produces: the
+    /// check that keeps the simulator honest against captures of real GPUs.
+    pub fn out_of_range(&self, s: &crate::DeviceSample) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |what: &str, v: Option<u64>, lo: u64, hi: u64| {
+            if let Some(v) = v.filter(|v| *v < lo || *v > hi) {
+                out.push(format!("{what} {v} outside {lo}..={hi}"));
+            }
+        };
+        let max_sm = u64::from(self.max_sm_clock_mhz);
+        check(
+            "sm_clock_mhz",
+            s.sm_clock_mhz.value().map(u64::from),
+            0,
+            max_sm,
+        );
+        check(
+            "temperature_celsius",
+            s.temperature_celsius.value().map(u64::from),
+            10,
+            u64::from(self.shutdown_temperature_celsius),
+        );
+        check(
+            "power_usage_milliwatts",
+            s.power_usage_milliwatts.value().map(u64::from),
+            0,
+            u64::from(self.default_power_limit_watts) * 1000 * 11 / 10,
+        );
+        check(
+            "memory_used_bytes",
+            s.memory_used_bytes.value(),
+            0,
+            self.memory_total_mib * 1024 * 1024,
+        );
+        check(
+            "pcie_generation",
+            s.pcie_generation.value().map(u64::from),
+            1,
+            u64::from(self.max_pcie_generation),
+        );
+        check(
+            "pcie_width",
+            s.pcie_width.value().map(u64::from),
+            1,
+            u64::from(self.max_pcie_width),
+        );
+        out
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: runs gpulse-agent's diagnose and a short capture
+# against the real NVML and saves what came back. Reads the GPU only: it changes no
+# clocks, power limits, persistence or MIG settings, and installs nothing.
+#
+#   BIN=path/to/gpulse-agent OUT=dir scripts/gpu-capture.sh
+#
+# BIN defaults to target/release/gpulse-agent (built elsewhere and carried over);
+# OUT defaults to ./gpu-capture. If python3 with torch is present, a short matrix
+# multiply loop runs during part of the capture so busy readings are captured too.
+set -uo pipefail
+
+BIN=${BIN:-target/release/gpulse-agent}
+OUT=${OUT:-gpu-capture}
+DURATION=${DURATION:-20s}
+mkdir -p "$OUT"
+
+if [ ! -x "$BIN" ]; then
+  echo "gpu-capture: no agent binary at $BIN; set BIN" >&2
+  exit 1
+fi
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(hostname)"
+  echo "kernel: $(uname -r)"
+  nvidia-smi --query-gpu=name,driver_version,pci.bus_id,power.default_limit,power.limit,clocks.max.sm --format=csv 2>&1 || true
+} > "$OUT/host.txt"
+nvidia-smi -q > "$OUT/nvidia-smi-q.txt" 2>&1 || true
+
+load_pid=""
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  python3 - <<'PY' > "$OUT/load.txt" 2>&1 &
+import time, torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+end = time.time() + 12
+n = 0
+while time.time() < end:
+    a = (a @ a).clamp_(-1, 1); n += 1
+torch.cuda.synchronize()
+print(f"matmuls: {n}")
+PY
+  load_pid=$!
+  echo "load: torch bf16 matmul loop for 12 s" >> "$OUT/host.txt"
+else
+  echo "load: none (no python3 with CUDA torch): idle readings only" >> "$OUT/host.txt"
+fi
+
+"$BIN" capture --duration "$DURATION" --rate 500ms --out "$OUT/capture.gpulse" 2> "$OUT/capture.log"
+echo "capture rc=$?" >> "$OUT/host.txt"
+[ -n "$load_pid" ] && wait "$load_pid"
+
+"$BIN" diagnose --duration 10s --json > "$OUT/diagnose.json" 2> "$OUT/diagnose.log"
+echo "diagnose rc=$? (0 ok, 2 critical finding, 1 error)" >> "$OUT/host.txt"
+"$BIN" diagnose --duration 5s > "$OUT/diagnose.txt" 2>> "$OUT/diagnose.log"
+"$BIN" diagnose --replay "$OUT/capture.gpulse" --duration 5s --rate 100ms > "$OUT/replay-diagnose.txt" 2>&1
+
+ls -l "$OUT"
+cat "$OUT/host.txt"
