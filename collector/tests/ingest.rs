@@ -423,6 +423,10 @@ fn golden_registry() -> Registry {
         "gpus=1,model=l4,scenario=idle,seed=13,hide=energy+pcie_replays",
         "gpus=2,model=h200,scenario=lost,seed=14",
         "gpus=1,model=h100-sxm,scenario=pcie-degraded,seed=15",
+        "gpus=1,model=h100-sxm,scenario=nvlink-errors,seed=16",
+        "gpus=1,model=a100,scenario=ecc,seed=17",
+        "gpus=1,model=h100-sxm,scenario=xid,seed=18",
+        "gpus=1,model=h100-sxm,scenario=idle-held,seed=19",
     ]
     .iter()
     .enumerate()
@@ -440,6 +444,12 @@ fn golden_registry() -> Registry {
         }
         if i == 4 {
             fleet.disconnect(&session, t0 + 20_000);
+        }
+        if i == 8 {
+            // A host whose agent cannot read its GPUs says why.
+            let mut id = identity("host-no-driver", "machine-nd");
+            id.gpu_backend_error = "driver_not_loaded".into();
+            fleet.connect(id, Vec::new(), t0).unwrap();
         }
     }
     registry
@@ -489,6 +499,24 @@ pub fn promtool_check(text: &str) {
         out.status.success() && report.trim().is_empty(),
         "promtool check metrics: {report}"
     );
+}
+
+#[test]
+fn every_fleet_metric_appears_in_the_golden_fleet() {
+    let text = http::render(&golden_registry());
+    // Not played by any simulated model: page retirement is the pre-Ampere mechanism
+    // and the simulator has no MIG mode; both are covered through the NVML test library.
+    let not_simulated = [
+        gpulse_exposition::names::GPU_RETIRED_PAGES.name,
+        gpulse_exposition::names::GPU_RETIRED_PAGES_PENDING.name,
+        gpulse_exposition::names::GPU_MIG_INSTANCE_INFO.name,
+    ];
+    for def in gpulse_exposition::names::FLEET {
+        let present = text.lines().any(|l| {
+            l.starts_with(&format!("{}{{", def.name)) || l.starts_with(&format!("{} ", def.name))
+        });
+        assert_eq!(present, !not_simulated.contains(&def.name), "{}", def.name);
+    }
 }
 
 #[test]
