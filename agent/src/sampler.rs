@@ -130,26 +130,37 @@ impl Sampler {
                 .metrics
                 .sample_duration
                 .set(started.elapsed().as_secs_f64());
-            let snapshot = Snapshot {
-                timestamp_unix_ms: now,
-                gpus,
-            };
-            let wire = v1::Snapshot::from(&snapshot);
-            let connected = self.shared.metrics.connected.get() == 1;
-            self.local.update(|v| {
-                if let Some(view) = v {
-                    view.connected = connected;
-                    view.last_seen_unix_ms = now;
-                    if let Err(e) = view.apply(snapshot) {
-                        debug!(error = %e, "local view refused a snapshot");
-                    }
-                }
-            });
-            self.shared.enqueue(v1::Batch {
+            record(
+                &self.shared,
+                &self.local,
                 seq,
-                snapshots: vec![wire],
-            });
+                Snapshot {
+                    timestamp_unix_ms: now,
+                    gpus,
+                },
+            );
             seq += 1;
         }
     }
+}
+
+/// What the agent does with each reading once the backend returned it: encode it for
+/// the wire, show it on the local /metrics, and queue it for the collector.
+pub fn record(shared: &Shared, local: &LocalHost, seq: u64, snapshot: Snapshot) {
+    let wire = v1::Snapshot::from(&snapshot);
+    let now = snapshot.timestamp_unix_ms;
+    let connected = shared.metrics.connected.get() == 1;
+    local.update(|v| {
+        if let Some(view) = v {
+            view.connected = connected;
+            view.last_seen_unix_ms = now;
+            if let Err(e) = view.apply(snapshot) {
+                debug!(error = %e, "local view refused a snapshot");
+            }
+        }
+    });
+    shared.enqueue(v1::Batch {
+        seq,
+        snapshots: vec![wire],
+    });
 }
