@@ -35,7 +35,7 @@ fn agent_per_reading(c: &mut Criterion) {
             0,
         ))
     });
-    let (_registry, metrics) = local::registry(local.clone()).unwrap();
+    let (_registry, metrics) = local::registry().unwrap();
     let shared = Shared::new(720, metrics);
     let mut seq = 0u64;
     let mut group = c.benchmark_group("agent");

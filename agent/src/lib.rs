@@ -130,7 +130,7 @@ pub async fn start(
         None => None,
     };
     let local = Arc::new(LocalHost::default());
-    let (registry, metrics) = local::registry(local.clone())?;
+    let (registry, metrics) = local::registry()?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -143,12 +143,12 @@ pub async fn start(
                 .local_addr()
                 .map_err(|source| AgentError::Bind { addr, source })?;
             let mut http_stop = stop_rx.clone();
+            let local = local.clone();
             tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(listener, local::router(registry)).with_graceful_shutdown(
-                    async move {
+                let serve = axum::serve(listener, local::router(registry, local))
+                    .with_graceful_shutdown(async move {
                         let _ = http_stop.wait_for(|s| *s).await;
-                    },
-                );
+                    });
                 if let Err(e) = serve.await {
                     error!(error = %e, "local /metrics server failed");
                 }

@@ -8,12 +8,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use gpulse_exposition::names::{self, Def};
-use gpulse_exposition::{FleetCollector, HostSource, HostView};
+use gpulse_exposition::{ExpositionOptions, HostSource, HostView};
 
 /// The latest view of this host, for the local /metrics.
 #[derive(Debug, Default)]
@@ -84,31 +82,27 @@ impl AgentMetrics {
     }
 }
 
-/// A registry with the agent's metrics and its host's series.
-pub fn registry(host: Arc<LocalHost>) -> prometheus::Result<(Registry, AgentMetrics)> {
+/// A registry with the agent's own metrics; the host's series are rendered beside it.
+pub fn registry() -> prometheus::Result<(Registry, AgentMetrics)> {
     let registry = Registry::new();
     let metrics = AgentMetrics::new(&registry)?;
-    registry.register(Box::new(FleetCollector::new(host)))?;
     Ok((registry, metrics))
 }
 
-pub fn router(registry: Registry) -> Router {
+pub fn router(registry: Registry, host: Arc<LocalHost>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(registry)
+        .with_state((registry, host))
 }
 
-async fn metrics(State(registry): State<Registry>) -> impl IntoResponse {
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .expect("writing to a Vec cannot fail");
+async fn metrics(State((registry, host)): State<(Registry, Arc<LocalHost>)>) -> impl IntoResponse {
+    let body = gpulse_exposition::render(&host, ExpositionOptions::default(), &registry);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        buf,
+        body,
     )
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use gpulse_agent::config::AgentConfig;
 use gpulse_agent::identity::{SystemPaths, host_identity};
 use gpulse_agent::{RunningAgent, backend_opener};
+use gpulse_collector::RunningCollector;
 use gpulse_collector::config::CollectorConfig;
-use gpulse_collector::{RunningCollector, http};
 
 async fn collector_on(grpc: &str) -> RunningCollector {
     gpulse_collector::start(CollectorConfig {
@@ -118,7 +118,7 @@ async fn every_scenario_reaches_the_collector_and_passes_promtool() {
             .all(|(_, a)| a.metrics.batches_acked.get() >= 3)
     })
     .await;
-    let text = http::render(&c.registry);
+    let text = c.render_metrics();
     promtool_check(&text);
     for (scenario, _) in &agents {
         assert_eq!(
@@ -229,7 +229,7 @@ async fn batches_buffered_while_the_collector_is_away_are_replayed_once_it_retur
         a.metrics.connected.get() == 1 && a.metrics.buffered_batches.get() <= 1
     })
     .await;
-    let text = http::render(&second.registry);
+    let text = second.render_metrics();
     let received = value(&text, "gpulse_collector_batches_received_total").unwrap();
     assert!(
         received >= buffered_while_away as f64,
@@ -284,7 +284,7 @@ async fn without_nvml_the_agent_keeps_running_and_says_why() {
             .is_some_and(|h| h.identity.gpu_backend_error == "library_not_found")
     })
     .await;
-    let text = http::render(&c.registry);
+    let text = c.render_metrics();
     assert_eq!(
         value(
             &text,

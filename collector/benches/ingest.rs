@@ -12,8 +12,7 @@ use prometheus::Registry;
 use prost::Message;
 
 use gpulse_collector::fleet::Fleet;
-use gpulse_collector::http;
-use gpulse_exposition::FleetCollector;
+use gpulse_exposition::ExpositionOptions;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostIdentity, Snapshot};
 use gpulse_proto::v1::{self, agent_message};
@@ -76,9 +75,6 @@ fn decode_and_apply(c: &mut Criterion) {
 fn render_large_fleet(c: &mut Criterion) {
     let fleet = Fleet::new(Default::default());
     let registry = Registry::new();
-    registry
-        .register(Box::new(FleetCollector::new(fleet.clone())))
-        .unwrap();
     let t = now_ms();
     for i in 0..1000 {
         let mut sim = Simulator::new(format!("gpus=8,seed={i}").parse().unwrap());
@@ -91,13 +87,12 @@ fn render_large_fleet(c: &mut Criterion) {
         };
         fleet.apply(&session, 1, vec![snapshot], t).unwrap();
     }
-    let size = http::render(&registry).len();
+    let render = || gpulse_exposition::render(&fleet, ExpositionOptions::default(), &registry);
+    let size = render().len();
     eprintln!("exposition for 1,000 hosts x 8 GPUs: {size} bytes");
     let mut group = c.benchmark_group("exposition");
     group.sample_size(10);
-    group.bench_function("render_1000_hosts_x_8_gpus", |b| {
-        b.iter(|| http::render(&registry))
-    });
+    group.bench_function("render_1000_hosts_x_8_gpus", |b| b.iter(render));
     group.finish();
 }
 

@@ -94,6 +94,9 @@ pub struct CollectorConfig {
     pub auth_token_file: Option<PathBuf>,
     /// Allow listening beyond loopback with no authentication. Default false.
     pub allow_unauthenticated: bool,
+    /// Also expose each NVLink link on its own (up to 18 x 7 series per GPU). Default
+    /// false: per-GPU NVLink totals and a count of links down are always exposed.
+    pub nvlink_per_link: bool,
     pub limits: Limits,
 }
 
@@ -107,6 +110,7 @@ impl Default for CollectorConfig {
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             auth_token_file: None,
             allow_unauthenticated: false,
+            nvlink_per_link: false,
             limits: Limits::default(),
         }
     }

@@ -8,13 +8,31 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
+
+use gpulse_exposition::ExpositionOptions;
 
 use crate::auth::BearerToken;
+use crate::fleet::Fleet;
+
+/// What a scrape of /metrics shows: the fleet, then the collector's own metrics.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub fleet: Arc<Fleet>,
+    pub options: ExpositionOptions,
+    pub registry: Registry,
+}
+
+impl Scrape {
+    /// The whole /metrics text.
+    pub fn render(&self) -> String {
+        gpulse_exposition::render(&self.fleet, self.options, &self.registry)
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct HttpState {
-    pub registry: Registry,
+    pub scrape: Scrape,
     pub ready: Arc<AtomicBool>,
     pub token: Option<BearerToken>,
 }
@@ -45,15 +63,6 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// Renders the registry in the Prometheus text format (version 0.0.4).
-pub fn render(registry: &Registry) -> String {
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .expect("writing to a Vec cannot fail");
-    String::from_utf8(buf).expect("the text encoder writes UTF-8")
-}
-
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.token
         && !token.accepts(headers.get(header::AUTHORIZATION))
@@ -64,9 +73,9 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         )
             .into_response();
     }
-    let registry = state.registry.clone();
+    let scrape = state.scrape.clone();
     // Rendering a large fleet takes milliseconds of CPU: keep it off the async workers.
-    match tokio::task::spawn_blocking(move || render(&registry)).await {
+    match tokio::task::spawn_blocking(move || scrape.render()).await {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

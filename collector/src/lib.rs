@@ -32,7 +32,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info};
 
-use gpulse_exposition::FleetCollector;
 use gpulse_proto::v1::ingest_server::IngestServer;
 
 use crate::auth::BearerToken;
@@ -83,11 +82,17 @@ pub struct RunningCollector {
     pub fleet: Arc<Fleet>,
     pub registry: Registry,
     pub metrics: SelfMetrics,
+    pub scrape: http::Scrape,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningCollector {
+    /// What /metrics serves now.
+    pub fn render_metrics(&self) -> String {
+        self.scrape.render()
+    }
+
     /// Stops accepting, closes agent streams and waits for the servers to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -124,7 +129,13 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     let registry = Registry::new();
     let metrics = SelfMetrics::new(&registry)?;
     let fleet = Fleet::new(config.limits.clone());
-    registry.register(Box::new(FleetCollector::new(fleet.clone())))?;
+    let scrape = http::Scrape {
+        fleet: fleet.clone(),
+        options: gpulse_exposition::ExpositionOptions {
+            nvlink_per_link: config.nvlink_per_link,
+        },
+        registry: registry.clone(),
+    };
 
     let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
@@ -189,7 +200,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     }));
 
     let app = http::router(http::HttpState {
-        registry: registry.clone(),
+        scrape: scrape.clone(),
         ready: ready.clone(),
         token,
     });
@@ -235,6 +246,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         fleet,
         registry,
         metrics,
+        scrape,
         stop,
         tasks,
     })

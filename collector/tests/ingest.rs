@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use gpulse_collector::RunningCollector;
 use gpulse_collector::config::CollectorConfig;
 use gpulse_collector::fleet::Fleet;
 use gpulse_collector::metrics::SelfMetrics;
-use gpulse_collector::{RunningCollector, http};
-use gpulse_exposition::FleetCollector;
+use gpulse_exposition::ExpositionOptions;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostFacts, HostIdentity, Learned, ProviderIdentity, Snapshot};
 use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
@@ -134,7 +134,7 @@ fn snapshot(sim: &mut Simulator, t: i64) -> v1::Snapshot {
 }
 
 fn counter(c: &RunningCollector, name: &str) -> f64 {
-    http::render(&c.registry)
+    c.render_metrics()
         .lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
@@ -409,13 +409,10 @@ async fn readiness_and_health_answer() {
 }
 
 /// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent.
-fn golden_registry() -> Registry {
+fn golden_text() -> String {
     let registry = Registry::new();
     SelfMetrics::new(&registry).unwrap();
     let fleet = Fleet::new(Default::default());
-    registry
-        .register(Box::new(FleetCollector::new(fleet.clone())))
-        .unwrap();
     let t0 = 1_790_000_000_000;
     for (i, spec) in [
         "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
@@ -452,12 +449,18 @@ fn golden_registry() -> Registry {
             fleet.connect(id, Vec::new(), t0).unwrap();
         }
     }
-    registry
+    gpulse_exposition::render(
+        &fleet,
+        ExpositionOptions {
+            nvlink_per_link: true,
+        },
+        &registry,
+    )
 }
 
 #[test]
 fn the_exposition_matches_the_golden_file() {
-    let text = http::render(&golden_registry());
+    let text = golden_text();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/exposition.prom");
     if std::env::var_os("GPULSE_BLESS").is_some() {
         std::fs::write(&path, &text).unwrap();
@@ -503,7 +506,7 @@ pub fn promtool_check(text: &str) {
 
 #[test]
 fn every_fleet_metric_appears_in_the_golden_fleet() {
-    let text = http::render(&golden_registry());
+    let text = golden_text();
     // Not played by any simulated model: page retirement is the pre-Ampere mechanism
     // and the simulator has no MIG mode; both are covered through the NVML test library.
     let not_simulated = [
@@ -521,27 +524,25 @@ fn every_fleet_metric_appears_in_the_golden_fleet() {
 
 #[test]
 fn the_exposition_passes_promtool() {
-    promtool_check(&http::render(&golden_registry()));
+    promtool_check(&golden_text());
 }
 
 #[test]
 fn an_agent_that_stays_away_past_the_expiry_disappears() {
     let fleet = Fleet::new(Default::default());
     let registry = Registry::new();
-    registry
-        .register(Box::new(FleetCollector::new(fleet.clone())))
-        .unwrap();
+    let render = || gpulse_exposition::render(&fleet, ExpositionOptions::default(), &registry);
     let sim = sim("gpus=1,seed=21");
     let session = fleet
         .connect(identity("leaver", "m"), sim.inventory().to_vec(), 1000)
         .unwrap();
     fleet.disconnect(&session, 2000);
-    let text = http::render(&registry);
+    let text = render();
     assert!(
         text.contains("gpulse_agent_up{host=\"leaver\"} 0"),
         "{text}"
     );
     assert!(fleet.expire(2000 + 299_000, 300_000).is_empty(), "not yet");
     assert_eq!(fleet.expire(2000 + 300_001, 300_000), ["leaver"]);
-    assert!(!http::render(&registry).contains("leaver"));
+    assert!(!render().contains("leaver"));
 }

@@ -2,8 +2,7 @@
 //! themselves: a host that is dropped from the source disappears from the next scrape,
 //! with no series to unregister.
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use std::fmt::Write as _;
 
 use gpulse_gpu::{DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
 
@@ -22,53 +21,66 @@ impl<T: HostSource + ?Sized> HostSource for std::sync::Arc<T> {
     }
 }
 
-/// A `prometheus::core::Collector` over a [`HostSource`].
-#[derive(Debug)]
-pub struct FleetCollector<S> {
-    source: S,
+/// Choices about what to expose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExpositionOptions {
+    /// Also expose every NVLink link on its own (`gpulse_gpu_nvlink_link_*{link}`):
+    /// up to 18 links x 7 series per GPU. Off by default; per-GPU totals are always there.
+    pub nvlink_per_link: bool,
 }
 
-impl<S: HostSource> FleetCollector<S> {
-    pub fn new(source: S) -> Self {
-        FleetCollector { source }
+/// Writes every host of `source` in the Prometheus text format (0.0.4).
+///
+/// The text is written directly rather than through `prometheus::proto` values: a
+/// large fleet has hundreds of thousands of series, and building a label-pair object
+/// per label per series dominated the scrape (see docs/benchmarks.md).
+pub fn render_fleet(source: &dyn HostSource, options: ExpositionOptions, out: &mut String) {
+    let mut families = Families::new(options);
+    source.for_each_host(&mut |host| families.add_host(host));
+    families.finish(out);
+}
+
+/// Writes `value` as the text format wants it.
+fn write_value(buf: &mut String, v: f64) {
+    if v.is_nan() {
+        buf.push_str("NaN");
+    } else if v.is_infinite() {
+        buf.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        let _ = write!(buf, "{}", v as i64);
+    } else {
+        let _ = write!(buf, "{v}");
     }
 }
 
-impl<S: HostSource> Collector for FleetCollector<S> {
-    fn desc(&self) -> Vec<&Desc> {
-        // Series come and go with hosts; an unchecked collector has no fixed descriptors.
-        Vec::new()
+/// Writes a label value, escaping backslash, double quote and newline.
+fn write_escaped(buf: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        buf.push_str(v);
+        return;
     }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let mut out = Families::default();
-        self.source.for_each_host(&mut |host| out.add_host(host));
-        out.finish()
-    }
-}
-
-fn label(name: &str, value: &str) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(name.to_string());
-    l.set_value(value.to_string());
-    l
-}
-
-/// Metrics collected so far, one bucket per metric definition in [`names::FLEET`] order.
-struct Families {
-    buckets: Vec<Vec<Metric>>,
-}
-
-impl Default for Families {
-    fn default() -> Self {
-        Families {
-            buckets: vec![Vec::new(); names::FLEET.len()],
+    for c in v.chars() {
+        match c {
+            '\\' => buf.push_str("\\\\"),
+            '"' => buf.push_str("\\\""),
+            '\n' => buf.push_str("\\n"),
+            c => buf.push(c),
         }
     }
 }
 
-/// Builds a GPU's labels plus extra pairs.
-type LabelsWith<'a> = dyn Fn(&[(&str, &str)]) -> Vec<LabelPair> + 'a;
+/// Series written so far, one text buffer per metric definition in [`names::FLEET`] order.
+struct Families {
+    bufs: Vec<String>,
+    /// Index of the last definition written: series mostly come in definition order.
+    hint: usize,
+    options: ExpositionOptions,
+}
+
+type Labels<'a> = [(&'a str, &'a str)];
+
+/// Reads one counter of an NVLink link.
+type LinkCounter = fn(&gpulse_gpu::health::NvLinkSample) -> Option<u64>;
 
 /// Converts NVML units to the base units in metric names.
 const HZ_PER_MHZ: f64 = 1e6;
@@ -76,61 +88,109 @@ const WATTS_PER_MILLIWATT: f64 = 1e-3;
 const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 
 impl Families {
-    fn push(&mut self, def: &Def, labels: Vec<LabelPair>, value: f64) {
+    fn new(options: ExpositionOptions) -> Families {
+        Families {
+            bufs: vec![String::new(); names::FLEET.len()],
+            hint: 0,
+            options,
+        }
+    }
+
+    fn index(&mut self, def: &Def) -> usize {
+        let n = names::FLEET.len();
+        for i in [self.hint, (self.hint + 1) % n] {
+            if names::FLEET[i].name == def.name {
+                return i;
+            }
+        }
         let i = names::FLEET
             .iter()
             .position(|d| d.name == def.name)
             .expect("every definition used is in names::FLEET");
-        let mut m = Metric::from_label(labels);
-        match def.kind {
-            Kind::Gauge => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                m.set_gauge(g);
-            }
-            Kind::Counter => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                m.set_counter(c);
-            }
+        self.hint = i;
+        i
+    }
+
+    /// Writes one series: `base` labels, then `extra` ones.
+    fn push(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
+        let i = self.index(def);
+        let buf = &mut self.bufs[i];
+        buf.push_str(def.name);
+        let mut first = true;
+        for (k, v) in base.iter().chain(extra) {
+            buf.push(if first { '{' } else { ',' });
+            first = false;
+            buf.push_str(k);
+            buf.push_str("=\"");
+            write_escaped(buf, v);
+            buf.push('"');
         }
-        self.buckets[i].push(m);
+        if !first {
+            buf.push('}');
+        }
+        buf.push(' ');
+        write_value(buf, value);
+        buf.push('\n');
+    }
+
+    fn finish(self, out: &mut String) {
+        for (def, buf) in names::FLEET.iter().zip(self.bufs) {
+            if buf.is_empty() {
+                continue;
+            }
+            let kind = match def.kind {
+                Kind::Gauge => "gauge",
+                Kind::Counter => "counter",
+            };
+            let _ = write!(
+                out,
+                "# HELP {} {}\n# TYPE {} {kind}\n",
+                def.name, def.help, def.name
+            );
+            out.push_str(&buf);
+        }
     }
 
     fn add_host(&mut self, host: &HostView) {
         let id = &host.identity;
-        let host_label = || vec![label(names::LABEL_HOST, &id.agent_id)];
+        let host_label = [(names::LABEL_HOST, id.agent_id.as_str())];
         let p = &id.provider;
-        let mut info = vec![
-            label(names::LABEL_HOST, &id.agent_id),
-            label("hostname", &id.hostname),
-            label("provider", &p.provider.value),
-            label("region", &p.region.value),
-            label("zone", &p.zone.value),
-            label("instance_type", &p.instance_type.value),
-            label("agent_version", &id.agent_version),
-            label("os", &id.facts.os),
-            label("kernel", &id.facts.kernel),
+        let label_keys: Vec<String> = id.labels.keys().map(|k| format!("label_{k}")).collect();
+        let mut info: Vec<(&str, &str)> = vec![
+            ("hostname", &id.hostname),
+            ("provider", &p.provider.value),
+            ("region", &p.region.value),
+            ("zone", &p.zone.value),
+            ("instance_type", &p.instance_type.value),
+            ("agent_version", &id.agent_version),
+            ("os", &id.facts.os),
+            ("kernel", &id.facts.kernel),
         ];
         info.extend(
-            id.labels
+            label_keys
                 .iter()
-                .map(|(k, v)| label(&format!("label_{k}"), v)),
+                .map(String::as_str)
+                .zip(id.labels.values().map(String::as_str)),
         );
-        self.push(&names::HOST_INFO, info, 1.0);
+        self.push(&names::HOST_INFO, &host_label, &info, 1.0);
         if !id.gpu_backend_error.is_empty() {
-            let mut l = host_label();
-            l.push(label("reason", &id.gpu_backend_error));
-            self.push(&names::HOST_GPU_BACKEND_ERROR, l, 1.0);
+            self.push(
+                &names::HOST_GPU_BACKEND_ERROR,
+                &host_label,
+                &[("reason", &id.gpu_backend_error)],
+                1.0,
+            );
         }
         self.push(
             &names::AGENT_UP,
-            host_label(),
+            &host_label,
+            &[],
             f64::from(u8::from(host.connected)),
         );
         self.push(
             &names::AGENT_LAST_SEEN,
-            host_label(),
+            &host_label,
+            &[],
             host.last_seen_unix_ms as f64 / 1000.0,
         );
         for gpu in &host.gpus {
@@ -149,11 +209,10 @@ impl Families {
                 let supported = answering
                     .iter()
                     .all(|s| s.field_status(field) != FieldStatus::Unsupported);
-                let mut l = host_label();
-                l.push(label("field", field.name()));
                 self.push(
                     &names::GPU_FIELD_SUPPORTED,
-                    l,
+                    &host_label,
+                    &[("field", field.name())],
                     f64::from(u8::from(supported)),
                 );
             }
@@ -163,27 +222,21 @@ impl Families {
     fn add_gpu(&mut self, host: &str, gpu: &GpuView) {
         let d = &gpu.info;
         let index = d.index.to_string();
-        let base = || {
-            vec![
-                label(names::LABEL_HOST, host),
-                label(names::LABEL_GPU, &index),
-                label(names::LABEL_UUID, &d.uuid),
-                label(names::LABEL_MODEL, &d.model),
-            ]
-        };
-        let with = |extra: &[(&str, &str)]| {
-            let mut l = base();
-            l.extend(extra.iter().map(|(k, v)| label(k, v)));
-            l
-        };
+        let base = [
+            (names::LABEL_HOST, host),
+            (names::LABEL_GPU, index.as_str()),
+            (names::LABEL_UUID, d.uuid.as_str()),
+            (names::LABEL_MODEL, d.model.as_str()),
+        ];
         self.push(
             &names::GPU_INFO,
-            with(&[
+            &base,
+            &[
                 ("pci_bus_id", &d.pci_bus_id),
                 ("driver_version", &d.driver_version),
                 ("vbios_version", &d.vbios_version),
                 ("architecture", &d.architecture),
-            ]),
+            ],
             1.0,
         );
         for m in &d.mig_instances {
@@ -194,31 +247,28 @@ impl Families {
                 .unwrap_or_default();
             self.push(
                 &names::GPU_MIG_INSTANCE_INFO,
-                with(&[
+                &base,
+                &[
                     ("mig_uuid", &m.uuid),
                     ("gpu_instance", &gi),
                     ("compute_instance", &ci),
-                ]),
+                ],
                 1.0,
             );
         }
+        let hz = |v: u32| f64::from(v) * HZ_PER_MHZ;
+        let watts = |v: u32| f64::from(v) * WATTS_PER_MILLIWATT;
+        let flag = |b: bool| f64::from(u8::from(b));
         let inventory = [
             (
                 &names::GPU_MEMORY_TOTAL,
                 d.memory_total_bytes.map(|v| v as f64),
             ),
-            (
-                &names::GPU_SM_CLOCK_MAX,
-                d.max_sm_clock_mhz.map(|v| f64::from(v) * HZ_PER_MHZ),
-            ),
-            (
-                &names::GPU_MEMORY_CLOCK_MAX,
-                d.max_memory_clock_mhz.map(|v| f64::from(v) * HZ_PER_MHZ),
-            ),
+            (&names::GPU_SM_CLOCK_MAX, d.max_sm_clock_mhz.map(hz)),
+            (&names::GPU_MEMORY_CLOCK_MAX, d.max_memory_clock_mhz.map(hz)),
             (
                 &names::GPU_POWER_DEFAULT_LIMIT,
-                d.default_power_limit_milliwatts
-                    .map(|v| f64::from(v) * WATTS_PER_MILLIWATT),
+                d.default_power_limit_milliwatts.map(watts),
             ),
             (
                 &names::GPU_SLOWDOWN_TEMPERATURE,
@@ -235,7 +285,7 @@ impl Families {
             (&names::GPU_PCIE_MAX_WIDTH, d.max_pcie_width.map(f64::from)),
             (
                 &names::GPU_GRAPHICS_CLOCK_MAX,
-                d.max_graphics_clock_mhz.map(|v| f64::from(v) * HZ_PER_MHZ),
+                d.max_graphics_clock_mhz.map(hz),
             ),
             (
                 &names::GPU_MEMORY_MAX_TEMPERATURE,
@@ -245,65 +295,44 @@ impl Families {
                 &names::GPU_MAX_OPERATING_TEMPERATURE,
                 d.gpu_max_operating_temperature_celsius.map(f64::from),
             ),
-            (
-                &names::GPU_ECC_ENABLED,
-                d.ecc_enabled.map(|e| f64::from(u8::from(e))),
-            ),
-            (
-                &names::GPU_MIG_ENABLED,
-                d.mig_enabled.map(|e| f64::from(u8::from(e))),
-            ),
+            (&names::GPU_ECC_ENABLED, d.ecc_enabled.map(flag)),
+            (&names::GPU_MIG_ENABLED, d.mig_enabled.map(flag)),
         ];
         for (def, value) in inventory {
             if let Some(v) = value {
-                self.push(def, base(), v);
+                self.push(def, &base, &[], v);
             }
         }
         let Some(s) = &gpu.latest else { return };
         let lost = s.state == DeviceState::Lost;
-        self.push(&names::GPU_LOST, base(), f64::from(u8::from(lost)));
+        self.push(&names::GPU_LOST, &base, &[], flag(lost));
         if lost {
             // A lost GPU says nothing about its fields: no values, no support claims.
             return;
         }
+        let ratio = |v: u32| f64::from(v) / 100.0;
         let readings = [
             (
                 &names::GPU_UTILIZATION,
-                s.gpu_utilization_percent
-                    .value()
-                    .map(|v| f64::from(v) / 100.0),
+                s.gpu_utilization_percent.value().map(ratio),
             ),
             (
                 &names::GPU_MEMORY_UTILIZATION,
-                s.memory_utilization_percent
-                    .value()
-                    .map(|v| f64::from(v) / 100.0),
+                s.memory_utilization_percent.value().map(ratio),
             ),
-            (
-                &names::GPU_SM_CLOCK,
-                s.sm_clock_mhz.value().map(|v| f64::from(v) * HZ_PER_MHZ),
-            ),
-            (
-                &names::GPU_MEMORY_CLOCK,
-                s.memory_clock_mhz
-                    .value()
-                    .map(|v| f64::from(v) * HZ_PER_MHZ),
-            ),
+            (&names::GPU_SM_CLOCK, s.sm_clock_mhz.value().map(hz)),
+            (&names::GPU_MEMORY_CLOCK, s.memory_clock_mhz.value().map(hz)),
             (
                 &names::GPU_TEMPERATURE,
                 s.temperature_celsius.value().map(f64::from),
             ),
             (
                 &names::GPU_POWER_USAGE,
-                s.power_usage_milliwatts
-                    .value()
-                    .map(|v| f64::from(v) * WATTS_PER_MILLIWATT),
+                s.power_usage_milliwatts.value().map(watts),
             ),
             (
                 &names::GPU_POWER_LIMIT,
-                s.power_limit_milliwatts
-                    .value()
-                    .map(|v| f64::from(v) * WATTS_PER_MILLIWATT),
+                s.power_limit_milliwatts.value().map(watts),
             ),
             (
                 &names::GPU_ENERGY,
@@ -326,21 +355,15 @@ impl Families {
             ),
             (
                 &names::GPU_GRAPHICS_CLOCK,
-                s.graphics_clock_mhz
-                    .value()
-                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+                s.graphics_clock_mhz.value().map(hz),
             ),
             (
                 &names::GPU_APPLICATIONS_SM_CLOCK,
-                s.applications_sm_clock_mhz
-                    .value()
-                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+                s.applications_sm_clock_mhz.value().map(hz),
             ),
             (
                 &names::GPU_APPLICATIONS_MEMORY_CLOCK,
-                s.applications_memory_clock_mhz
-                    .value()
-                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+                s.applications_memory_clock_mhz.value().map(hz),
             ),
             (
                 &names::GPU_MEMORY_TEMPERATURE,
@@ -374,113 +397,85 @@ impl Families {
         ];
         for (def, value) in readings {
             if let Some(v) = value {
-                self.push(def, base(), v);
+                self.push(def, &base, &[], v);
             }
         }
         if let Some(reasons) = s.throttle_reasons.value() {
-            for (flag, name) in ThrottleReasons::NAMED {
+            for (f, name) in ThrottleReasons::NAMED {
                 self.push(
                     &names::GPU_THROTTLE_ACTIVE,
-                    with(&[("reason", name)]),
-                    f64::from(u8::from(reasons.contains(flag))),
+                    &base,
+                    &[("reason", name)],
+                    flag(reasons.contains(f)),
                 );
             }
         }
-        self.add_health(&with, s);
+        self.add_health(&base, s);
     }
 
     /// Throttle time, interconnect, memory health, XID and processes of one GPU.
-    fn add_health(&mut self, with: &LabelsWith<'_>, s: &DeviceSample) {
+    fn add_health(&mut self, base: &Labels<'_>, s: &DeviceSample) {
         let flag = |b: bool| f64::from(u8::from(b));
         if let Some(t) = s.throttle_time.get() {
             self.push(
                 &names::GPU_THROTTLE_TIME_INFO,
-                with(&[("source", t.source.name())]),
+                base,
+                &[("source", t.source.name())],
                 1.0,
             );
             for (policy, ns) in &t.nanoseconds {
                 self.push(
                     &names::GPU_THROTTLE_SECONDS,
-                    with(&[("reason", policy.name())]),
+                    base,
+                    &[("reason", policy.name())],
                     *ns as f64 / 1e9,
                 );
             }
         }
         if let Some(links) = s.nvlinks.get() {
-            for l in links {
-                let link = l.link.to_string();
-                self.push(
-                    &names::GPU_NVLINK_UP,
-                    with(&[("link", &link)]),
-                    flag(l.active),
-                );
-                let counters = [
-                    (&names::GPU_NVLINK_TRANSMIT, None, l.tx_bytes),
-                    (&names::GPU_NVLINK_RECEIVE, None, l.rx_bytes),
-                    (
-                        &names::GPU_NVLINK_ERRORS,
-                        Some("crc_flit"),
-                        l.crc_flit_errors,
-                    ),
-                    (
-                        &names::GPU_NVLINK_ERRORS,
-                        Some("crc_data"),
-                        l.crc_data_errors,
-                    ),
-                    (&names::GPU_NVLINK_ERRORS, Some("replay"), l.replay_errors),
-                    (
-                        &names::GPU_NVLINK_ERRORS,
-                        Some("recovery"),
-                        l.recovery_errors,
-                    ),
-                ];
-                for (def, kind, value) in counters {
-                    if let Some(v) = value {
-                        let labels = match kind {
-                            Some(k) => with(&[("link", &link), ("type", k)]),
-                            None => with(&[("link", &link)]),
-                        };
-                        self.push(def, labels, v as f64);
-                    }
-                }
-            }
+            self.add_nvlinks(base, links);
         }
         for (kind, value) in [
             ("corrected", s.ecc_corrected_errors.value()),
             ("uncorrected", s.ecc_uncorrected_errors.value()),
         ] {
             if let Some(v) = value {
-                self.push(&names::GPU_ECC_ERRORS, with(&[("type", kind)]), v as f64);
+                self.push(&names::GPU_ECC_ERRORS, base, &[("type", kind)], v as f64);
             }
         }
         if let Some(r) = s.remapped_rows.value() {
             self.push(
                 &names::GPU_REMAPPED_ROWS,
-                with(&[("type", "correctable")]),
+                base,
+                &[("type", "correctable")],
                 f64::from(r.correctable),
             );
             self.push(
                 &names::GPU_REMAPPED_ROWS,
-                with(&[("type", "uncorrectable")]),
+                base,
+                &[("type", "uncorrectable")],
                 f64::from(r.uncorrectable),
             );
-            self.push(&names::GPU_ROW_REMAP_PENDING, with(&[]), flag(r.pending));
-            self.push(&names::GPU_ROW_REMAP_FAILED, with(&[]), flag(r.failure));
+            self.push(&names::GPU_ROW_REMAP_PENDING, base, &[], flag(r.pending));
+            self.push(&names::GPU_ROW_REMAP_FAILED, base, &[], flag(r.failure));
         }
         if let Some(r) = s.retired_pages.value() {
             self.push(
                 &names::GPU_RETIRED_PAGES,
-                with(&[("cause", "single_bit_ecc")]),
+                base,
+                &[("cause", "single_bit_ecc")],
                 f64::from(r.single_bit_ecc),
             );
             self.push(
                 &names::GPU_RETIRED_PAGES,
-                with(&[("cause", "double_bit_ecc")]),
+                base,
+                &[("cause", "double_bit_ecc")],
                 f64::from(r.double_bit_ecc),
             );
             self.push(
                 &names::GPU_RETIRED_PAGES_PENDING,
-                with(&[]),
+                base,
+                &[],
                 flag(r.pending),
             );
         }
@@ -488,7 +483,8 @@ impl Families {
             for (xid, count) in xids {
                 self.push(
                     &names::GPU_XID_ERRORS,
-                    with(&[("xid", &xid.to_string())]),
+                    base,
+                    &[("xid", &xid.to_string())],
                     *count as f64,
                 );
             }
@@ -496,20 +492,19 @@ impl Families {
         if let Some(procs) = s.processes.get() {
             for p in procs {
                 let pid = p.pid.to_string();
-                let labels = || {
-                    with(&[
-                        ("pid", &pid),
-                        ("workload_kind", p.workload_kind.name()),
-                        ("workload", &p.workload),
-                    ])
-                };
+                let labels = [
+                    ("pid", pid.as_str()),
+                    ("workload_kind", p.workload_kind.name()),
+                    ("workload", p.workload.as_str()),
+                ];
                 if let Some(m) = p.used_memory_bytes {
-                    self.push(&names::GPU_PROCESS_MEMORY_USED, labels(), m as f64);
+                    self.push(&names::GPU_PROCESS_MEMORY_USED, base, &labels, m as f64);
                 }
                 if let Some(u) = p.sm_utilization_percent {
                     self.push(
                         &names::GPU_PROCESS_SM_UTILIZATION,
-                        labels(),
+                        base,
+                        &labels,
                         f64::from(u) / 100.0,
                     );
                 }
@@ -517,22 +512,89 @@ impl Families {
         }
     }
 
-    fn finish(self) -> Vec<MetricFamily> {
-        names::FLEET
-            .iter()
-            .zip(self.buckets)
-            .filter(|(_, metrics)| !metrics.is_empty())
-            .map(|(def, metrics)| {
-                let mut f = MetricFamily::default();
-                f.set_name(def.name.to_string());
-                f.set_help(def.help.to_string());
-                f.set_field_type(match def.kind {
-                    Kind::Gauge => MetricType::GAUGE,
-                    Kind::Counter => MetricType::COUNTER,
-                });
-                f.set_metric(metrics);
-                f
-            })
-            .collect()
+    /// Per-GPU NVLink totals, and each link on its own when asked for.
+    fn add_nvlinks(&mut self, base: &Labels<'_>, links: &[gpulse_gpu::health::NvLinkSample]) {
+        let sum = |f: LinkCounter| -> Option<f64> {
+            let values: Vec<u64> = links.iter().filter_map(f).collect();
+            (!values.is_empty()).then(|| values.iter().sum::<u64>() as f64)
+        };
+        let down = links.iter().filter(|l| !l.active).count();
+        self.push(&names::GPU_NVLINK_LINKS, base, &[], links.len() as f64);
+        self.push(&names::GPU_NVLINK_LINKS_DOWN, base, &[], down as f64);
+        if let Some(v) = sum(|l| l.tx_bytes) {
+            self.push(&names::GPU_NVLINK_TRANSMIT, base, &[], v);
+        }
+        if let Some(v) = sum(|l| l.rx_bytes) {
+            self.push(&names::GPU_NVLINK_RECEIVE, base, &[], v);
+        }
+        let kinds: [(&str, LinkCounter); 4] = [
+            ("crc_flit", |l| l.crc_flit_errors),
+            ("crc_data", |l| l.crc_data_errors),
+            ("replay", |l| l.replay_errors),
+            ("recovery", |l| l.recovery_errors),
+        ];
+        for (kind, f) in kinds {
+            if let Some(v) = sum(f) {
+                self.push(&names::GPU_NVLINK_ERRORS, base, &[("type", kind)], v);
+            }
+        }
+        if !self.options.nvlink_per_link {
+            return;
+        }
+        for l in links {
+            let link = l.link.to_string();
+            let at = [("link", link.as_str())];
+            self.push(
+                &names::GPU_NVLINK_LINK_UP,
+                base,
+                &at,
+                f64::from(u8::from(l.active)),
+            );
+            if let Some(v) = l.tx_bytes {
+                self.push(&names::GPU_NVLINK_LINK_TRANSMIT, base, &at, v as f64);
+            }
+            if let Some(v) = l.rx_bytes {
+                self.push(&names::GPU_NVLINK_LINK_RECEIVE, base, &at, v as f64);
+            }
+            for (kind, f) in kinds {
+                if let Some(v) = f(l) {
+                    self.push(
+                        &names::GPU_NVLINK_LINK_ERRORS,
+                        base,
+                        &[("link", &link), ("type", kind)],
+                        v as f64,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut buf = String::new();
+        write_escaped(&mut buf, "a\\b\"c\nd");
+        assert_eq!(buf, "a\\\\b\\\"c\\nd");
+    }
+
+    #[test]
+    fn values_are_written_as_prometheus_reads_them() {
+        let mut buf = String::new();
+        for v in [
+            1980e6,
+            0.25,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -3.0,
+        ] {
+            write_value(&mut buf, v);
+            buf.push(' ');
+        }
+        assert_eq!(buf, "1980000000 0.25 +Inf -Inf NaN -3 ");
     }
 }

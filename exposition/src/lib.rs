@@ -1,10 +1,10 @@
 //! gpulse-exposition: how gpulse shows GPUs to Prometheus.
 //!
 //! It keeps a [`HostView`] per host (identity, inventory, latest reading) and
-//! turns views into Prometheus metric families with the `prometheus` crate
-//! ([`FleetCollector`]). The collector serves it for the whole fleet and the
-//! agent for its own host, so both expose the same names. Every metric name
-//! and help text lives in [`names`].
+//! writes views in the Prometheus text format ([`render_fleet`]); [`render`] adds a
+//! `prometheus` crate registry (self-metrics) after them. The collector serves it for
+//! the whole fleet and the agent for its own host, so both expose the same names.
+//! Every metric name and help text lives in [`names`].
 //!
 //! It is not where data is validated, deduplicated or stored: callers hand it
 //! readings they have already accepted.
@@ -15,5 +15,22 @@ mod families;
 pub mod names;
 mod view;
 
-pub use families::{FleetCollector, HostSource};
+pub use families::{ExpositionOptions, HostSource, render_fleet};
 pub use view::{GpuView, HostView, UnknownGpu};
+
+/// The fleet's series followed by a registry's (self-metrics), as one scrape.
+pub fn render(
+    source: &dyn HostSource,
+    options: ExpositionOptions,
+    registry: &prometheus::Registry,
+) -> String {
+    use prometheus::Encoder;
+    let mut out = String::with_capacity(64 * 1024);
+    render_fleet(source, options, &mut out);
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("writing to a Vec cannot fail");
+    out.push_str(&String::from_utf8_lossy(&buf));
+    out
+}

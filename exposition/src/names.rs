@@ -179,21 +179,38 @@ pub const GPU_PCIE_RECEIVE: Def = counter(
     "gpulse_gpu_pcie_receive_bytes_total",
     "Bytes the GPU received over PCIe.",
 );
-pub const GPU_NVLINK_UP: Def = gauge(
-    "gpulse_gpu_nvlink_up",
-    "1 while the NVLink link is active, 0 when it is down.",
+pub const GPU_NVLINK_LINKS: Def = gauge("gpulse_gpu_nvlink_links", "NVLink links the GPU has.");
+pub const GPU_NVLINK_LINKS_DOWN: Def = gauge(
+    "gpulse_gpu_nvlink_links_down",
+    "NVLink links of the GPU that are not active.",
 );
 pub const GPU_NVLINK_TRANSMIT: Def = counter(
     "gpulse_gpu_nvlink_transmit_bytes_total",
-    "Data bytes sent over the NVLink link.",
+    "Data bytes sent over all NVLink links of the GPU.",
 );
 pub const GPU_NVLINK_RECEIVE: Def = counter(
     "gpulse_gpu_nvlink_receive_bytes_total",
-    "Data bytes received over the NVLink link.",
+    "Data bytes received over all NVLink links of the GPU.",
 );
 pub const GPU_NVLINK_ERRORS: Def = counter(
     "gpulse_gpu_nvlink_errors_total",
-    "NVLink errors on the link, by type (crc_flit, crc_data, replay, recovery).",
+    "NVLink errors over all links of the GPU, by type (crc_flit, crc_data, replay, recovery).",
+);
+pub const GPU_NVLINK_LINK_UP: Def = gauge(
+    "gpulse_gpu_nvlink_link_up",
+    "1 while the NVLink link is active, 0 when it is down (with nvlink_per_link).",
+);
+pub const GPU_NVLINK_LINK_TRANSMIT: Def = counter(
+    "gpulse_gpu_nvlink_link_transmit_bytes_total",
+    "Data bytes sent over the NVLink link (with nvlink_per_link).",
+);
+pub const GPU_NVLINK_LINK_RECEIVE: Def = counter(
+    "gpulse_gpu_nvlink_link_receive_bytes_total",
+    "Data bytes received over the NVLink link (with nvlink_per_link).",
+);
+pub const GPU_NVLINK_LINK_ERRORS: Def = counter(
+    "gpulse_gpu_nvlink_link_errors_total",
+    "NVLink errors on the link, by type (with nvlink_per_link).",
 );
 pub const GPU_ECC_ERRORS: Def = counter(
     "gpulse_gpu_ecc_errors_total",
@@ -276,7 +293,7 @@ pub const AGENT_LAST_SEEN: Def = gauge(
 );
 
 /// Every per-host and per-GPU metric, in exposition order.
-pub const FLEET: [Def; 60] = [
+pub const FLEET: [Def; 65] = [
     HOST_INFO,
     HOST_GPU_BACKEND_ERROR,
     AGENT_UP,
@@ -316,10 +333,15 @@ pub const FLEET: [Def; 60] = [
     GPU_THROTTLE_TIME_INFO,
     GPU_PCIE_TRANSMIT,
     GPU_PCIE_RECEIVE,
-    GPU_NVLINK_UP,
+    GPU_NVLINK_LINKS,
+    GPU_NVLINK_LINKS_DOWN,
     GPU_NVLINK_TRANSMIT,
     GPU_NVLINK_RECEIVE,
     GPU_NVLINK_ERRORS,
+    GPU_NVLINK_LINK_UP,
+    GPU_NVLINK_LINK_TRANSMIT,
+    GPU_NVLINK_LINK_RECEIVE,
+    GPU_NVLINK_LINK_ERRORS,
     GPU_ECC_ERRORS,
     GPU_REMAPPED_ROWS,
     GPU_ROW_REMAP_PENDING,
