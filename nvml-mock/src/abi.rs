@@ -18,6 +18,7 @@
 #![allow(non_snake_case, reason = "the exports carry NVML's C names")]
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_ulonglong};
+use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::device;
@@ -48,34 +49,53 @@ fn handle(id: usize) -> Handle {
     std::ptr::without_provenance_mut(id)
 }
 
-/// The caller's out-parameter, or NVML_ERROR_INVALID_ARGUMENT for NULL.
+/// The caller's out-parameter, or NVML_ERROR_INVALID_ARGUMENT for NULL. It may be
+/// uninitialised (C callers pass fresh locals), hence `MaybeUninit`.
 ///
 /// # Safety
-/// `p` is NULL or valid for reads and writes of a `T` for the duration of the call.
-unsafe fn out<'a, T>(p: *mut T) -> NvmlResult<&'a mut T> {
+/// `p` is NULL or valid for writes of a `T` for the duration of the call.
+unsafe fn out<'a, T>(p: *mut T) -> NvmlResult<&'a mut MaybeUninit<T>> {
+    // SAFETY: forwarded from the caller; MaybeUninit<T> has T's layout and needs no
+    // initialised value behind the reference.
+    unsafe { p.cast::<MaybeUninit<T>>().as_mut() }.ok_or(Ret::INVALID_ARGUMENT)
+}
+
+/// The caller's in/out parameter (a versioned struct, a capacity), or
+/// NVML_ERROR_INVALID_ARGUMENT for NULL.
+///
+/// # Safety
+/// `p` is NULL or valid for reads and writes of an initialised `T` for the duration of
+/// the call.
+unsafe fn inout<'a, T>(p: *mut T) -> NvmlResult<&'a mut T> {
     // SAFETY: forwarded from the caller.
     unsafe { p.as_mut() }.ok_or(Ret::INVALID_ARGUMENT)
 }
 
-/// The caller's array of `len` elements, or NVML_ERROR_INVALID_ARGUMENT for NULL.
+/// The caller's output array of `len` elements, or NVML_ERROR_INVALID_ARGUMENT for NULL.
 ///
 /// # Safety
-/// `p` is NULL or valid for reads and writes of `len` elements for the duration of the call.
-unsafe fn out_slice<'a, T>(p: *mut T, len: usize) -> NvmlResult<&'a mut [T]> {
+/// `p` is NULL or valid for writes of `len` elements for the duration of the call.
+unsafe fn out_slice<'a, T>(p: *mut T, len: usize) -> NvmlResult<&'a mut [MaybeUninit<T>]> {
     if p.is_null() {
         return Err(Ret::INVALID_ARGUMENT);
     }
-    // SAFETY: non-NULL, and valid for `len` elements as the caller promises.
-    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+    // SAFETY: non-NULL, and valid for writes of `len` elements as the caller promises;
+    // MaybeUninit needs nothing initialised.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<MaybeUninit<T>>(), len) })
 }
 
-/// A C string buffer of `length` bytes.
+/// Writes `s` and its NUL into a C string buffer of `length` bytes:
+/// NVML_ERROR_INVALID_ARGUMENT for NULL, NVML_ERROR_INSUFFICIENT_SIZE when it does not fit.
 ///
 /// # Safety
-/// As [`out_slice`].
-unsafe fn out_str<'a>(buf: *mut c_char, length: c_uint) -> NvmlResult<&'a mut [u8]> {
+/// `buf` is NULL or valid for writes of `length` bytes for the duration of the call.
+unsafe fn put_str(buf: *mut c_char, length: c_uint, s: &str) -> NvmlResult<()> {
     // SAFETY: forwarded from the caller; c_char and u8 have the same layout.
-    unsafe { out_slice(buf.cast::<u8>(), length as usize) }
+    let buf = unsafe { out_slice(buf.cast::<u8>(), length as usize) }?;
+    for (dst, byte) in buf.iter_mut().zip(device::c_string(s, length as usize)?) {
+        dst.write(byte);
+    }
+    Ok(())
 }
 
 /// An optional C string argument.
@@ -107,7 +127,7 @@ macro_rules! getter {
             guard(|| {
                 // SAFETY: nvml.h: the last parameter is NULL or a value for NVML to fill.
                 let value = unsafe { out(value) }?;
-                *value = state::with_gpu(device.addr(), Access::$access, |$gpu| $body)?;
+                value.write(state::with_gpu(device.addr(), Access::$access, |$gpu| $body)?);
                 Ok(())
             })
         }
@@ -120,11 +140,14 @@ macro_rules! string_getter {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(device: Handle, buf: *mut c_char, length: c_uint) -> Return {
             guard(|| {
-                // SAFETY: nvml.h: `buf` is NULL or holds `length` bytes.
-                let buf = unsafe { out_str(buf, length) }?;
-                state::with_gpu(device.addr(), Access::Inventory, |$gpu| {
-                    device::put_str(buf, $body)
-                })
+                if buf.is_null() {
+                    return Err(Ret::INVALID_ARGUMENT);
+                }
+                let s = state::with_gpu(device.addr(), Access::Inventory, |$gpu| {
+                    Ok($body.to_string())
+                })?;
+                // SAFETY: nvml.h: `buf` holds `length` bytes.
+                unsafe { put_str(buf, length, &s) }
             })
         }
     };
@@ -162,18 +185,24 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
     length: c_uint,
 ) -> Return {
     guard(|| {
-        // SAFETY: nvml.h: `version` is NULL or holds `length` bytes.
-        let buf = unsafe { out_str(version, length) }?;
-        device::put_str(buf, &state::driver_version()?)
+        if version.is_null() {
+            return Err(Ret::INVALID_ARGUMENT);
+        }
+        let s = state::driver_version()?;
+        // SAFETY: nvml.h: `version` holds `length` bytes.
+        unsafe { put_str(version, length, &s) }
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> Return {
     guard(|| {
-        // SAFETY: nvml.h: `version` is NULL or holds `length` bytes.
-        let buf = unsafe { out_str(version, length) }?;
-        device::put_str(buf, &state::nvml_version()?)
+        if version.is_null() {
+            return Err(Ret::INVALID_ARGUMENT);
+        }
+        let s = state::nvml_version()?;
+        // SAFETY: nvml.h: `version` holds `length` bytes.
+        unsafe { put_str(version, length, &s) }
     })
 }
 
@@ -181,7 +210,8 @@ pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: 
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(device_count: *mut c_uint) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or a count for NVML to fill.
-        *unsafe { out(device_count) }? = state::device_count()?;
+        let count = unsafe { out(device_count) }?;
+        count.write(state::device_count()?);
         Ok(())
     })
 }
@@ -196,7 +226,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     guard(|| {
         // SAFETY: nvml.h: NULL or a handle for NVML to fill.
         let device = unsafe { out(device) }?;
-        *device = handle(state::handle_by_index(index)?);
+        device.write(handle(state::handle_by_index(index)?));
         Ok(())
     })
 }
@@ -242,7 +272,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
 ) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or a struct for NVML to fill, its version set.
-        let memory = unsafe { out(memory) }?;
+        let memory = unsafe { inout(memory) }?;
         if memory.version != MEMORY_V2_VERSION {
             return Err(Ret::ARGUMENT_VERSION_MISMATCH);
         }
@@ -267,8 +297,9 @@ macro_rules! mode_getter {
             guard(|| {
                 // SAFETY: nvml.h: each is NULL or a value for NVML to fill.
                 let (current, pending) = unsafe { (out(current)?, out(pending)?) };
-                (*current, *pending) =
-                    state::with_gpu(device.addr(), Access::Inventory, |$gpu| $body)?;
+                let (c, p) = state::with_gpu(device.addr(), Access::Inventory, |$gpu| $body)?;
+                current.write(c);
+                pending.write(p);
                 Ok(())
             })
         }
@@ -313,9 +344,9 @@ pub unsafe extern "C" fn nvmlDeviceGetNvLinkErrorCounter(
     guard(|| {
         // SAFETY: nvml.h: NULL or a value for NVML to fill.
         let value = unsafe { out(counter_value) }?;
-        *value = state::with_gpu(device.addr(), Access::Reading, |g| {
+        value.write(state::with_gpu(device.addr(), Access::Reading, |g| {
             g.nvlink_error_counter(link, counter)
-        })?;
+        })?);
         Ok(())
     })
 }
@@ -330,9 +361,9 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
     guard(|| {
         // SAFETY: nvml.h: NULL or a value for NVML to fill.
         let value = unsafe { out(ecc_counts) }?;
-        *value = state::with_gpu(device.addr(), Access::Reading, |g| {
+        value.write(state::with_gpu(device.addr(), Access::Reading, |g| {
             g.total_ecc_errors(error_type, counter_type)
-        })?;
+        })?);
         Ok(())
     })
 }
@@ -348,9 +379,9 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryErrorCounter(
     guard(|| {
         // SAFETY: nvml.h: NULL or a value for NVML to fill.
         let value = unsafe { out(count) }?;
-        *value = state::with_gpu(device.addr(), Access::Reading, |g| {
+        value.write(state::with_gpu(device.addr(), Access::Reading, |g| {
             g.memory_error_counter(error_type, counter_type, location)
-        })?;
+        })?);
         Ok(())
     })
 }
@@ -376,7 +407,10 @@ pub unsafe extern "C" fn nvmlDeviceGetRemappedRows(
         };
         let (corr, unc, pending, failure) =
             state::with_gpu(device.addr(), Access::Reading, |g| g.remapped_rows())?;
-        (*outs.0, *outs.1, *outs.2, *outs.3) = (corr, unc, pending, failure);
+        outs.0.write(corr);
+        outs.1.write(unc);
+        outs.2.write(pending);
+        outs.3.write(failure);
         Ok(())
     })
 }
@@ -384,7 +418,11 @@ pub unsafe extern "C" fn nvmlDeviceGetRemappedRows(
 /// The two-call size protocol NVML's list queries share: `count` holds the caller's
 /// capacity and comes back holding the number of entries; a NULL buffer or too small a
 /// capacity is NVML_ERROR_INSUFFICIENT_SIZE.
-fn fill_list<T: Copy>(count: &mut c_uint, buf: Option<&mut [T]>, items: &[T]) -> NvmlResult<()> {
+fn fill_list<T: Copy>(
+    count: &mut c_uint,
+    buf: Option<&mut [MaybeUninit<T>]>,
+    items: &[T],
+) -> NvmlResult<()> {
     let n = items.len();
     *count = n as c_uint;
     if n == 0 {
@@ -392,7 +430,9 @@ fn fill_list<T: Copy>(count: &mut c_uint, buf: Option<&mut [T]>, items: &[T]) ->
     }
     match buf {
         Some(buf) if buf.len() >= n => {
-            buf[..n].copy_from_slice(items);
+            for (dst, item) in buf.iter_mut().zip(items) {
+                dst.write(*item);
+            }
             Ok(())
         }
         _ => Err(Ret::INSUFFICIENT_SIZE),
@@ -403,7 +443,7 @@ fn fill_list<T: Copy>(count: &mut c_uint, buf: Option<&mut [T]>, items: &[T]) ->
 ///
 /// # Safety
 /// As [`out_slice`].
-unsafe fn opt_slice<'a, T>(p: *mut T, len: c_uint) -> Option<&'a mut [T]> {
+unsafe fn opt_slice<'a, T>(p: *mut T, len: c_uint) -> Option<&'a mut [MaybeUninit<T>]> {
     // SAFETY: forwarded from the caller.
     unsafe { out_slice(p, len as usize) }.ok()
 }
@@ -423,7 +463,7 @@ unsafe fn retired_pages(
 ) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or the caller's capacity, for NVML to update.
-        let count = unsafe { out(page_count) }?;
+        let count = unsafe { inout(page_count) }?;
         let capacity = *count;
         // SAFETY: nvml.h: each array is NULL or holds `capacity` entries.
         let (addresses, timestamps) = unsafe {
@@ -435,8 +475,8 @@ unsafe fn retired_pages(
         let pages = state::with_gpu(device.addr(), Access::Reading, |g| g.retired_pages(cause))?;
         let (addrs, times): (Vec<u64>, Vec<u64>) = pages.into_iter().unzip();
         fill_list(count, addresses, &addrs)?;
-        if let Some(timestamps) = timestamps {
-            timestamps[..times.len()].copy_from_slice(&times);
+        for (dst, time) in timestamps.into_iter().flatten().zip(&times) {
+            dst.write(*time);
         }
         Ok(())
     })
@@ -479,8 +519,11 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
             .ok()
             .filter(|n| *n > 0)
             .ok_or(Ret::INVALID_ARGUMENT)?;
-        // SAFETY: nvml.h: NULL or `values_count` entries with fieldId and scopeId set.
-        let values = unsafe { out_slice(values, n) }?;
+        if values.is_null() {
+            return Err(Ret::INVALID_ARGUMENT);
+        }
+        // SAFETY: nvml.h: `values_count` entries, their fieldId and scopeId set by the caller.
+        let values = unsafe { std::slice::from_raw_parts_mut(values, n) };
         state::with_gpu(device.addr(), Access::Reading, |g| {
             values.iter_mut().for_each(|v| g.fill_field_value(v));
             Ok(())
@@ -497,7 +540,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
 ) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or the caller's capacity, for NVML to update.
-        let count = unsafe { out(info_count) }?;
+        let count = unsafe { inout(info_count) }?;
         // SAFETY: nvml.h: NULL or `*info_count` entries.
         let infos = unsafe { opt_slice(infos, *count) };
         let processes = state::with_gpu(device.addr(), Access::Reading, |g| g.compute_processes())?;
@@ -515,7 +558,7 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
 ) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or the caller's capacity, for NVML to update.
-        let count = unsafe { out(process_samples_count) }?;
+        let count = unsafe { inout(process_samples_count) }?;
         // SAFETY: nvml.h: NULL or `*process_samples_count` entries.
         let buf = unsafe { opt_slice(utilization, *count) };
         let samples = state::with_gpu(device.addr(), Access::Reading, |g| {
@@ -536,7 +579,7 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
 ) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or a struct for NVML to fill, its version set.
-        let support = unsafe { out(gpm_support) }?;
+        let support = unsafe { inout(gpm_support) }?;
         if support.version != GPM_STRUCT_VERSION {
             return Err(Ret::ARGUMENT_VERSION_MISMATCH);
         }
@@ -553,7 +596,7 @@ pub unsafe extern "C" fn nvmlGpmSampleAlloc(gpm_sample: *mut Handle) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or a handle for NVML to fill.
         let sample = unsafe { out(gpm_sample) }?;
-        *sample = handle(state::gpm_sample_alloc()?);
+        sample.write(handle(state::gpm_sample_alloc()?));
         Ok(())
     })
 }
@@ -575,7 +618,7 @@ pub extern "C" fn nvmlGpmSampleGet(device: Handle, gpm_sample: Handle) -> Return
 pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut GpmMetricsGet) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or a request for NVML to complete, its version set.
-        let request = unsafe { out(metrics_get) }?;
+        let request = unsafe { inout(metrics_get) }?;
         if request.version != GPM_STRUCT_VERSION {
             return Err(Ret::ARGUMENT_VERSION_MISMATCH);
         }
@@ -607,7 +650,7 @@ pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut Handle) -> Return {
     guard(|| {
         // SAFETY: nvml.h: NULL or a handle for NVML to fill.
         let set = unsafe { out(set) }?;
-        *set = handle(state::event_set_create()?);
+        set.write(handle(state::event_set_create()?));
         Ok(())
     })
 }
@@ -633,13 +676,13 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
         // SAFETY: nvml.h: NULL or a struct for NVML to fill.
         let data = unsafe { out(data) }?;
         let (device, xid) = state::event_wait(set.addr(), timeoutms)?;
-        *data = EventData {
+        data.write(EventData {
             device: handle(device),
             eventType: event_type::XID_CRITICAL_ERROR,
             eventData: xid,
             gpuInstanceId: device::NO_INSTANCE,
             computeInstanceId: device::NO_INSTANCE,
-        };
+        });
         Ok(())
     })
 }

@@ -69,16 +69,13 @@ fn u32_counter(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// Copies `s` into a C string buffer; NVML_ERROR_INSUFFICIENT_SIZE when it and its NUL
-/// do not fit.
-pub fn put_str(buf: &mut [u8], s: &str) -> NvmlResult<()> {
-    let bytes = s.as_bytes();
-    if bytes.len() >= buf.len() {
+/// The bytes of `s` as a C string, NUL included, for a buffer of `capacity` bytes:
+/// NVML_ERROR_INSUFFICIENT_SIZE when they do not fit.
+pub fn c_string(s: &str, capacity: usize) -> NvmlResult<impl Iterator<Item = u8> + '_> {
+    if s.len() >= capacity {
         return Err(Ret::INSUFFICIENT_SIZE);
     }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    buf[bytes.len()] = 0;
-    Ok(())
+    Ok(s.bytes().chain([0]))
 }
 
 /// Writes `s` into a fixed C char array, truncated to fit with its NUL.
@@ -600,11 +597,13 @@ mod tests {
 
     #[test]
     fn a_string_fits_with_its_nul_or_is_insufficient_size() {
-        let mut buf = [0xffu8; 6];
-        assert_eq!(put_str(&mut buf, "H100!"), Ok(()));
-        assert_eq!(&buf, b"H100!\0");
-        assert_eq!(put_str(&mut buf, "H100 80GB"), Err(Ret::INSUFFICIENT_SIZE));
-        assert_eq!(put_str(&mut [], ""), Err(Ret::INSUFFICIENT_SIZE));
+        let bytes: Vec<u8> = c_string("H100!", 6).unwrap().collect();
+        assert_eq!(bytes, b"H100!\0");
+        assert!(matches!(
+            c_string("H100 80GB", 6),
+            Err(Ret::INSUFFICIENT_SIZE)
+        ));
+        assert!(matches!(c_string("", 0), Err(Ret::INSUFFICIENT_SIZE)));
     }
 
     fn with_gpu(spec: &str, renumbered: bool, f: impl FnOnce(&Gpu<'_>)) {
