@@ -41,6 +41,9 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "GPULSE_AGENT_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Path of libnvidia-ml.so.1 when it is not on the loader's path.
+    #[arg(long, env = "GPULSE_AGENT_NVML_LIBRARY", global = true)]
+    nvml_library: Option<PathBuf>,
     /// Stable identity of this agent [default: the hostname].
     #[arg(long, env = "GPULSE_AGENT_ID")]
     agent_id: Option<String>,
@@ -103,6 +106,9 @@ impl Cli {
         }
         if let Some(v) = self.replay {
             c.replay = Some(v);
+        }
+        if let Some(v) = self.nvml_library {
+            c.nvml_library = Some(v);
         }
         if let Some(v) = self.interval {
             c.interval = v;

@@ -22,7 +22,7 @@ pub trait GpuBackend: Send {
 pub enum BackendError {
     #[error(
         "the NVML library (libnvidia-ml.so.1) could not be loaded: {detail}. Install the NVIDIA driver, \
-         point --nvml-library at the library, or run with --simulate to use the simulator"
+         point --nvml-library (or nvml_library in the config) at the library, or run with --simulate to use the simulator"
     )]
     LibraryNotFound { detail: String },
     #[error(

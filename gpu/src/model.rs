@@ -39,6 +39,14 @@ impl<T> Reading<T> {
         }
     }
 
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Reading::Unsupported)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Reading::Failed)
+    }
+
     /// The value, if one was read.
     pub fn get(&self) -> Option<&T> {
         match self {
@@ -54,14 +62,6 @@ impl<T: Copy> Reading<T> {
             Reading::Value(v) => Some(*v),
             Reading::Unsupported | Reading::Failed => None,
         }
-    }
-
-    pub fn is_unsupported(&self) -> bool {
-        matches!(self, Reading::Unsupported)
-    }
-
-    pub fn is_failed(&self) -> bool {
-        matches!(self, Reading::Failed)
     }
 }
 

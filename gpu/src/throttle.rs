@@ -3,7 +3,8 @@
 bitflags::bitflags! {
     /// Why the GPU's clocks are below what they could be. The bit values are NVML's
     /// (nvml.h `nvmlClocksEventReason*`, formerly `nvmlClocksThrottleReason*`), so the
-    /// raw mask travels on the wire unchanged and unknown future bits are kept.
+    /// raw mask travels on the wire unchanged and bits this build does not name are kept
+    /// end to end (the NVML backend itself sees only the bits nvml-wrapper knows).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
     pub struct ThrottleReasons: u64 {
         /// Nothing is running: clocks are low because the GPU is idle.

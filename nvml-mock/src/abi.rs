@@ -216,8 +216,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(device_count: *mut c_uint) -> Ret
     })
 }
 
-/// Getting GPU 0's handle after any per-reading call steps the simulation: see
-/// [`state::handle_by_index`].
+/// The handle of a GPU (index + 1); see [`state::handle_by_index`].
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     index: c_uint,

@@ -6,7 +6,8 @@
 //! the `GPULSE_NVML_MOCK` environment variable (the `--simulate` syntax, default
 //! `gpus=2`), and answers inventory calls from its inventory and per-reading calls from
 //! its latest sample. Time is simulated: one step of one second per reading round, a
-//! round starting when GPU 0's handle is asked for after any per-reading call. Tests
+//! round starting when the first per-reading call of the last round comes again for the
+//! same GPU (so callers may keep handles and read in any order). Tests
 //! reconfigure and step it through the `gpulse_mock_*` exports.
 //!
 //! It is not a driver emulator: it answers what gpulse reads, in NVML's units, codes

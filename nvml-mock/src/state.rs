@@ -44,8 +44,10 @@ struct Host {
     /// Readings taken so far: 1 after configuration, +1 per step.
     steps: u64,
     latest: Vec<DeviceSample>,
-    /// A per-reading call happened since the last step.
-    read_since_step: bool,
+    /// The first per-reading call of the current round (GPU index and export), and
+    /// whether another one followed it: the same call again starts the next round.
+    round_first: Option<(usize, &'static str)>,
+    round_other: bool,
 }
 
 impl Host {
@@ -59,7 +61,8 @@ impl Host {
             driver_version,
             steps: 0,
             latest: Vec::new(),
-            read_since_step: false,
+            round_first: None,
+            round_other: false,
         };
         host.step();
         host
@@ -83,7 +86,24 @@ impl Host {
         self.steps += 1;
         let now = self.now_unix_ms();
         self.latest = self.sim.sample(now);
-        self.read_since_step = false;
+        self.round_first = None;
+        self.round_other = false;
+    }
+
+    /// Notes a per-reading call; the first call of a round, made again for the same GPU
+    /// after other calls, means the caller is reading the next round: step first.
+    /// Independent of how the caller orders its calls or whether it caches handles.
+    fn note_reading(&mut self, key: (usize, &'static str)) {
+        match self.round_first {
+            None => self.round_first = Some(key),
+            Some(first) if first == key => {
+                if self.round_other {
+                    self.step();
+                    self.round_first = Some(key);
+                }
+            }
+            Some(_) => self.round_other = true,
+        }
     }
 
     /// The GPU with this index, if there is one.
@@ -218,14 +238,10 @@ pub fn device_count() -> NvmlResult<u32> {
     Ok(lock().initialised()?.latest.len() as u32)
 }
 
-/// nvmlDeviceGetHandleByIndex_v2: the handle of GPU `index` (index + 1). Asking for GPU 0
-/// after any per-reading call starts a new reading round: the simulation steps first.
+/// nvmlDeviceGetHandleByIndex_v2: the handle of GPU `index` (index + 1).
 pub fn handle_by_index(index: u32) -> NvmlResult<usize> {
     let mut state = lock();
     let host = state.initialised()?;
-    if index == 0 && host.read_since_step {
-        host.step();
-    }
     let index = index as usize;
     if index >= host.latest.len() {
         return Err(Ret::INVALID_ARGUMENT);
@@ -252,7 +268,8 @@ pub fn with_gpu<T>(
     let host = state.initialised()?;
     let index = index_of(handle, host)?;
     if access == Access::Reading {
-        host.read_since_step = true;
+        // Each export's closure has its own type: its name identifies the call.
+        host.note_reading((index, std::any::type_name_of_val(&f)));
     }
     let gpu = host.gpu(index).ok_or(Ret::INVALID_ARGUMENT)?;
     if gpu.sample.state == DeviceState::Lost {

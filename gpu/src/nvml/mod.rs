@@ -163,6 +163,14 @@ fn describe(device: Option<&Device<'static>>, index: u32, driver_version: &str) 
     }
 }
 
+impl NvmlBackend {
+    /// XID counts the event thread has seen for a GPU so far: `None` when its events
+    /// are not watched. Samples carry the same counts.
+    pub fn xid_counts(&self, uuid: &str) -> Option<Vec<(u64, u64)>> {
+        self.xid.counts_for(uuid)
+    }
+}
+
 impl GpuBackend for NvmlBackend {
     fn inventory(&self) -> &[DeviceInfo] {
         &self.inventory

@@ -35,6 +35,7 @@ mod field {
     pub const REMAPPED_UNC: u32 = 143;
     pub const REMAPPED_PENDING: u32 = 144;
     pub const REMAPPED_FAILURE: u32 = 145;
+    // In KiB (nvml.h: "NVLink throughput counters field values ... in KiB").
     pub const NVLINK_TX: u32 = 138;
     pub const NVLINK_RX: u32 = 139;
     // Cumulative clock-event (throttle) time in ns, newer drivers.
@@ -331,8 +332,8 @@ fn nvlinks(
             NvLinkSample {
                 link: *l,
                 active: link.is_active().unwrap_or(false),
-                tx_bytes: throughput[2 * k],
-                rx_bytes: throughput[2 * k + 1],
+                tx_bytes: throughput[2 * k].map(|kib| kib * 1024),
+                rx_bytes: throughput[2 * k + 1].map(|kib| kib * 1024),
                 crc_flit_errors: counter(ErrorCounter::DlCrcFlit),
                 crc_data_errors: counter(ErrorCounter::DlCrcData),
                 replay_errors: counter(ErrorCounter::DlReplay),

@@ -17,7 +17,7 @@ use crate::health::{
     ThrottleTimeSource, WorkloadKind,
 };
 use crate::{
-    DeviceInfo, DeviceSample, DeviceState, FieldStatus, GpuBackend, Reading, ThrottleReasons,
+    DeviceInfo, DeviceSample, DeviceState, Field, FieldStatus, GpuBackend, Reading, ThrottleReasons,
 };
 
 /// Driver version the simulator reports (a 550-series production branch).
@@ -101,7 +101,10 @@ impl Simulator {
                     "00000000:{:02X}:00.0",
                     PCI_BUSES[index as usize % PCI_BUSES.len()]
                 ),
-                memory_total_bytes: Some(model.memory_total_mib * 1024 * 1024),
+                // NVML returns total and used memory from one call, and NVLink state per
+                // link: a host that hides those hides the inventory values too.
+                memory_total_bytes: Some(model.memory_total_mib * 1024 * 1024)
+                    .filter(|_| !spec.hidden.contains(&Field::MemoryUsed)),
                 max_sm_clock_mhz: Some(model.max_sm_clock_mhz),
                 max_memory_clock_mhz: Some(model.max_memory_clock_mhz),
                 default_power_limit_milliwatts: Some(model.default_power_limit_watts * 1000),
@@ -109,7 +112,11 @@ impl Simulator {
                 shutdown_temperature_celsius: Some(model.shutdown_temperature_celsius),
                 max_pcie_generation: Some(model.max_pcie_generation),
                 max_pcie_width: Some(model.max_pcie_width),
-                nvlink_count: Some(model.nvlink_count),
+                nvlink_count: Some(if spec.hidden.contains(&Field::NvLink) {
+                    0
+                } else {
+                    model.nvlink_count
+                }),
                 mig_enabled: Some(false),
                 driver_version: SIM_DRIVER_VERSION.to_string(),
                 vbios_version: "96.00.99.00.01".to_string(),
@@ -325,7 +332,8 @@ impl Simulator {
             let down = scenario == Scenario::NvlinkErrors && l.link == 3;
             l.active = !down;
             if !down {
-                let bytes = (link_rate * step as f64 / 1000.0) as u64;
+                // Whole KiB: NVML counts NVLink traffic in KiB.
+                let bytes = (link_rate * step as f64 / 1000.0) as u64 / 1024 * 1024;
                 l.tx_bytes = l.tx_bytes.map(|b| b + bytes);
                 l.rx_bytes = l.rx_bytes.map(|b| b + bytes);
             }
