@@ -54,5 +54,32 @@ fn agent_per_reading(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, agent_per_reading);
+/// The NVML backend reading GPUs through the NVML test library (libgpulse_nvml_mock):
+/// the backend's own work plus the library's, which stands in for the driver. The
+/// library takes its GPUs from GPULSE_NVML_MOCK when NVML initialises.
+///
+/// Run: cargo build --release -p gpulse-nvml-mock &&
+///      GPULSE_NVML_MOCK=gpus=8,model=h100-sxm cargo bench -p gpulse-agent --bench sampling
+fn nvml_backend_over_test_library(c: &mut Criterion) {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let lib = profile_dir.join("libgpulse_nvml_mock.so");
+    if !lib.exists() || std::env::var_os("GPULSE_NVML_MOCK").is_none() {
+        eprintln!(
+            "skipping the NVML backend case: build {} and set GPULSE_NVML_MOCK (see this file)",
+            lib.display()
+        );
+        return;
+    }
+    let mut backend = gpulse_gpu::nvml::NvmlBackend::open(Some(lib.as_os_str())).unwrap();
+    let gpus = backend.inventory().len() as u64;
+    let mut group = c.benchmark_group("agent");
+    group.throughput(Throughput::Elements(gpus));
+    group.bench_function("nvml_backend_sample_test_library", |b| {
+        b.iter(|| backend.sample(0))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, agent_per_reading, nvml_backend_over_test_library);
 criterion_main!(benches);
