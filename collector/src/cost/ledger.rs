@@ -507,4 +507,159 @@ mod tests {
         assert_eq!((u.idle_s, u.lost_samples, u.busy_s), (5.0, 1, 0.0));
         assert!((u.idle_cost - u.list_cost).abs() < 1e-15);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step of a GPU's life: time since the last snapshot, utilisation, SM clock,
+        /// counter increments, and whether the driver reloaded before it.
+        #[derive(Debug, Clone)]
+        struct Step {
+            gap_ms: i64,
+            util: u32,
+            clock: u32,
+            energy_inc: u64,
+            replay_inc: u64,
+            reset: bool,
+            lost: bool,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            (
+                1i64..40_000,
+                0u32..=100,
+                300u32..=2000,
+                0u64..5_000_000,
+                0u64..5,
+                prop::bool::weighted(0.1),
+                prop::bool::weighted(0.05),
+            )
+                .prop_map(
+                    |(gap_ms, util, clock, energy_inc, replay_inc, reset, lost)| Step {
+                        gap_ms,
+                        util,
+                        clock,
+                        energy_inc,
+                        replay_inc,
+                        reset,
+                        lost,
+                    },
+                )
+        }
+
+        /// Timestamped samples of one GPU from steps, with the true counter increments.
+        fn samples(steps: &[Step], start: i64) -> (Vec<(i64, DeviceSample)>, u64, u64) {
+            let (mut t, mut energy, mut replays) = (start, 0u64, 0u64);
+            let (mut true_energy, mut true_replays) = (0u64, 0u64);
+            let mut out = Vec::new();
+            for (i, st) in steps.iter().enumerate() {
+                t += st.gap_ms;
+                // A reset restarts the counters from 0; a reset is visible only when the
+                // new value is below the old one, so only those are generated.
+                if st.reset && st.energy_inc < energy && st.replay_inc < replays.max(1) {
+                    energy = st.energy_inc;
+                    replays = st.replay_inc.min(replays.saturating_sub(1));
+                    if i > 0 {
+                        true_energy += energy;
+                        true_replays += replays;
+                    }
+                } else {
+                    energy += st.energy_inc;
+                    replays += st.replay_inc;
+                    if i > 0 {
+                        true_energy += st.energy_inc;
+                        true_replays += st.replay_inc;
+                    }
+                }
+                let mut s = sample(st.util, st.clock, energy);
+                s.pcie_replays = Reading::Value(replays);
+                if st.lost {
+                    // A lost GPU's counters are absent; the next reading covers the gap.
+                    s = DeviceSample::lost("GPU-1");
+                }
+                out.push((t, s));
+            }
+            (out, true_energy, true_replays)
+        }
+
+        fn run(
+            ledger: &mut Ledger<u32>,
+            key: u32,
+            t: &GpuTerms,
+            seq: &[(i64, DeviceSample)],
+        ) -> Usage {
+            let mut out = Vec::new();
+            for (ts, s) in seq {
+                ledger.apply(&key, t, *ts, s, 300_000, &mut out);
+            }
+            total(&out)
+        }
+
+        proptest! {
+            #[test]
+            fn replays_and_duplicates_change_nothing(
+                steps in prop::collection::vec(step(), 1..60),
+                dups in prop::collection::vec((0usize..60, 0usize..60), 0..30),
+            ) {
+                let t = terms(Some(2.5));
+                let (seq, _, _) = samples(&steps, 1_700_000_000_000);
+                let clean = run(&mut Ledger::new(), 1, &t, &seq);
+                // The same stream with batches delivered again: right after themselves,
+                // or later, after newer ones (a replay after a reconnect).
+                let mut noisy = Vec::new();
+                for (i, item) in seq.iter().enumerate() {
+                    noisy.push(item.clone());
+                    for (at, back) in &dups {
+                        if *at == i {
+                            let j = i.saturating_sub(*back % (i + 1));
+                            noisy.extend(seq[j..=i].iter().cloned());
+                        }
+                    }
+                }
+                let replayed = run(&mut Ledger::new(), 1, &t, &noisy);
+                prop_assert_eq!(clean, replayed);
+            }
+
+            #[test]
+            fn counter_resets_lose_nothing(
+                steps in prop::collection::vec(step(), 2..60),
+            ) {
+                // Without lost samples, every increment after the first reading is measured.
+                let steps: Vec<Step> = steps.into_iter().map(|s| Step { lost: false, ..s }).collect();
+                let t = terms(None);
+                let (seq, true_energy, true_replays) = samples(&steps, 0);
+                let u = run(&mut Ledger::new(), 1, &t, &seq);
+                prop_assert!((u.energy_j - true_energy as f64 / 1000.0).abs() < 1e-6,
+                    "{} J measured, {} mJ true", u.energy_j, true_energy);
+                prop_assert_eq!(u.pcie_replays, true_replays);
+            }
+
+            #[test]
+            fn time_is_conserved_across_hour_buckets(
+                steps in prop::collection::vec(step(), 1..60),
+            ) {
+                let t = terms(Some(1.0));
+                let (seq, _, _) = samples(&steps, HOUR_MS - 30_000);
+                let mut out = Vec::new();
+                let mut l = Ledger::new();
+                for (ts, s) in &seq {
+                    l.apply(&1u32, &t, *ts, s, 300_000, &mut out);
+                }
+                let credited: i64 = steps
+                    .iter()
+                    .skip(1)
+                    .map(|s| s.gap_ms.min(credit_cap_ms(t.interval_ms, 300_000)))
+                    .sum();
+                let u = total(&out);
+                prop_assert!((u.observed_s - credited as f64 / 1000.0).abs() < 1e-6);
+                prop_assert!(u.busy_s + u.idle_s <= u.observed_s + 1e-9);
+                prop_assert!((u.list_cost - u.observed_s / 3600.0).abs() < 1e-9);
+                prop_assert_eq!(u.samples as usize, seq.len() - 1);
+                for (_, part) in &out {
+                    prop_assert!(part.observed_s >= 0.0 && part.observed_s <= 3600.0 + 1e-9);
+                }
+            }
+        }
+    }
 }

@@ -761,4 +761,109 @@ mod tests {
         assert_eq!(e.parameter, "group_by");
         assert!(e.reason.contains("colour"), "{e}");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn row() -> impl Strategy<Value = GpuUsage> {
+            (
+                0usize..4,
+                0usize..3,
+                0usize..3,
+                0usize..6,
+                0.0f64..3600.0,
+                0.0f64..1.0,
+                0.0f64..20.0,
+                prop::bool::ANY,
+                0u64..10,
+            )
+                .prop_map(
+                    |(p, m, team, host, observed, busy, price, priced, replays)| {
+                        let providers = ["aws", "gcp", "coreweave", ""];
+                        let models = [
+                            "NVIDIA H100 80GB HBM3",
+                            "NVIDIA A100-SXM4-80GB",
+                            "NVIDIA L4",
+                        ];
+                        let teams = ["llm", "vision", ""];
+                        let mut labels = BTreeMap::new();
+                        if !teams[team].is_empty() {
+                            labels.insert("team".to_string(), teams[team].to_string());
+                        }
+                        let usage = Usage {
+                            observed_s: observed,
+                            busy_s: observed * busy,
+                            idle_s: observed * (1.0 - busy),
+                            list_cost: if priced {
+                                observed * price / 3600.0
+                            } else {
+                                0.0
+                            },
+                            idle_cost: if priced {
+                                observed * (1.0 - busy) * price / 3600.0
+                            } else {
+                                0.0
+                            },
+                            unpriced_s: if priced { 0.0 } else { observed },
+                            pcie_replays: replays,
+                            samples: 1,
+                            ..Usage::default()
+                        };
+                        GpuUsage {
+                            dims: Arc::new(GpuDims {
+                                host: format!("host-{host}"),
+                                uuid: format!("GPU-{host}-{m}"),
+                                model: models[m].to_string(),
+                                provider: providers[p].to_string(),
+                                labels,
+                                ..GpuDims::default()
+                            }),
+                            day_ms: None,
+                            usage,
+                        }
+                    },
+                )
+        }
+
+        fn dims() -> impl Strategy<Value = Vec<Dim>> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    Dim::Provider,
+                    Dim::Model,
+                    Dim::Host,
+                    Dim::Gpu,
+                    Dim::Region,
+                    Dim::Label("team".into()),
+                ]),
+                0..3,
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn groups_sum_to_the_total(rows in prop::collection::vec(row(), 0..80), by in dims()) {
+                let all = total(&rows).usage;
+                let mut sum = Usage::default();
+                for agg in group(&rows, &by).values() {
+                    sum.add(&agg.usage);
+                }
+                let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()));
+                prop_assert!(close(sum.observed_s, all.observed_s));
+                prop_assert!(close(sum.list_cost, all.list_cost));
+                prop_assert!(close(sum.idle_cost, all.idle_cost));
+                prop_assert!(close(sum.unpriced_s, all.unpriced_s));
+                prop_assert_eq!(sum.pcie_replays, all.pcie_replays);
+                // The JSON report's groups add up to its totals too.
+                let report = json(&rows, Window::aligned(0, HOUR_MS), &by);
+                let cost: f64 = report.groups.iter().map(|g| g.summary.list_cost_usd).sum();
+                prop_assert!(close(cost, report.totals.list_cost_usd));
+                let gpus: usize = report.groups.iter().map(|g| g.summary.gpus).sum();
+                prop_assert!(gpus >= report.totals.gpus);
+                // And the CSV has one row per group.
+                let text = csv(&rows, Window::aligned(0, HOUR_MS), &by).unwrap();
+                prop_assert_eq!(text.lines().count(), 1 + report.groups.len());
+            }
+        }
+    }
 }
