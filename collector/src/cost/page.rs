@@ -35,10 +35,32 @@ pub fn esc(s: &str) -> String {
 
 fn usd(v: f64) -> String {
     if v.abs() >= 1000.0 {
-        format!("${:.0}", v)
+        format!("${}", thousands(v.round() as i64))
     } else {
         format!("${v:.2}")
     }
+}
+
+/// Whole dollars for an axis, cents only below $10.
+fn usd_axis(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        format!("${}", thousands(v.round() as i64))
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+/// 1234567 as "1,234,567".
+fn thousands(v: i64) -> String {
+    let digits = v.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0 { format!("-{out}") } else { out }
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -134,10 +156,14 @@ fn cards(h: &mut String, t: &Summary) {
         ),
         ("idle", usd(t.idle_cost_usd), "idle waste"),
         ("throttle", usd(t.throttle_loss_usd), "throttle loss"),
-        ("energy", format!("{:.0} kWh", t.energy_kwh), "GPU energy"),
+        (
+            "energy",
+            format!("{} kWh", thousands(t.energy_kwh.round() as i64)),
+            "GPU energy",
+        ),
         (
             "unpriced",
-            format!("{:.0}", t.unpriced_gpu_hours),
+            thousands(t.unpriced_gpu_hours.round() as i64),
             "unpriced GPU-hours",
         ),
     ];
@@ -345,7 +371,7 @@ fn spend_over_time(
             left + plot_w,
             left - 6.0,
             y + 4.0,
-            usd(v)
+            usd_axis(v)
         );
     }
     let label_every = days.div_ceil(15).max(1);
@@ -461,4 +487,28 @@ fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
         );
     }
     h.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_figures_read_well() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(thousands(21_269), "21,269");
+        assert_eq!(thousands(-1_234_567), "-1,234,567");
+        assert_eq!(usd(12.5), "$12.50");
+        assert_eq!(usd(21_269.4), "$21,269");
+        assert_eq!(nice_max(3_600.0), 5_000.0);
+    }
+
+    #[test]
+    fn an_empty_ledger_says_so() {
+        let html = render(Window::aligned(0, DAY_MS), &[], &[]);
+        assert!(html.contains("id=\"empty\""), "{html}");
+    }
 }

@@ -683,10 +683,10 @@ pub fn table(rows: &[GpuUsage], window: Window, group_by: &[Dim]) -> String {
     let report = json(rows, window, group_by);
     let mut lines: Vec<[String; 11]> = vec![header];
     for g in &report.groups {
-        let name = g
-            .key
-            .values()
-            .map(|v| if v.is_empty() { "(none)" } else { v.as_str() })
+        let name = group_by
+            .iter()
+            .map(|d| g.key.get(&d.name()).map_or("", String::as_str))
+            .map(|v| if v.is_empty() { "(none)" } else { v })
             .collect::<Vec<_>>()
             .join(",");
         lines.push(line(name, &g.summary));
