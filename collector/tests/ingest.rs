@@ -408,14 +408,25 @@ async fn readiness_and_health_answer() {
     c.shutdown().await;
 }
 
-/// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent.
+/// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent,
+/// and the cost series its ledger gives.
 fn golden_registry() -> Registry {
+    use gpulse_collector::config::BareMetalConfig;
+    use gpulse_collector::cost::ledger::Ledger;
+    use gpulse_collector::cost::metrics::CostCollector;
+    use gpulse_collector::cost::pricing::Pricing;
+    use std::collections::HashMap;
+    use std::sync::{Arc, RwLock};
+
     let registry = Registry::new();
     SelfMetrics::new(&registry).unwrap();
     let fleet = Fleet::new(Default::default());
     registry
         .register(Box::new(FleetCollector::new(fleet.clone())))
         .unwrap();
+    let pricing = Arc::new(Pricing::from_texts(None, &BareMetalConfig::default()).unwrap());
+    let mut ledger = Ledger::new();
+    let mut totals = HashMap::new();
     let t0 = 1_790_000_000_000;
     for (i, spec) in [
         "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
@@ -428,7 +439,12 @@ fn golden_registry() -> Registry {
     .enumerate()
     {
         let mut sim = sim(spec);
-        let id = identity(&format!("host-{i}"), &format!("machine-{i}"));
+        let mut id = identity(&format!("host-{i}"), &format!("machine-{i}"));
+        if i == 2 {
+            // A provider with no catalogue entry: unpriced, never free.
+            id.provider.provider = Learned::from_config("on-prem");
+        }
+        let host = gpulse_collector::cost::ledger_host(&pricing, &id, sim.inventory(), 5000);
         let session = fleet.connect(id, sim.inventory().to_vec(), t0).unwrap();
         for k in 0..3 {
             let t = t0 + k * 5000;
@@ -436,12 +452,30 @@ fn golden_registry() -> Registry {
                 timestamp_unix_ms: t,
                 gpus: sim.sample(t),
             };
+            let mut out = Vec::new();
+            for s in &snap.gpus {
+                let key = (host.agent_id.clone(), s.uuid.clone());
+                out.clear();
+                ledger.apply(&key, &host.gpus[&s.uuid].terms, t, s, 300_000, &mut out);
+                let total: &mut gpulse_collector::cost::ledger::Usage =
+                    totals.entry(key).or_default();
+                for (_, u) in &out {
+                    total.add(u);
+                }
+            }
             fleet.apply(&session, k as u64 + 1, vec![snap], t).unwrap();
         }
         if i == 4 {
             fleet.disconnect(&session, t0 + 20_000);
         }
     }
+    registry
+        .register(Box::new(CostCollector::new(
+            fleet.clone(),
+            pricing,
+            Arc::new(RwLock::new(totals)),
+        )))
+        .unwrap();
     registry
 }
 

@@ -407,6 +407,9 @@ impl Pricing {
                         && e.instance_type
                             .as_deref()
                             .is_some_and(|t| t.eq_ignore_ascii_case(instance))
+                        // An instance type fixes its GPU: one reported with another GPU is
+                        // misnamed, and priced by its model instead.
+                        && e.model.as_deref().is_none_or(|m| m == model)
                 })
             {
                 return Some(Self::priced(e, PriceBasis::InstanceType));
@@ -538,6 +541,14 @@ mod tests {
             .price(&q("AWS", "p5.4xlarge", "NVIDIA H100 80GB HBM3", &none))
             .unwrap();
         assert_eq!(by_model.basis, PriceBasis::Model);
+        let misnamed = pricing
+            .price(&q("aws", "p5.48xlarge", "NVIDIA A100-SXM4-80GB", &none))
+            .unwrap();
+        assert_eq!(
+            misnamed.basis,
+            PriceBasis::Model,
+            "the GPU decides over a wrong instance type"
+        );
         assert!(
             pricing
                 .price(&q("on-prem", "dgx", "NVIDIA H100 80GB HBM3", &none))
