@@ -115,6 +115,13 @@ fn ledger(dir: &std::path::Path, now_ms: i64) {
             }
         }
     }
+    // The writer keeps a daily roll-up beside the hourly rows; build it the same way.
+    let sums = store::usage_sums("");
+    tx.execute(
+        &format!("INSERT INTO usage_daily (day, gpu, {cols}, samples) SELECT hour / 24, gpu, {sums} FROM usage GROUP BY hour / 24, gpu"),
+        [],
+    )
+    .unwrap();
     tx.commit().unwrap();
 }
 
@@ -149,8 +156,8 @@ fn thirty_day_report(c: &mut Criterion) {
     group.bench_function("page_30d_1000_gpus", |b| {
         b.iter(|| {
             let conn = store::open_reader(&path).unwrap();
-            let per_gpu = report::load(&conn, window, false).unwrap();
             let per_day = report::load(&conn, window, true).unwrap();
+            let per_gpu = report::per_gpu(&per_day);
             page::render(window, &per_gpu, &per_day)
         })
     });

@@ -253,8 +253,8 @@ async fn report_page(
         }
     };
     match with_ledger(&state, move |conn| {
-        let per_gpu = report::load(conn, window, false)?;
         let per_day = report::load(conn, window, true)?;
+        let per_gpu = report::per_gpu(&per_day);
         Ok(page::render(window, &per_gpu, &per_day))
     })
     .await

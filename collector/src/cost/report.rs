@@ -240,29 +240,41 @@ fn load_dims(conn: &Connection) -> rusqlite::Result<HashMap<i64, Arc<GpuDims>>> 
     rows.collect()
 }
 
-/// Per-GPU usage over the window (`by_day`: per GPU per UTC day).
+/// Per-GPU usage over the window (`by_day`: per GPU per UTC day). Whole days inside
+/// the window come from the daily table; only the hours at its edges from the hourly one.
 pub fn load(conn: &Connection, window: Window, by_day: bool) -> rusqlite::Result<Vec<GpuUsage>> {
     let dims = load_dims(conn)?;
     let (from, to) = window.hours();
-    let sql = if by_day {
-        format!(
-            "SELECT gpu, hour / 24, {} FROM usage WHERE hour >= ?1 AND hour < ?2 GROUP BY gpu, hour / 24",
-            usage_sums("")
-        )
+    // Whole days inside [from, to), in hours: [day_from * 24, day_to * 24).
+    let day_from = (from + 23).div_euclid(24);
+    let day_to = to.div_euclid(24).max(day_from);
+    let (edge_a, edge_b) = if day_from * 24 >= to {
+        ((from, to), (0, 0))
     } else {
-        format!(
-            "SELECT gpu, 0, {} FROM usage WHERE hour >= ?1 AND hour < ?2 GROUP BY gpu",
-            usage_sums("")
-        )
+        ((from, day_from * 24), (day_to * 24, to))
     };
+    let sums = usage_sums("");
+    let group = if by_day { "gpu, day" } else { "gpu" };
+    let sql = format!(
+        "SELECT gpu, day, {sums} FROM (
+           SELECT gpu, day, {cols}, samples FROM usage_daily WHERE day >= ?1 AND day < ?2
+           UNION ALL
+           SELECT gpu, hour / 24 AS day, {cols}, samples FROM usage
+             WHERE (hour >= ?3 AND hour < ?4) OR (hour >= ?5 AND hour < ?6)
+         ) GROUP BY {group}",
+        cols = super::store::USAGE_COLUMNS.join(", ")
+    );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([from, to], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            usage_from_row(r, 2)?,
-        ))
-    })?;
+    let rows = stmt.query_map(
+        [day_from, day_to, edge_a.0, edge_a.1, edge_b.0, edge_b.1],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                usage_from_row(r, 2)?,
+            ))
+        },
+    )?;
     let mut out = Vec::new();
     for row in rows {
         let (gpu, day, usage) = row?;
@@ -275,6 +287,23 @@ pub fn load(conn: &Connection, window: Window, by_day: bool) -> rusqlite::Result
         }
     }
     Ok(out)
+}
+
+/// Per-GPU rows over the whole window from per-GPU-per-day rows.
+pub fn per_gpu(per_day: &[GpuUsage]) -> Vec<GpuUsage> {
+    let mut by_gpu: BTreeMap<&GpuDims, GpuUsage> = BTreeMap::new();
+    for r in per_day {
+        by_gpu
+            .entry(&r.dims)
+            .or_insert_with(|| GpuUsage {
+                dims: r.dims.clone(),
+                day_ms: None,
+                usage: Usage::default(),
+            })
+            .usage
+            .add(&r.usage);
+    }
+    by_gpu.into_values().collect()
 }
 
 /// Usage summed over some GPUs, with what is needed to derive the report's figures.

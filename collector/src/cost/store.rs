@@ -4,6 +4,8 @@
 //!
 //! Tables: `gpus` (one row per GPU and identity: host, uuid, model, provider, region,
 //! zone, instance type, labels), `usage` (per GPU per hour bucket, every [`Usage`] field),
+//! `usage_daily` (the same per UTC day, written in the same transaction, so a report over
+//! weeks reads days and only its edge hours),
 //! `cursors` (per GPU: the last snapshot applied and its counters, written in the same
 //! transaction as the usage it produced, so a replay after a restart changes nothing),
 //! and `totals` (per GPU since first seen, for the Prometheus counters).
@@ -298,11 +300,17 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
            host TEXT NOT NULL, uuid TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
            boot_id TEXT NOT NULL, energy_mj INTEGER, pcie_replays INTEGER,
            PRIMARY KEY (host, uuid)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS usage_daily (
+           day INTEGER NOT NULL, gpu INTEGER NOT NULL,
+           {},
+           samples INTEGER NOT NULL DEFAULT 0,
+           PRIMARY KEY (day, gpu)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS totals (
            host TEXT NOT NULL, uuid TEXT NOT NULL,
            {},
            samples INTEGER NOT NULL DEFAULT 0,
            PRIMARY KEY (host, uuid)) WITHOUT ROWID;",
+        usage_cols("REAL"),
         usage_cols("REAL"),
         usage_cols("REAL"),
     ))
@@ -349,6 +357,7 @@ struct Writer {
 #[derive(Default)]
 struct Group {
     usage: HashMap<(i64, i64), Usage>,
+    daily: HashMap<(i64, i64), Usage>,
     totals: HashMap<GpuKey, Usage>,
     /// Cursors as they were before this group touched them, to restore on failure.
     prior: HashMap<GpuKey, Option<Cursor>>,
@@ -548,6 +557,11 @@ impl Writer {
                 for (hour, u) in &out {
                     total.add(u);
                     group.usage.entry((*hour, id)).or_default().add(u);
+                    group
+                        .daily
+                        .entry((hour.div_euclid(24), id))
+                        .or_default()
+                        .add(u);
                 }
             }
         }
@@ -566,15 +580,20 @@ impl Writer {
             .map(|c| format!("{c} = {c} + excluded.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut usage = self.conn.prepare_cached(&format!(
-            "INSERT INTO usage (hour, gpu, {cols}, samples) VALUES (?1, ?2, {placeholders})
-             ON CONFLICT (hour, gpu) DO UPDATE SET {updates}"
-        ))?;
-        for ((hour, gpu), u) in &group.usage {
-            let mut values: Vec<rusqlite::types::Value> = vec![(*hour).into(), (*gpu).into()];
-            values.extend(usage_values(u));
-            values.push((u.samples as i64).into());
-            usage.execute(rusqlite::params_from_iter(values))?;
+        for (table, key, rows) in [
+            ("usage", "hour", &group.usage),
+            ("usage_daily", "day", &group.daily),
+        ] {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "INSERT INTO {table} ({key}, gpu, {cols}, samples) VALUES (?1, ?2, {placeholders})
+                 ON CONFLICT ({key}, gpu) DO UPDATE SET {updates}"
+            ))?;
+            for ((bucket, gpu), u) in rows {
+                let mut values: Vec<rusqlite::types::Value> = vec![(*bucket).into(), (*gpu).into()];
+                values.extend(usage_values(u));
+                values.push((u.samples as i64).into());
+                stmt.execute(rusqlite::params_from_iter(values))?;
+            }
         }
         let mut totals = self.conn.prepare_cached(&format!(
             "INSERT INTO totals (host, uuid, {cols}, samples) VALUES (?1, ?2, {placeholders})
@@ -659,7 +678,14 @@ impl Writer {
         match self
             .conn
             .execute("DELETE FROM usage WHERE hour < ?1", [cutoff_hour])
-        {
+            .and_then(|n| {
+                // A day goes once all its hours have.
+                let days = self.conn.execute(
+                    "DELETE FROM usage_daily WHERE day < ?1",
+                    [cutoff_hour.div_euclid(24)],
+                )?;
+                Ok(n + days)
+            }) {
             Ok(0) => {}
             Ok(n) => info!(rows = n, "pruned ledger rows older than the retention"),
             Err(e) => error!(error = %e, "cannot prune old ledger rows; the ledger keeps growing"),
@@ -672,4 +698,89 @@ pub fn cursor_keys(conn: &Connection) -> rusqlite::Result<HashSet<GpuKey>> {
     let mut stmt = conn.prepare("SELECT host, uuid FROM cursors")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::report::{self, DAY_MS, Window};
+    use gpulse_gpu::GpuBackend;
+    use gpulse_gpu::simulator::Simulator;
+
+    #[tokio::test]
+    async fn reports_over_days_and_edge_hours_match_the_hourly_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = start(dir.path(), &LedgerConfig::default()).unwrap();
+        let mut sim = Simulator::new("gpus=2,scenario=training,seed=9".parse().unwrap());
+        let interval = 10 * 60_000;
+        let t0 = 1_790_000_000_000 - 3 * DAY_MS;
+        let host = LedgerHost {
+            agent_id: "h".into(),
+            gpus: sim
+                .inventory()
+                .iter()
+                .map(|d| {
+                    (
+                        d.uuid.clone(),
+                        LedgerGpu {
+                            dims: GpuDims {
+                                host: "h".into(),
+                                uuid: d.uuid.clone(),
+                                model: d.model.clone(),
+                                provider: "aws".into(),
+                                ..GpuDims::default()
+                            },
+                            terms: GpuTerms {
+                                max_sm_clock_mhz: d.max_sm_clock_mhz,
+                                price: None,
+                                interval_ms: interval as u64,
+                                boot_id: "b".into(),
+                            },
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let host = Arc::new(host);
+        let snaps: Vec<Snapshot> = (0..3 * 144)
+            .map(|i| {
+                let t = t0 + i * interval;
+                Snapshot {
+                    timestamp_unix_ms: t,
+                    gpus: sim.sample(t),
+                }
+            })
+            .collect();
+        for chunk in snaps.chunks(50) {
+            let done = handle.apply(host.clone(), chunk.to_vec()).await.unwrap();
+            done.await.unwrap().unwrap();
+        }
+        let conn = open_reader(handle.path()).unwrap();
+        let hourly = |w: Window| -> f64 {
+            conn.query_row(
+                "SELECT COALESCE(SUM(observed_s), 0) FROM usage WHERE hour >= ?1 AND hour < ?2",
+                [w.from_ms / HOUR_MS, w.to_ms / HOUR_MS],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        for (from, to) in [
+            (t0, t0 + 3 * DAY_MS),
+            (t0 + 5 * HOUR_MS, t0 + 2 * DAY_MS + 7 * HOUR_MS),
+            (t0 + 30 * HOUR_MS, t0 + 40 * HOUR_MS),
+            (t0 - DAY_MS, t0 + 10 * DAY_MS),
+        ] {
+            let w = Window::aligned(from, to);
+            let expect = hourly(w);
+            assert!(expect > 0.0);
+            for by_day in [false, true] {
+                let rows = report::load(&conn, w, by_day).unwrap();
+                let got: f64 = rows.iter().map(|r| r.usage.observed_s).sum();
+                assert!(
+                    (got - expect).abs() < 1e-6,
+                    "{w:?} by_day={by_day}: {got} vs {expect}"
+                );
+            }
+        }
+    }
 }
