@@ -144,7 +144,7 @@ fn cards(h: &mut String, t: &Summary) {
         ("spend", usd(t.list_cost_usd), "list cost"),
         (
             "gpu-hours",
-            format!("{:.0}", t.gpu_hours),
+            thousands(t.gpu_hours.round() as i64),
             "GPU-hours observed",
         ),
         ("busy", pct(t.busy_ratio), "of GPU time busy"),
