@@ -95,13 +95,7 @@ fn ledger(dir: &std::path::Path, now_ms: i64) {
                         "list_cost" => price,
                         "idle_cost" => price * (3600.0 - busy) / 3600.0,
                         "throttle_loss" => price * busy * 0.05 / 3600.0,
-                        "unpriced_s" => {
-                            if price == 0.0 {
-                                3600.0
-                            } else {
-                                0.0
-                            }
-                        }
+                        "unpriced_s" if price == 0.0 => 3600.0,
                         "pcie_replays" | "lost_samples" => {
                             v.push(((g + h) % 3).into());
                             continue;

@@ -55,7 +55,7 @@ fn thousands(v: i64) -> String {
     let digits = v.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -395,7 +395,7 @@ fn spend_over_time(
                 usd(v)
             );
         }
-        if i % label_every == 0 {
+        if i.is_multiple_of(label_every) {
             let _ = write!(
                 h,
                 "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#57606a\">{}</text>",
