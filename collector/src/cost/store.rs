@@ -10,7 +10,7 @@
 //! transaction as the usage it produced, so a replay after a restart changes nothing),
 //! and `totals` (per GPU since first seen, for the Prometheus counters).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -691,13 +691,6 @@ impl Writer {
             Err(e) => error!(error = %e, "cannot prune old ledger rows; the ledger keeps growing"),
         }
     }
-}
-
-/// Keys (host, uuid) of GPUs with a cursor: used by tests.
-pub fn cursor_keys(conn: &Connection) -> rusqlite::Result<HashSet<GpuKey>> {
-    let mut stmt = conn.prepare("SELECT host, uuid FROM cursors")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect()
 }
 
 #[cfg(test)]
