@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite runs against when it is missing: Debian's prometheus
-# package (promtool lints the exposition). Needs root and Debian's package archive.
+# package (promtool lints the exposition) and chromium (renders the report page headless).
+# Needs root and Debian's package archive.
 set -euo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -23,3 +25,4 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 fi
 pkill -x prometheus >/dev/null 2>&1 || true
 command -v promtool >/dev/null
+command -v chromium >/dev/null

@@ -29,15 +29,44 @@ pub const DEFAULT_PROC_ROOT: &str = "/proc";
 /// Time allowed to open a connection to the collector.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the host runs, as the operator states it. Stated values always win over detection.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Default root under which DMI tables are read (`<root>/sys/class/dmi/id`).
+pub const DEFAULT_SYSFS_ROOT: &str = "/";
+
+/// Where the host runs, as the operator states it, and how the rest is detected. Stated
+/// values always win over detection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
-    /// e.g. "aws", "gcp", "azure", "coreweave", "lambda", "on-prem". Default: unset.
+    /// e.g. "aws", "gcp", "azure", "coreweave", "lambda", "on-prem". Default: unset (detected).
     pub name: String,
+    /// Default: unset (from the metadata service).
     pub region: String,
+    /// Default: unset (from the metadata service).
     pub zone: String,
+    /// Default: unset (from the metadata service, or DMI on AWS Nitro).
     pub instance_type: String,
+    /// Detect what is not stated, from DMI and the instance metadata service. Default true.
+    pub detect: bool,
+    /// Base URL of the instance metadata service. Default
+    /// [`crate::provider::metadata::DEFAULT_METADATA_URL`].
+    pub metadata_url: String,
+    /// Time allowed for the whole metadata exchange at start-up. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub metadata_timeout: Duration,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            name: String::new(),
+            region: String::new(),
+            zone: String::new(),
+            instance_type: String::new(),
+            detect: true,
+            metadata_url: crate::provider::metadata::DEFAULT_METADATA_URL.to_string(),
+            metadata_timeout: crate::provider::DEFAULT_METADATA_TIMEOUT,
+        }
+    }
 }
 
 /// The agent's configuration file (`--config`, TOML).
@@ -78,6 +107,9 @@ pub struct AgentConfig {
     /// Retry period for opening NVML after a failure. Default 60s.
     #[serde(with = "humantime_serde")]
     pub nvml_retry: Duration,
+    /// Root under which the DMI tables are read (`<root>/sys/class/dmi/id`); tests point it
+    /// at a fixture tree. Default [`DEFAULT_SYSFS_ROOT`].
+    pub sysfs_root: PathBuf,
     pub provider: ProviderConfig,
     /// Operator labels sent with the Hello (keys: [a-zA-Z_][a-zA-Z0-9_]*).
     pub labels: BTreeMap<String, String>,
@@ -100,6 +132,7 @@ impl Default for AgentConfig {
             backoff_max: DEFAULT_BACKOFF_MAX,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             nvml_retry: DEFAULT_NVML_RETRY,
+            sysfs_root: PathBuf::from(DEFAULT_SYSFS_ROOT),
             provider: ProviderConfig::default(),
             labels: BTreeMap::new(),
         }
@@ -211,6 +244,27 @@ impl AgentConfig {
                 );
             }
         }
+        if self.provider.detect {
+            let url = &self.provider.metadata_url;
+            if !url.starts_with("http://") || url.parse::<hyper::Uri>().is_err() {
+                return invalid(
+                    "provider.metadata_url",
+                    format!(
+                        "{url:?} must be an http:// URL such as {}",
+                        crate::provider::metadata::DEFAULT_METADATA_URL
+                    ),
+                );
+            }
+            if self.provider.metadata_timeout.is_zero()
+                || self.provider.metadata_timeout > Duration::from_secs(60)
+            {
+                return invalid(
+                    "provider.metadata_timeout",
+                    "must be more than 0s and at most 60s: the agent waits for it at start-up"
+                        .to_string(),
+                );
+            }
+        }
         self.sim_spec()?;
         if self.simulate.is_some() && self.replay.is_some() {
             return invalid(
@@ -260,6 +314,7 @@ mod tests {
             ("colector = \"http://x:1\"", "unknown field `colector`"),
             ("interval = 5", "interval"),
             ("[provider]\nnme = \"aws\"", "unknown field `nme`"),
+            ("[provider]\nmetadata_timeout = 2", "metadata_timeout"),
             ("http_listen = \"nowhere\"", "http_listen"),
         ] {
             let err = parse(text).unwrap_err();
@@ -305,6 +360,26 @@ mod tests {
                     ..AgentConfig::default()
                 },
                 "bad-key",
+            ),
+            (
+                AgentConfig {
+                    provider: ProviderConfig {
+                        metadata_url: "169.254.169.254".into(),
+                        ..ProviderConfig::default()
+                    },
+                    ..AgentConfig::default()
+                },
+                "provider.metadata_url",
+            ),
+            (
+                AgentConfig {
+                    provider: ProviderConfig {
+                        metadata_timeout: Duration::ZERO,
+                        ..ProviderConfig::default()
+                    },
+                    ..AgentConfig::default()
+                },
+                "provider.metadata_timeout",
             ),
         ] {
             let err = c.validate().unwrap_err().to_string();

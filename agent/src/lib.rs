@@ -4,7 +4,8 @@
 //! simulator with `--simulate`) on its interval ([`sampler`]), keeps every batch until
 //! the collector acknowledges it ([`buffer`]) and streams them over gRPC, reconnecting
 //! with jittered backoff and replaying what was not acknowledged ([`uplink`]). It can
-//! also serve its own host on a local /metrics ([`local`]).
+//! also serve its own host on a local /metrics ([`local`]). At start-up it learns where
+//! it runs: provider, region, zone and instance type ([`provider`]).
 //!
 //! It does not aggregate across hosts, price anything or evaluate alerts: the
 //! collector does.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod diagnose;
 pub mod identity;
 pub mod local;
+pub mod provider;
 pub mod sampler;
 pub mod uplink;
 

@@ -201,7 +201,8 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     let config = cli.into_config()?;
-    let identity = host_identity(&config, &SystemPaths::default());
+    let mut identity = host_identity(&config, &SystemPaths::default());
+    identity.provider = gpulse_agent::provider::detect(&config).await;
     let opener = gpulse_agent::backend_opener(&config)?;
     let running = gpulse_agent::start(config, identity, opener)
         .await

@@ -149,7 +149,8 @@ async fn every_scenario_reaches_the_collector_and_passes_promtool() {
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert!(lost[0].contains("host=\"host-lost\"") && lost[0].contains("gpu=\"1\""));
 
-    // The agent's local /metrics uses the collector's names for its own host.
+    // The agent's local /metrics uses the collector's names for its own host (cost
+    // series come from the collector's ledger and are the collector's alone).
     let (_, local) = &agents[0];
     let local_text = fetch(&format!("http://{}/metrics", local.http_addr.unwrap())).await;
     promtool_check(&local_text);
@@ -173,6 +174,10 @@ async fn every_scenario_reaches_the_collector_and_passes_promtool() {
         collector_names
             .iter()
             .filter(|n| n.starts_with("gpulse_gpu_") || n.starts_with("gpulse_host_"))
+            // Cost is the collector's alone: the agent has no prices.
+            .filter(|n| !gpulse_exposition::names::COST
+                .iter()
+                .any(|d| d.name == n.as_str()))
             .cloned()
             .collect::<BTreeSet<_>>(),
         "the local /metrics and the collector show {scenario} under the same names"

@@ -1,6 +1,7 @@
 //! Collector configuration: a TOML file, `GPULSE_COLLECTOR_*` environment variables
 //! and command-line flags, in rising precedence. Every default is a named constant.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,140 @@ pub const DEFAULT_MAX_STRING_BYTES: usize = 256;
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How old a snapshot may be and still be accepted (agents replay after outages).
 pub const DEFAULT_MAX_SAMPLE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Longest gap between two snapshots of a GPU credited as observed time, whatever the
+/// agent's interval. The ledger credits at most 3 intervals (from the Hello) per gap.
+pub const DEFAULT_MAX_CREDITED_GAP: Duration = Duration::from_secs(5 * 60);
+/// Seconds in a year and a month as humantime counts them (365.25 and 30.44 days), so
+/// defaults print as "1year 1month" rather than a string of odd units.
+const HUMANTIME_YEAR_S: u64 = 31_557_600;
+const HUMANTIME_MONTH_S: u64 = 2_630_016;
+/// Ledger rows older than this are deleted: "1year 1month" (396 days), enough for
+/// year-on-year reports.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(HUMANTIME_YEAR_S + HUMANTIME_MONTH_S);
+/// Ledger writes wait this long to share one transaction (group commit); acks wait for it.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
+/// Batches in one group commit at most.
+pub const DEFAULT_COMMIT_MAX_BATCHES: usize = 512;
+/// Batches waiting for the ledger's writer; past it, ingest waits (back-pressure to agents).
+pub const DEFAULT_LEDGER_QUEUE: usize = 4096;
+/// Providers costed as bare metal when no catalogue entry matches.
+pub const DEFAULT_BARE_METAL_PROVIDERS: [&str; 2] = ["on-prem", "bare-metal"];
+/// Amortisation period of bare-metal capex: 4 years, a common depreciation schedule.
+pub const DEFAULT_AMORTIZATION: Duration = Duration::from_secs(4 * HUMANTIME_YEAR_S);
+/// Power usage effectiveness of the data centre (facility power / IT power).
+pub const DEFAULT_PUE: f64 = 1.3;
+/// Electricity tariff in US dollars per kWh (a US industrial rate).
+pub const DEFAULT_USD_PER_KWH: f64 = 0.08;
+
+/// How bare-metal and on-prem GPUs are costed: capex over an amortisation period, plus
+/// measured energy x PUE x tariff, plus operations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BareMetalConfig {
+    /// Providers (as agents report them) costed this way when no catalogue entry matches.
+    /// Default [`DEFAULT_BARE_METAL_PROVIDERS`].
+    pub providers: Vec<String>,
+    /// Period over which capex is spread. Default 4 years ([`DEFAULT_AMORTIZATION`]).
+    #[serde(with = "humantime_serde")]
+    pub amortization: Duration,
+    /// Purchase price per GPU in US dollars (its share of the server), by GPU model key
+    /// (`h100`, `a100-80gb`, ...). A model not listed is unpriced. Default: none.
+    pub capex_usd_per_gpu: BTreeMap<String, f64>,
+    /// Power usage effectiveness, at least 1. Default [`DEFAULT_PUE`].
+    pub pue: f64,
+    /// Electricity tariff in US dollars per kWh. Default [`DEFAULT_USD_PER_KWH`].
+    pub usd_per_kwh: f64,
+    /// Operations (staff, space, support) in US dollars per GPU-hour. Default 0.
+    pub ops_usd_per_gpu_hour: f64,
+}
+
+impl Default for BareMetalConfig {
+    fn default() -> Self {
+        BareMetalConfig {
+            providers: DEFAULT_BARE_METAL_PROVIDERS.map(String::from).to_vec(),
+            amortization: DEFAULT_AMORTIZATION,
+            capex_usd_per_gpu: BTreeMap::new(),
+            pue: DEFAULT_PUE,
+            usd_per_kwh: DEFAULT_USD_PER_KWH,
+            ops_usd_per_gpu_hour: 0.0,
+        }
+    }
+}
+
+impl BareMetalConfig {
+    /// Checks the figures: finite, not negative, PUE at least 1, a non-zero period.
+    pub fn check(&self) -> Result<(), crate::cost::pricing::PricingError> {
+        let bad = |field: &str, reason: String| {
+            Err(crate::cost::pricing::PricingError::BareMetal {
+                field: field.to_string(),
+                reason,
+            })
+        };
+        if self.amortization < Duration::from_secs(24 * 3600) {
+            return bad(
+                "amortization",
+                "must be at least 1 day, e.g. \"4years\"".into(),
+            );
+        }
+        if !self.pue.is_finite() || self.pue < 1.0 {
+            return bad(
+                "pue",
+                format!("{} must be a number of at least 1.0", self.pue),
+            );
+        }
+        for (field, v) in [
+            ("usd_per_kwh", self.usd_per_kwh),
+            ("ops_usd_per_gpu_hour", self.ops_usd_per_gpu_hour),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(field, format!("{v} must be a finite number, 0 or more"));
+            }
+        }
+        for (model, v) in &self.capex_usd_per_gpu {
+            if !v.is_finite() || *v < 0.0 {
+                return bad(
+                    &format!("capex_usd_per_gpu.{model}"),
+                    format!("{v} must be a finite number of dollars, 0 or more"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cost ledger: how observed time is credited and how it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Longest gap between two snapshots of a GPU credited as observed time; the ledger
+    /// credits at most 3 agent intervals per gap, and never more than this. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub max_credited_gap: Duration,
+    /// Hourly ledger rows older than this are deleted. Default "1year 1month".
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Writes wait this long to share one transaction; an ack waits for its commit. Default 20ms.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Batches in one commit at most. Default [`DEFAULT_COMMIT_MAX_BATCHES`].
+    pub commit_max_batches: usize,
+    /// Batches queued for the writer; when full, ingest waits for room (agents keep
+    /// theirs unacknowledged meanwhile). Default [`DEFAULT_LEDGER_QUEUE`].
+    pub queue: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            max_credited_gap: DEFAULT_MAX_CREDITED_GAP,
+            retention: DEFAULT_RETENTION,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            commit_max_batches: DEFAULT_COMMIT_MAX_BATCHES,
+            queue: DEFAULT_LEDGER_QUEUE,
+        }
+    }
+}
 
 /// Limits on what agents may send. Each one refused is counted in
 /// `gpulse_collector_rejected_messages_total{reason}`.
@@ -97,7 +232,12 @@ pub struct CollectorConfig {
     /// Also expose each NVLink link on its own (up to 18 x 7 series per GPU). Default
     /// false: per-GPU NVLink totals and a count of links down are always exposed.
     pub nvlink_per_link: bool,
+    /// Price catalogue of your own (TOML, same format as collector/pricing/default.toml);
+    /// its entries win over the shipped ones. Unset: the shipped catalogue only.
+    pub pricing_file: Option<PathBuf>,
     pub limits: Limits,
+    pub ledger: LedgerConfig,
+    pub bare_metal: BareMetalConfig,
 }
 
 impl Default for CollectorConfig {
@@ -111,7 +251,10 @@ impl Default for CollectorConfig {
             auth_token_file: None,
             allow_unauthenticated: false,
             nvlink_per_link: false,
+            pricing_file: None,
             limits: Limits::default(),
+            ledger: LedgerConfig::default(),
+            bare_metal: BareMetalConfig::default(),
         }
     }
 }
@@ -179,6 +322,28 @@ impl CollectorConfig {
                 "limits.max_message_bytes",
                 "must be at least 65536 (64 KiB)",
             );
+        }
+        let g = &self.ledger;
+        if g.max_credited_gap < Duration::from_secs(1) {
+            return invalid("ledger.max_credited_gap", "must be at least 1s");
+        }
+        if g.retention < Duration::from_secs(24 * 3600) {
+            return invalid("ledger.retention", "must be at least 1 day");
+        }
+        if g.commit_interval > Duration::from_secs(1) {
+            return invalid(
+                "ledger.commit_interval",
+                "must be at most 1s: every acknowledgement waits for it",
+            );
+        }
+        if g.commit_max_batches == 0 || g.queue == 0 {
+            return invalid(
+                "ledger.commit_max_batches/ledger.queue",
+                "must be at least 1",
+            );
+        }
+        if let Err(e) = self.bare_metal.check() {
+            return invalid("bare_metal", &e.to_string());
         }
         let wide = |a: &SocketAddr| !a.ip().is_loopback();
         if self.auth_token_file.is_none()

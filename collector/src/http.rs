@@ -1,10 +1,13 @@
-//! HTTP endpoints: /metrics (Prometheus), /healthz, /readyz, and an index at /.
+//! HTTP endpoints: /metrics (Prometheus), /healthz, /readyz, the cost report API
+//! (/api/v1/report, JSON or FOCUS-shaped CSV) and page (/report), and an index at /.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -29,12 +32,16 @@ impl Scrape {
         gpulse_exposition::render(&self.fleet, self.options, &self.registry)
     }
 }
+use crate::cost::report::{self, Dim, ParamError, Window};
+use crate::cost::{page, store};
 
 #[derive(Clone)]
 pub(crate) struct HttpState {
     pub scrape: Scrape,
     pub ready: Arc<AtomicBool>,
     pub token: Option<BearerToken>,
+    /// The ledger's SQLite file, read by reports.
+    pub ledger: Option<PathBuf>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -43,6 +50,8 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/report", get(report_api))
+        .route("/report", get(report_page))
         .with_state(state)
 }
 
@@ -51,7 +60,9 @@ async fn index() -> Html<&'static str> {
         "<!doctype html><title>gpulse collector</title><h1>gpulse collector</h1><ul>",
         "<li><a href=\"/metrics\">/metrics</a>: Prometheus exposition of every GPU and agent</li>",
         "<li><a href=\"/healthz\">/healthz</a>: the process is alive</li>",
-        "<li><a href=\"/readyz\">/readyz</a>: listeners are bound and serving</li></ul>"
+        "<li><a href=\"/readyz\">/readyz</a>: listeners are bound and serving</li>",
+        "<li><a href=\"/report\">/report</a>: GPU cost and efficiency report (estimate)</li>",
+        "<li><a href=\"/api/v1/report\">/api/v1/report</a>: the same as JSON, or CSV with <code>?format=csv</code></li></ul>"
     ))
 }
 
@@ -63,15 +74,24 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
+/// `Some(401)` when a token is required and the request lacks it.
+fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    match &state.token {
+        Some(token) if !token.accepts(headers.get(header::AUTHORIZATION)) => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer <token> \
+                 (Prometheus: authorization credentials_file)\n",
+            )
+                .into_response(),
+        ),
+        _ => None,
+    }
+}
+
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    if let Some(token) = &state.token
-        && !token.accepts(headers.get(header::AUTHORIZATION))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token: configure Prometheus with authorization credentials_file\n",
-        )
-            .into_response();
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
     }
     let scrape = state.scrape.clone();
     // Rendering a large fleet takes milliseconds of CPU: keep it off the async workers.
@@ -85,5 +105,170 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         )
             .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
+    }
+}
+
+/// Report parameters accepted; anything else is refused, so a typo does not pass silently.
+const REPORT_PARAMS: [&str; 5] = ["from", "to", "group_by", "format", "granularity"];
+
+fn bad_param(e: &ParamError) -> Response {
+    let body = serde_json::json!({ "error": e.to_string(), "parameter": e.parameter });
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn check_params(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ParamError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ParamError {
+            parameter: "query",
+            reason: format!("unknown parameter {k:?}; known: {}", allowed.join(", ")),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::ingest::now_unix_ms()
+}
+
+/// Runs a report query off the async workers; a failure is a 500 naming the ledger.
+async fn with_ledger<T: Send + 'static>(
+    state: &HttpState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let Some(path) = state.ledger.clone() else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "this collector keeps no cost ledger\n",
+        )
+            .into_response());
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let conn = store::open_reader(&path)?;
+        f(&conn)
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a report failed");
+            Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response())
+        }
+        Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "the report failed\n").into_response()),
+    }
+}
+
+async fn report_api(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let parsed = (|| {
+        check_params(&q, &REPORT_PARAMS)?;
+        let csv = match q.get("format").map(String::as_str) {
+            None | Some("json") => false,
+            Some("csv") => true,
+            Some(other) => {
+                return Err(ParamError {
+                    parameter: "format",
+                    reason: format!("{other:?} is not json or csv"),
+                });
+            }
+        };
+        let by_day = match q.get("granularity").map(String::as_str) {
+            None | Some("day") => csv,
+            Some("window") => false,
+            Some(other) => {
+                return Err(ParamError {
+                    parameter: "granularity",
+                    reason: format!("{other:?} is not day or window"),
+                });
+            }
+        };
+        let window = Window::parse(
+            q.get("from").map(String::as_str),
+            q.get("to").map(String::as_str),
+            now_ms(),
+        )?;
+        let default: &[Dim] = if csv { &[Dim::Gpu] } else { &[Dim::Provider] };
+        let group_by = Dim::parse_list(q.get("group_by").map(String::as_str), default)?;
+        Ok((csv, by_day, window, group_by))
+    })();
+    let (csv, by_day, window, group_by) = match parsed {
+        Ok(p) => p,
+        Err(e) => return bad_param(&e),
+    };
+    let body = with_ledger(&state, move |conn| {
+        let rows = report::load(conn, window, by_day)?;
+        Ok(if csv {
+            report::csv(&rows, window, &group_by)
+                .map_err(|e| store::StoreError::Write(e.to_string()))?
+        } else {
+            serde_json::to_string_pretty(&report::json(&rows, window, &group_by))
+                .map_err(|e| store::StoreError::Write(e.to_string()))?
+        })
+    })
+    .await;
+    match body {
+        Ok(b) if csv => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"gpulse-cost-focus.csv\"",
+                ),
+            ],
+            b,
+        )
+            .into_response(),
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn report_page(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let window = check_params(&q, &["from", "to"]).and_then(|()| {
+        Window::parse(
+            q.get("from").map(String::as_str),
+            q.get("to").map(String::as_str),
+            now_ms(),
+        )
+    });
+    let window = match window {
+        Ok(w) => w,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Html(format!(
+                    "<!doctype html><title>bad report parameter</title><p>{}</p>",
+                    page::esc(&e.to_string())
+                )),
+            )
+                .into_response();
+        }
+    };
+    match with_ledger(&state, move |conn| {
+        let per_day = report::load(conn, window, true)?;
+        let per_gpu = report::per_gpu(&per_day);
+        Ok(page::render(window, &per_gpu, &per_day))
+    })
+    .await
+    {
+        Ok(html) => Html(html).into_response(),
+        Err(r) => r,
     }
 }

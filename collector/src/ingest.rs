@@ -16,9 +16,11 @@ use tracing::{debug, info, warn};
 use gpulse_gpu::Snapshot;
 use gpulse_proto::v1::{self, agent_message, collector_message};
 
+use crate::cost::Cost;
+use crate::cost::store::{Durable, LedgerHost};
 use crate::fleet::{Applied, ApplyError, Fleet, Session};
 use crate::metrics::SelfMetrics;
-use crate::validate::{RejectKind, Rejection};
+use crate::validate::{self, RejectKind, Rejection};
 
 /// Responses queued per stream before the handler waits for the agent to read them.
 const OUTBOUND_QUEUE: usize = 64;
@@ -36,6 +38,19 @@ pub struct IngestService {
     metrics: SelfMetrics,
     hello_timeout: Duration,
     stop: watch::Receiver<bool>,
+    cost: Option<Cost>,
+}
+
+/// What to answer a message with: now, or once its ledger rows are durable.
+enum Reply {
+    Now(Result<v1::CollectorMessage, Status>),
+    WhenDurable { seq: u64, durable: Durable },
+}
+
+fn ack(seq: u64) -> v1::CollectorMessage {
+    v1::CollectorMessage {
+        msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+    }
 }
 
 impl IngestService {
@@ -52,7 +67,15 @@ impl IngestService {
             metrics,
             hello_timeout,
             stop,
+            cost: None,
         }
+    }
+
+    /// Keeps the cost ledger too: a batch is acknowledged only once its ledger rows are
+    /// committed.
+    pub fn with_ledger(mut self, cost: Cost) -> Self {
+        self.cost = Some(cost);
+        self
     }
 
     fn refuse(&self, r: &Rejection) -> Status {
@@ -91,7 +114,7 @@ impl IngestService {
     async fn accept_hello(
         &self,
         inbound: &mut Streaming<v1::AgentMessage>,
-    ) -> Result<Session, Status> {
+    ) -> Result<(Session, Option<Arc<LedgerHost>>), Status> {
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
             .map_err(|_| {
@@ -116,9 +139,14 @@ impl IngestService {
                 "a stream must open with a Hello before any Batch",
             )));
         };
+        let interval_ms = hello.interval_ms;
         let (identity, inventory) = gpulse_proto::identity_from_hello(hello);
         let agent_id = identity.agent_id.clone();
         let gpus = inventory.len();
+        let ledger = self
+            .cost
+            .as_ref()
+            .map(|c| Arc::new(c.ledger_host(&identity, &inventory, interval_ms)));
         let session = self
             .fleet
             .connect(identity, inventory, now_unix_ms())
@@ -126,9 +154,15 @@ impl IngestService {
                 warn!(agent = %agent_id, reason = r.kind.as_str(), "refused an agent's Hello: {}", r.message);
                 self.refuse(&r)
             })?;
+        if let Some(l) = &ledger {
+            let unpriced = l.gpus.values().filter(|g| g.terms.price.is_none()).count();
+            if unpriced > 0 {
+                info!(agent = %agent_id, unpriced, "GPUs with no price: their time is reported as unpriced; add a catalogue entry (pricing_file) or bare_metal settings");
+            }
+        }
         info!(agent = %agent_id, gpus, "agent connected");
         self.update_agent_gauges();
-        Ok(session)
+        Ok((session, ledger))
     }
 
     fn update_agent_gauges(&self) {
@@ -137,41 +171,42 @@ impl IngestService {
         self.metrics.agents_known.set(known as i64);
     }
 
-    /// Handles one message after the Hello. `Err` ends the stream with that status.
-    fn handle(
+    /// Handles one message after the Hello. `Reply::Now(Err)` ends the stream with that status.
+    async fn handle(
         &self,
         session: &Session,
+        ledger: Option<&Arc<LedgerHost>>,
         message: v1::AgentMessage,
-    ) -> Result<v1::CollectorMessage, Status> {
+    ) -> Reply {
         self.metrics
             .received_bytes
             .inc_by(message.encoded_len() as u64);
         let batch = match message.msg {
             Some(agent_message::Msg::Batch(b)) => b,
             Some(agent_message::Msg::Hello(_)) => {
-                return Err(self.refuse(&Rejection::new(
+                return Reply::Now(Err(self.refuse(&Rejection::new(
                     RejectKind::DuplicateHello,
                     "a second Hello on the same stream; open a new stream to re-identify",
-                )));
+                ))));
             }
             None => {
-                return Err(self.refuse(&Rejection::new(
+                return Reply::Now(Err(self.refuse(&Rejection::new(
                     RejectKind::Malformed,
                     "an AgentMessage with neither Hello nor Batch",
-                )));
+                ))));
             }
         };
         let seq = batch.seq;
         let reject = |r: Rejection| {
             self.metrics.reject(r.kind);
             debug!(agent = %session.agent_id, seq, reason = r.kind.as_str(), "refused a batch: {}", r.message);
-            Ok(v1::CollectorMessage {
+            Reply::Now(Ok(v1::CollectorMessage {
                 msg: Some(collector_message::Msg::Reject(v1::Reject {
                     seq,
                     reason: r.kind.as_str().to_string(),
                     message: r.message,
                 })),
-            })
+            }))
         };
         let snapshots = match batch
             .snapshots
@@ -182,18 +217,72 @@ impl IngestService {
             Ok(s) => s,
             Err(e) => return reject(Rejection::new(RejectKind::UnknownEnum, e.to_string())),
         };
-        match self.fleet.apply(session, seq, snapshots, now_unix_ms()) {
+        let for_ledger = ledger.map(|_| snapshots.clone());
+        let now = now_unix_ms();
+        let to_ledger = match self.fleet.apply(session, seq, snapshots, now) {
             Ok(Applied::New { gpu_samples }) => {
                 self.metrics.batches_received.inc();
                 self.metrics.gpu_samples_received.inc_by(gpu_samples as u64);
+                for_ledger
             }
-            Ok(Applied::Duplicate) => self.metrics.duplicate_batches.inc(),
+            Ok(Applied::Duplicate) => {
+                self.metrics.duplicate_batches.inc();
+                // Fleet state has it, but the ledger may not (its commit failed, or the
+                // collector restarted): the ledger ignores what it already holds. The fleet
+                // did not check a duplicate, so check it here first.
+                match (for_ledger, ledger) {
+                    (Some(snaps), Some(host)) => {
+                        let known = |uuid: &str| host.gpus.contains_key(uuid);
+                        validate::snapshots(&snaps, &known, self.fleet.limits(), now)
+                            .ok()
+                            .map(|()| snaps)
+                    }
+                    _ => None,
+                }
+            }
             Err(ApplyError::Rejected(r)) => return reject(r),
-            Err(e @ ApplyError::Superseded(_)) => return Err(Status::aborted(e.to_string())),
+            Err(e @ ApplyError::Superseded(_)) => {
+                return Reply::Now(Err(Status::aborted(e.to_string())));
+            }
+        };
+        match (to_ledger, ledger, &self.cost) {
+            (Some(snaps), Some(host), Some(cost)) => {
+                match cost.store.apply(host.clone(), snaps).await {
+                    Ok(durable) => Reply::WhenDurable { seq, durable },
+                    Err(e) => Reply::Now(Err(Status::unavailable(e.to_string()))),
+                }
+            }
+            _ => Reply::Now(Ok(ack(seq))),
         }
-        Ok(v1::CollectorMessage {
-            msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
-        })
+    }
+}
+
+/// Sends replies to the agent in the order their messages came, each once it is ready:
+/// an acknowledgement waits for its batch's ledger commit, while later batches are
+/// already being read and queued for the same commit.
+async fn forward_replies(
+    mut replies: mpsc::Receiver<Reply>,
+    tx: mpsc::Sender<Result<v1::CollectorMessage, Status>>,
+    agent: String,
+) {
+    while let Some(reply) = replies.recv().await {
+        let message = match reply {
+            Reply::Now(m) => m,
+            Reply::WhenDurable { seq, durable } => match durable.await {
+                Ok(Ok(())) => Ok(ack(seq)),
+                Ok(Err(e)) => {
+                    warn!(agent = %agent, seq, "batch not acknowledged: {e}");
+                    Err(Status::unavailable(e.to_string()))
+                }
+                Err(_) => Err(Status::unavailable(
+                    "the collector is shutting down; reconnect and replay unacknowledged batches",
+                )),
+            },
+        };
+        let end = message.is_err();
+        if tx.send(message).await.is_err() || end {
+            break;
+        }
     }
 }
 
@@ -208,8 +297,10 @@ impl v1::ingest_server::Ingest for IngestService {
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = request.into_inner();
-        let session = self.accept_hello(&mut inbound).await?;
+        let (session, ledger) = self.accept_hello(&mut inbound).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (replies, pending) = mpsc::channel(OUTBOUND_QUEUE);
+        tokio::spawn(forward_replies(pending, tx, session.agent_id.clone()));
         let service = self.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
@@ -219,25 +310,25 @@ impl v1::ingest_server::Ingest for IngestService {
                     _ = async { stop.wait_for(|s| *s).await.is_ok() } => None,
                 };
                 let Some(next) = next else {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
+                    let _ = replies
+                        .send(Reply::Now(Err(Status::unavailable(
                             "the collector is shutting down; reconnect and replay unacknowledged batches",
-                        )))
+                        ))))
                         .await;
                     break;
                 };
                 match next {
                     Ok(Some(message)) => {
-                        let reply = service.handle(&session, message);
-                        let end = reply.is_err();
-                        if tx.send(reply).await.is_err() || end {
+                        let reply = service.handle(&session, ledger.as_ref(), message).await;
+                        let end = matches!(reply, Reply::Now(Err(_)));
+                        if replies.send(reply).await.is_err() || end {
                             break;
                         }
                     }
                     Ok(None) => break,
                     Err(status) => {
                         if let Some(reply) = service.count_stream_error(&status) {
-                            let _ = tx.send(Err(reply)).await;
+                            let _ = replies.send(Reply::Now(Err(reply))).await;
                         }
                         debug!(agent = %session.agent_id, %status, "agent stream ended with an error");
                         break;

@@ -1,17 +1,19 @@
 //! gpulse-collector: receives agent streams and serves the fleet to Prometheus.
 //!
 //! It validates and deduplicates what agents send ([`ingest`], [`validate`]), keeps
-//! the latest state of every host ([`fleet`]), and serves /metrics, /healthz and
-//! /readyz ([`http`]). [`start`] binds and runs everything; the `gpulse-collector`
-//! binary is a thin command line over it.
+//! the latest state of every host ([`fleet`]), keeps a cost ledger per GPU per hour in
+//! an embedded store and reports on it ([`cost`]), and serves /metrics, /healthz,
+//! /readyz, the report API and page ([`http`]). [`start`] binds and runs everything;
+//! the `gpulse-collector` binary is a thin command line over it.
 //!
-//! It does not read GPUs (it links no NVML code) and keeps no history yet: the
-//! Prometheus server that scrapes it does.
+//! It does not read GPUs (it links no NVML code) and keeps no telemetry history: the
+//! Prometheus server that scrapes it does. The ledger is the only history it keeps.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod cost;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
@@ -36,6 +38,8 @@ use gpulse_proto::v1::ingest_server::IngestServer;
 
 use crate::auth::BearerToken;
 use crate::config::{CollectorConfig, ConfigError};
+use crate::cost::metrics::CostCollector;
+use crate::cost::{Cost, CostError};
 use crate::fleet::Fleet;
 use crate::metrics::SelfMetrics;
 use crate::validate::RejectKind;
@@ -62,6 +66,8 @@ pub enum StartError {
     Token(String),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Cost(#[from] CostError),
 }
 
 /// The example configuration file, generated from the defaults.
@@ -70,7 +76,7 @@ pub fn example_config() -> String {
     format!(
         "# gpulse-collector configuration: every setting with its default.\n\
          # Generated from the code's defaults; see README.md for what each one means.\n\
-         # Unset by default: auth_token_file = \"/etc/gpulse/token\"\n\n{body}"
+         # Unset by default: auth_token_file = \"/etc/gpulse/token\", pricing_file = \"/etc/gpulse/prices.toml\"\n\n{body}"
     )
 }
 
@@ -83,6 +89,8 @@ pub struct RunningCollector {
     pub registry: Registry,
     pub metrics: SelfMetrics,
     pub scrape: http::Scrape,
+    /// Prices and the cost ledger.
+    pub cost: Cost,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -126,6 +134,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         .transpose()
         .map_err(StartError::Token)?;
 
+    let cost = Cost::start(&config)?;
     let registry = Registry::new();
     let metrics = SelfMetrics::new(&registry)?;
     let fleet = Fleet::new(config.limits.clone());
@@ -136,6 +145,11 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         },
         registry: registry.clone(),
     };
+    registry.register(Box::new(CostCollector::new(
+        fleet.clone(),
+        cost.pricing.clone(),
+        cost.store.totals().clone(),
+    )))?;
 
     let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;
@@ -163,7 +177,8 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         metrics.clone(),
         config.hello_timeout,
         stop_rx.clone(),
-    );
+    )
+    .with_ledger(cost.clone());
     let server =
         IngestServer::new(service).max_decoding_message_size(config.limits.max_message_bytes);
     let grpc_token = token.clone();
@@ -203,6 +218,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         scrape: scrape.clone(),
         ready: ready.clone(),
         token,
+        ledger: Some(cost.store.path().to_path_buf()),
     });
     let http_stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -247,6 +263,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         registry,
         metrics,
         scrape,
+        cost,
         stop,
         tasks,
     })

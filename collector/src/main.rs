@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use gpulse_collector::config::CollectorConfig;
+use gpulse_collector::cost::report::{self, Dim, Window};
+use gpulse_collector::cost::store;
 
 /// Receives GPU telemetry from gpulse agents over gRPC and serves it to Prometheus.
 ///
@@ -19,7 +21,7 @@ use gpulse_collector::config::CollectorConfig;
 #[command(name = "gpulse-collector", version)]
 struct Cli {
     /// TOML configuration file.
-    #[arg(long, env = "GPULSE_COLLECTOR_CONFIG")]
+    #[arg(long, env = "GPULSE_COLLECTOR_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// gRPC address agents connect to [default: 127.0.0.1:7431].
     #[arg(long, env = "GPULSE_COLLECTOR_GRPC_LISTEN")]
@@ -28,7 +30,7 @@ struct Cli {
     #[arg(long, env = "GPULSE_COLLECTOR_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     /// Directory for durable state [default: gpulse-data].
-    #[arg(long, env = "GPULSE_COLLECTOR_DATA_DIR")]
+    #[arg(long, env = "GPULSE_COLLECTOR_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Series of an agent gone this long disappear, e.g. "5m" [default: 5m].
     #[arg(long, env = "GPULSE_COLLECTOR_AGENT_EXPIRY", value_parser = humantime::parse_duration)]
@@ -42,6 +44,30 @@ struct Cli {
     /// Print an example configuration file with every default, then exit.
     #[arg(long)]
     print_example_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a cost and efficiency report from the ledger in the data directory (works
+    /// while a collector runs). Figures are estimates, not an invoice.
+    Report {
+        /// Start of the window: a duration before now (7d, 12h), an RFC 3339 time in UTC,
+        /// or a date.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// End of the window, in the same forms [default: now].
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by: provider, region, zone, instance_type, model, host, gpu, label:KEY
+        /// (comma-separated).
+        #[arg(long, default_value = "provider")]
+        group_by: String,
+        /// table, json or csv (FOCUS 1.2 columns).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 impl Cli {
@@ -77,10 +103,20 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if cli.print_example_config {
         print!("{}", gpulse_collector::example_config());
         return Ok(());
+    }
+    if let Some(Command::Report {
+        since,
+        until,
+        group_by,
+        format,
+    }) = cli.command.take()
+    {
+        let config = cli.into_config()?;
+        return print_report(&config, &since, until.as_deref(), &group_by, &format);
     }
     let config = cli.into_config()?;
     let running = gpulse_collector::start(config)
@@ -95,5 +131,44 @@ async fn main() -> anyhow::Result<()> {
         .context("cannot listen for Ctrl-C")?;
     tracing::info!("shutting down");
     running.shutdown().await;
+    Ok(())
+}
+
+fn print_report(
+    config: &CollectorConfig,
+    since: &str,
+    until: Option<&str>,
+    group_by: &str,
+    format: &str,
+) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_millis() as i64;
+    let window = Window::parse(Some(since), until, now).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string()
+                .replace("`from`", "--since")
+                .replace("`to`", "--until")
+        )
+    })?;
+    let group_by = Dim::parse_list(Some(group_by), &[Dim::Provider])
+        .map_err(|e| anyhow::anyhow!("--group-by: {}", e.reason))?;
+    let path = config.data_dir.join(store::LEDGER_FILE);
+    anyhow::ensure!(
+        path.exists(),
+        "no ledger at {}: point --data-dir (or data_dir in --config) at the collector's data directory",
+        path.display()
+    );
+    let conn = store::open_reader(&path)?;
+    let rows = report::load(&conn, window, format == "csv")?;
+    let out = match format {
+        "table" => report::table(&rows, window, &group_by),
+        "json" => serde_json::to_string_pretty(&report::json(&rows, window, &group_by))? + "\n",
+        "csv" => report::csv(&rows, window, &group_by)?,
+        other => anyhow::bail!("--format {other:?}: use table, json or csv"),
+    };
+    print!("{out}");
     Ok(())
 }

@@ -408,11 +408,22 @@ async fn readiness_and_health_answer() {
     c.shutdown().await;
 }
 
-/// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent.
+/// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent,
+/// and the cost series its ledger gives.
 fn golden_text() -> String {
+    use gpulse_collector::config::BareMetalConfig;
+    use gpulse_collector::cost::ledger::Ledger;
+    use gpulse_collector::cost::metrics::CostCollector;
+    use gpulse_collector::cost::pricing::Pricing;
+    use std::collections::HashMap;
+    use std::sync::{Arc, RwLock};
+
     let registry = Registry::new();
     SelfMetrics::new(&registry).unwrap();
     let fleet = Fleet::new(Default::default());
+    let pricing = Arc::new(Pricing::from_texts(None, &BareMetalConfig::default()).unwrap());
+    let mut ledger = Ledger::new();
+    let mut totals = HashMap::new();
     let t0 = 1_790_000_000_000;
     for (i, spec) in [
         "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
@@ -429,7 +440,12 @@ fn golden_text() -> String {
     .enumerate()
     {
         let mut sim = sim(spec);
-        let id = identity(&format!("host-{i}"), &format!("machine-{i}"));
+        let mut id = identity(&format!("host-{i}"), &format!("machine-{i}"));
+        if i == 2 {
+            // A provider with no catalogue entry: unpriced, never free.
+            id.provider.provider = Learned::from_config("on-prem");
+        }
+        let host = gpulse_collector::cost::ledger_host(&pricing, &id, sim.inventory(), 5000);
         let session = fleet.connect(id, sim.inventory().to_vec(), t0).unwrap();
         for k in 0..3 {
             let t = t0 + k * 5000;
@@ -437,6 +453,17 @@ fn golden_text() -> String {
                 timestamp_unix_ms: t,
                 gpus: sim.sample(t),
             };
+            let mut out = Vec::new();
+            for s in &snap.gpus {
+                let key = (host.agent_id.clone(), s.uuid.clone());
+                out.clear();
+                ledger.apply(&key, &host.gpus[&s.uuid].terms, t, s, 300_000, &mut out);
+                let total: &mut gpulse_collector::cost::ledger::Usage =
+                    totals.entry(key).or_default();
+                for (_, u) in &out {
+                    total.add(u);
+                }
+            }
             fleet.apply(&session, k as u64 + 1, vec![snap], t).unwrap();
         }
         if i == 4 {
@@ -449,6 +476,13 @@ fn golden_text() -> String {
             fleet.connect(id, Vec::new(), t0).unwrap();
         }
     }
+    registry
+        .register(Box::new(CostCollector::new(
+            fleet.clone(),
+            pricing,
+            Arc::new(RwLock::new(totals)),
+        )))
+        .unwrap();
     gpulse_exposition::render(
         &fleet,
         ExpositionOptions {
@@ -545,4 +579,388 @@ fn an_agent_that_stays_away_past_the_expiry_disappears() {
     assert!(fleet.expire(2000 + 299_000, 300_000).is_empty(), "not yet");
     assert_eq!(fleet.expire(2000 + 300_001, 300_000), ["leaver"]);
     assert!(!render().contains("leaver"));
+}
+
+/// Batches of a simulated host, `count` snapshots `step_ms` apart ending near now.
+fn history(sim: &mut Simulator, count: i64, step_ms: i64) -> Vec<v1::Snapshot> {
+    let start = now_ms() - count * step_ms - 60_000;
+    (0..count)
+        .map(|i| snapshot(sim, start + i * step_ms))
+        .collect()
+}
+
+fn json_get(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The real binary on a data directory; its first stdout line names the addresses.
+struct Process {
+    child: std::process::Child,
+    grpc: String,
+    http: String,
+}
+
+fn spawn_collector(data_dir: &Path) -> Process {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "gpulse-collector: agents -> 127.0.0.1:P  metrics -> http://127.0.0.1:Q/metrics"
+    let grpc = line
+        .split("agents -> ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let http = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    Process {
+        grpc: grpc.to_string(),
+        http: http.to_string(),
+        child,
+    }
+}
+
+async fn open_at(grpc: &str, hello: v1::Hello) -> Stream {
+    let mut client = IngestClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let rx = client
+        .stream(tonic::Request::new(ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    Stream { tx, rx }
+}
+
+async fn report_totals(http: &str) -> serde_json::Value {
+    let (status, body) = http_get(
+        &format!("http://{http}/api/v1/report?from=1d&group_by=gpu"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    json_get(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_collector_keeps_its_ledger_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = sim("gpus=2,model=h100-sxm,scenario=training,seed=31");
+    let id = identity("node-k", "m-k");
+    let hello = hello_for(&id, &sim);
+    let snaps = history(&mut sim, 40, 5000);
+
+    // First life: 25 batches acknowledged, 5 more in flight when it is killed.
+    let mut first = spawn_collector(dir.path());
+    let mut s = open_at(&first.grpc, hello.clone()).await;
+    for (i, snap) in snaps[..25].iter().enumerate() {
+        let seq = i as u64 + 1;
+        assert_eq!(
+            s.send(seq, vec![snap.clone()]).await,
+            collector_message::Msg::Ack(v1::Ack { seq })
+        );
+    }
+    for (i, snap) in snaps[25..30].iter().enumerate() {
+        s.tx.send(v1::AgentMessage {
+            msg: Some(agent_message::Msg::Batch(v1::Batch {
+                seq: 26 + i as u64,
+                snapshots: vec![snap.clone()],
+            })),
+        })
+        .await
+        .unwrap();
+    }
+    first.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    first.child.wait().unwrap();
+
+    // Second life: everything acknowledged before the kill is there.
+    let mut second = spawn_collector(dir.path());
+    let acked_gpu_hours = 24.0 * 5.0 * 2.0 / 3600.0;
+    let before = report_totals(&second.http).await;
+    let h = before["totals"]["gpu_hours"].as_f64().unwrap();
+    assert!(
+        h >= acked_gpu_hours - 1e-9,
+        "{h} < {acked_gpu_hours}: acknowledged ledger rows were lost"
+    );
+
+    // The agent replays everything it has (acknowledged or not, as after a restart of
+    // its own), then carries on: nothing may count twice.
+    let mut s = open_at(&second.grpc, hello.clone()).await;
+    for (i, snap) in snaps.iter().enumerate() {
+        let seq = i as u64 + 1;
+        assert_eq!(
+            s.send(seq, vec![snap.clone()]).await,
+            collector_message::Msg::Ack(v1::Ack { seq })
+        );
+    }
+    let after = report_totals(&second.http).await;
+
+    // The same batches, once, into a collector that was never killed.
+    let reference = start().await;
+    let mut r = open(&reference, hello, None).await.unwrap();
+    for (i, snap) in snaps.iter().enumerate() {
+        r.send(i as u64 + 1, vec![snap.clone()]).await;
+    }
+    let once = report_totals(&reference.http_addr.to_string()).await;
+    let expected_gpu_hours = 39.0 * 5.0 * 2.0 / 3600.0;
+    for field in [
+        "gpu_hours",
+        "busy_gpu_hours",
+        "energy_kwh",
+        "list_cost_usd",
+        "clock_lost_gpu_hours",
+    ] {
+        let (a, b) = (
+            after["totals"][field].as_f64().unwrap(),
+            once["totals"][field].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+            "{field}: {a} after the kill, {b} without"
+        );
+    }
+    let gpu_hours = after["totals"]["gpu_hours"].as_f64().unwrap();
+    assert!((gpu_hours - expected_gpu_hours).abs() < 1e-9, "{gpu_hours}");
+    assert!(after["totals"]["list_cost_usd"].as_f64().unwrap() > 0.0);
+
+    // The report command reads the same ledger while the collector runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args([
+            "report",
+            "--since",
+            "1d",
+            "--group-by",
+            "provider,instance_type",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("aws,p5.48xlarge") && text.contains("TOTAL"),
+        "{text}"
+    );
+
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    reference.shutdown().await;
+}
+
+#[tokio::test]
+async fn report_parameters_are_checked_and_named() {
+    let c = start().await;
+    for (query, parameter) in [
+        ("from=yesterday", "from"),
+        ("from=now&to=2d", "from"),
+        ("group_by=colour", "group_by"),
+        ("format=xml", "format"),
+        ("form=7d", "query"),
+    ] {
+        let (status, body) = http_get(
+            &format!("http://{}/api/v1/report?{query}", c.http_addr),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(json_get(&body)["parameter"], parameter, "{query}: {body}");
+    }
+    let (status, body) = http_get(
+        &format!("http://{}/api/v1/report?format=csv", c.http_addr),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("BilledCost,EffectiveCost,ListCost,"),
+        "{body}"
+    );
+    c.shutdown().await;
+}
+
+/// A few days of a multi-provider fleet, fed over gRPC: what the report page shows.
+async fn fleet_with_history(c: &RunningCollector) {
+    let hosts = [
+        (
+            "aws-p5-thermal",
+            "aws",
+            "us-east-1",
+            "p5.48xlarge",
+            "gpus=8,model=h100-sxm,scenario=thermal",
+        ),
+        (
+            "gcp-a3-capped",
+            "gcp",
+            "us-central1",
+            "a3-highgpu-8g",
+            "gpus=8,model=h100-sxm,scenario=power-cap",
+        ),
+        (
+            "cw-h100",
+            "coreweave",
+            "us-east-04",
+            "gd-8xh100ib-i128",
+            "gpus=8,model=h100-sxm,scenario=training",
+        ),
+        (
+            "lambda-h100",
+            "lambda",
+            "us-south-1",
+            "gpu_8x_h100_sxm5",
+            "gpus=8,model=h100-sxm,scenario=training",
+        ),
+        (
+            "nebius-h200",
+            "nebius",
+            "eu-north1",
+            "gpu-h200-sxm",
+            "gpus=8,model=h200,scenario=training",
+        ),
+        (
+            "crusoe-h200-idle",
+            "crusoe",
+            "us-northcentral1",
+            "h200-141gb-sxm-ib.8x",
+            "gpus=8,model=h200,scenario=idle",
+        ),
+        (
+            "onprem-a100",
+            "on-prem",
+            "dc1",
+            "dgx-a100",
+            "gpus=8,model=a100,scenario=idle",
+        ),
+        (
+            "gcp-l4",
+            "gcp",
+            "us-central1",
+            "g2-standard-4",
+            "gpus=1,model=l4,scenario=training",
+        ),
+    ];
+    for (i, (name, provider, region, instance, spec)) in hosts.iter().enumerate() {
+        let mut sim = sim(&format!("{spec},seed={}", 50 + i));
+        let mut id = identity(name, &format!("m-{name}"));
+        id.provider = ProviderIdentity {
+            provider: Learned::from_config(*provider),
+            region: Learned::from_config(*region),
+            zone: Learned::default(),
+            instance_type: Learned::from_config(*instance),
+        };
+        let hello = gpulse_proto::hello(&id, sim.inventory(), 600_000);
+        let mut s = open(c, hello, None).await.unwrap();
+        // Six days at 10-minute intervals, newest a minute ago.
+        let snaps = history(&mut sim, 6 * 144, 600_000);
+        for (k, chunk) in snaps.chunks(288).enumerate() {
+            assert!(matches!(
+                s.send(k as u64 + 1, chunk.to_vec()).await,
+                collector_message::Msg::Ack(_)
+            ));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_page_renders_in_a_real_browser() {
+    let c = start().await;
+    fleet_with_history(&c).await;
+    let url = format!("http://{}/report?from=7d", c.http_addr);
+    let (status, html) = http_get(&url, None).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("<script"), "the page needs no script");
+
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-page");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let screenshot = out_dir.join("report.png");
+    let chromium = |extra: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1400,2000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect(
+                "chromium is required: run scripts/install-test-deps.sh (Debian package chromium)",
+            );
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    for needle in [
+        "GPU cost and efficiency",
+        "id=\"scorecard\"",
+        "data-model=\"h100\"",
+        "data-model=\"h200\"",
+        "id=\"spend-chart\"",
+        "class=\"spend-bar\"",
+        "id=\"worst-table\"",
+        "coreweave",
+        "unpriced",
+        "not an invoice",
+    ] {
+        assert!(dom.contains(needle), "the rendered page lacks {needle:?}");
+    }
+    assert!(
+        dom.matches("class=\"spend-bar\"").count() >= 6,
+        "a bar per day and provider"
+    );
+    chromium(&[&format!("--screenshot={}", screenshot.display())]);
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("report page screenshot: {}", screenshot.display());
+    c.shutdown().await;
 }

@@ -126,6 +126,10 @@ async fn main() -> anyhow::Result<()> {
     println!("  {local}");
     println!("  metrics:  http://{}/metrics", collector.http_addr);
     println!(
+        "  report:   http://{}/report (GPU cost and efficiency)",
+        collector.http_addr
+    );
+    println!(
         "  health:   http://{}/healthz  http://{}/readyz",
         collector.http_addr, collector.http_addr
     );

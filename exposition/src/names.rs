@@ -361,6 +361,47 @@ pub const FLEET: [Def; 65] = [
     GPU_MIG_INSTANCE_INFO,
 ];
 
+// Cost, from the collector's ledger: per GPU, labels as the other GPU series.
+pub const GPU_HOURLY_PRICE: Def = gauge(
+    "gpulse_gpu_hourly_price_dollars",
+    "Price of the GPU in US dollars per hour (catalogue list price, or bare-metal capex and operations); absent when unpriced.",
+);
+pub const GPU_PRICED: Def = gauge(
+    "gpulse_gpu_priced",
+    "1 when the GPU has a price, 0 when it is unpriced (its time is not costed, never counted as free).",
+);
+pub const GPU_COST: Def = counter(
+    "gpulse_gpu_cost_dollars_total",
+    "Estimated cost of the GPU's observed time in US dollars at list price (bare metal: plus energy).",
+);
+pub const GPU_IDLE_COST: Def = counter(
+    "gpulse_gpu_idle_cost_dollars_total",
+    "Estimated cost in US dollars of the time the GPU was idle or lost.",
+);
+pub const GPU_THROTTLE_LOSS: Def = counter(
+    "gpulse_gpu_throttle_loss_dollars_total",
+    "Estimated US dollars of busy time lost to the SM clock running below its maximum.",
+);
+pub const GPU_BUSY_SECONDS: Def = counter(
+    "gpulse_gpu_busy_seconds_total",
+    "Seconds the GPU was busy (utilisation of at least 1%).",
+);
+pub const GPU_OBSERVED_SECONDS: Def = counter(
+    "gpulse_gpu_observed_seconds_total",
+    "Seconds of GPU time observed by the ledger (gaps between snapshots are capped).",
+);
+
+/// The collector's per-GPU cost series, in exposition order.
+pub const COST: [Def; 7] = [
+    GPU_HOURLY_PRICE,
+    GPU_PRICED,
+    GPU_COST,
+    GPU_IDLE_COST,
+    GPU_THROTTLE_LOSS,
+    GPU_BUSY_SECONDS,
+    GPU_OBSERVED_SECONDS,
+];
+
 // The collector's own health.
 pub const COLLECTOR_AGENTS_CONNECTED: Def = gauge(
     "gpulse_collector_agents_connected",
@@ -458,7 +499,7 @@ mod tests {
     use super::*;
 
     fn all() -> impl Iterator<Item = Def> {
-        FLEET.into_iter().chain(COLLECTOR).chain(AGENT)
+        FLEET.into_iter().chain(COST).chain(COLLECTOR).chain(AGENT)
     }
 
     #[test]

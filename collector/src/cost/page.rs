@@ -1,0 +1,514 @@
+//! The report page (`/report`): a provider scorecard per GPU model, spend over time and
+//! the GPUs that waste the most, as one HTML document with server-rendered SVG charts.
+//! No script and nothing fetched from elsewhere: it renders the same offline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use super::ledger::Usage;
+use super::pricing::model_key;
+use super::report::{Aggregate, DAY_MS, Dim, ESTIMATE_NOTE, GpuUsage, Summary, Window, rfc3339};
+
+/// Colours for providers in charts, in order of spend (Tableau 10, readable on white).
+const PALETTE: [&str; 10] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac",
+];
+/// GPUs listed under "worst GPUs".
+const WORST_GPUS: usize = 15;
+
+/// Escapes text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn usd(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("${}", thousands(v.round() as i64))
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+/// Whole dollars for an axis, cents only below $10.
+fn usd_axis(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        format!("${}", thousands(v.round() as i64))
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+/// 1234567 as "1,234,567".
+fn thousands(v: i64) -> String {
+    let digits = v.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0 { format!("-{out}") } else { out }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{:.0}%", v * 100.0))
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "(unnamed)" } else { s }
+}
+
+const STYLE: &str = "
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:24px 32px;color:#1f2328;background:#fff}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+h3{font-size:16px;margin:20px 0 6px}.note{color:#57606a;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;min-width:140px}
+.card .v{font-size:20px;font-weight:600}.card .k{font-size:12px;color:#57606a}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 4px}
+th,td{padding:4px 10px;border-bottom:1px solid #eaeef2;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;font-weight:600}td:first-child,th:first-child{text-align:left}
+td.l,th.l{text-align:left}.bad{color:#cf222e;font-weight:600}.muted{color:#8c959f}
+.scorecard{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
+svg text{font-family:inherit}
+.swatch{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
+";
+
+/// Renders the page from per-GPU rows over the window and per-GPU-per-day rows.
+pub fn render(window: Window, per_gpu: &[GpuUsage], per_day: &[GpuUsage]) -> String {
+    let mut total = Aggregate::default();
+    for r in per_gpu {
+        total.add(r);
+    }
+    let t = total.summary();
+    // Providers in order of spend, each with a colour.
+    let mut spend: BTreeMap<String, f64> = BTreeMap::new();
+    for r in per_gpu {
+        *spend.entry(r.dims.provider.clone()).or_default() += r.usage.list_cost;
+    }
+    let mut providers: Vec<(String, f64)> = spend.into_iter().collect();
+    providers.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let colour: BTreeMap<String, &str> = providers
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.clone(), PALETTE[i % PALETTE.len()]))
+        .collect();
+
+    let mut h = String::with_capacity(64 * 1024);
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>gpulse cost and efficiency report</title><style>{STYLE}</style></head><body>\
+         <h1>GPU cost and efficiency</h1>\
+         <div class=\"note\" id=\"window\">{} to {} (UTC) &middot; US dollars &middot; {}</div>",
+        esc(&rfc3339(window.from_ms)),
+        esc(&rfc3339(window.to_ms)),
+        esc(ESTIMATE_NOTE)
+    );
+    cards(&mut h, &t);
+    if per_gpu.is_empty() {
+        h.push_str(
+            "<p id=\"empty\">No GPU time in this window yet: agents report, and the ledger fills \
+             hour by hour.</p></body></html>",
+        );
+        return h;
+    }
+    scorecard(&mut h, per_gpu, &colour);
+    spend_over_time(&mut h, window, per_day, &providers, &colour);
+    worst(&mut h, per_gpu);
+    h.push_str(
+        "<p class=\"note\">Effective cost per busy GPU-hour = list cost / busy GPU-hours (busy: \
+         utilisation of at least 1%). Idle waste: cost of idle or lost GPU time. Throttle loss: \
+         busy time x (1 - SM clock / max SM clock), priced. Unpriced GPUs are left out of costs, \
+         never counted as free. Same data: <a href=\"/api/v1/report\">/api/v1/report</a> (JSON), \
+         <a href=\"/api/v1/report?format=csv\">CSV (FOCUS 1.2)</a>.</p></body></html>",
+    );
+    h
+}
+
+fn cards(h: &mut String, t: &Summary) {
+    let cards = [
+        ("spend", usd(t.list_cost_usd), "list cost"),
+        (
+            "gpu-hours",
+            thousands(t.gpu_hours.round() as i64),
+            "GPU-hours observed",
+        ),
+        ("busy", pct(t.busy_ratio), "of GPU time busy"),
+        (
+            "per-busy-hour",
+            t.effective_cost_per_busy_gpu_hour_usd
+                .map_or_else(|| "–".into(), usd),
+            "per busy GPU-hour",
+        ),
+        ("idle", usd(t.idle_cost_usd), "idle waste"),
+        ("throttle", usd(t.throttle_loss_usd), "throttle loss"),
+        (
+            "energy",
+            format!("{} kWh", thousands(t.energy_kwh.round() as i64)),
+            "GPU energy",
+        ),
+        (
+            "unpriced",
+            thousands(t.unpriced_gpu_hours.round() as i64),
+            "unpriced GPU-hours",
+        ),
+    ];
+    h.push_str("<div class=\"cards\">");
+    for (id, v, k) in cards {
+        let _ = write!(
+            h,
+            "<div class=\"card\" id=\"card-{id}\"><div class=\"v\">{}</div><div class=\"k\">{}</div></div>",
+            esc(&v),
+            esc(k)
+        );
+    }
+    h.push_str("</div>");
+}
+
+fn scorecard(h: &mut String, rows: &[GpuUsage], colour: &BTreeMap<String, &str>) {
+    h.push_str("<h2 id=\"scorecard\">Provider scorecard per GPU model</h2>");
+    let by = [Dim::Model, Dim::Provider];
+    let groups = super::report::group(rows, &by);
+    let mut models: BTreeMap<String, Vec<(String, Aggregate)>> = BTreeMap::new();
+    for ((key, _), agg) in groups {
+        models
+            .entry(key[0].clone())
+            .or_default()
+            .push((key[1].clone(), agg));
+    }
+    let mut order: Vec<(String, f64)> = models
+        .iter()
+        .map(|(m, v)| (m.clone(), v.iter().map(|(_, a)| a.usage.list_cost).sum()))
+        .collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (model, _) in order {
+        let mut entries = models.remove(&model).unwrap_or_default();
+        entries.sort_by(|a, b| {
+            let ea = a.1.summary().effective_cost_per_busy_gpu_hour_usd;
+            let eb = b.1.summary().effective_cost_per_busy_gpu_hour_usd;
+            ea.unwrap_or(f64::INFINITY)
+                .total_cmp(&eb.unwrap_or(f64::INFINITY))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        let _ = write!(
+            h,
+            "<h3>{}</h3><div class=\"scorecard\" data-model=\"{}\">",
+            esc(&model.to_uppercase()),
+            esc(&model)
+        );
+        h.push_str(
+            "<table class=\"scorecard-table\"><tr><th>provider</th><th>GPUs</th><th>GPU-h</th>\
+             <th>$ / busy GPU-h</th><th>busy</th><th>idle waste</th><th>throttle loss</th>\
+             <th>energy kWh</th><th>clock under load</th><th>errors / 1k GPU-h</th>\
+             <th class=\"l\">fields hidden</th></tr>",
+        );
+        for (provider, agg) in &entries {
+            let s = agg.summary();
+            let waste_share = if s.list_cost_usd > 0.0 {
+                format!(" ({:.0}%)", s.idle_cost_usd / s.list_cost_usd * 100.0)
+            } else {
+                String::new()
+            };
+            let per_busy = match s.effective_cost_per_busy_gpu_hour_usd {
+                Some(v) => usd(v),
+                None if s.unpriced_gpu_hours > 0.0 => {
+                    "<span class=\"muted\">unpriced</span>".into()
+                }
+                None => "–".into(),
+            };
+            let clock = match s.clock_under_load_ratio {
+                Some(v) if v < 0.85 => format!("<span class=\"bad\">{}</span>", pct(Some(v))),
+                v => pct(v),
+            };
+            let _ = write!(
+                h,
+                "<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td><td>{}</td>\
+                 <td>{:.0}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{:.0}</td><td>{}</td>\
+                 <td>{}</td><td class=\"l\">{}</td></tr>",
+                colour.get(provider).copied().unwrap_or("#999"),
+                esc(or_none(provider)),
+                s.gpus,
+                s.gpu_hours,
+                per_busy,
+                pct(s.busy_ratio),
+                usd(s.idle_cost_usd),
+                waste_share,
+                usd(s.throttle_loss_usd),
+                s.energy_kwh,
+                clock,
+                s.errors_per_1000_gpu_hours
+                    .map_or_else(|| "–".into(), |v| format!("{v:.1}")),
+                if s.hidden_fields.is_empty() {
+                    "<span class=\"muted\">none</span>".to_string()
+                } else {
+                    esc(&s.hidden_fields.join(", "))
+                },
+            );
+        }
+        h.push_str("</table>");
+        bar_chart(h, &model, &entries, colour);
+        h.push_str("</div>");
+    }
+}
+
+/// Horizontal bars of effective cost per busy GPU-hour, one per provider.
+fn bar_chart(
+    h: &mut String,
+    model: &str,
+    entries: &[(String, Aggregate)],
+    colour: &BTreeMap<String, &str>,
+) {
+    let bars: Vec<(&str, f64)> = entries
+        .iter()
+        .filter_map(|(p, a)| {
+            a.summary()
+                .effective_cost_per_busy_gpu_hour_usd
+                .map(|v| (p.as_str(), v))
+        })
+        .collect();
+    if bars.is_empty() {
+        return;
+    }
+    let max = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(0.0_f64, f64::max)
+        .max(1e-9);
+    let (label_w, bar_w, row_h) = (110.0, 260.0, 24.0);
+    let height = 28.0 + row_h * bars.len() as f64;
+    let _ = write!(
+        h,
+        "<svg class=\"chart bars\" role=\"img\" aria-label=\"cost per busy GPU-hour, {}\" \
+         width=\"{}\" height=\"{height}\" viewBox=\"0 0 {} {height}\">\
+         <text x=\"0\" y=\"14\" font-size=\"12\" fill=\"#57606a\">$ per busy GPU-hour</text>",
+        esc(model),
+        label_w + bar_w + 70.0,
+        label_w + bar_w + 70.0
+    );
+    for (i, (p, v)) in bars.iter().enumerate() {
+        let y = 22.0 + i as f64 * row_h;
+        let w = (v / max * bar_w).max(1.0);
+        let _ = write!(
+            h,
+            "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"end\">{}</text>\
+             <rect x=\"{label_w}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"><title>{}: {}</title></rect>\
+             <text x=\"{:.1}\" y=\"{}\" font-size=\"12\">{}</text>",
+            label_w - 6.0,
+            y + 13.0,
+            esc(or_none(p)),
+            row_h - 6.0,
+            colour.get(*p).copied().unwrap_or("#999"),
+            esc(p),
+            usd(*v),
+            label_w + w + 4.0,
+            y + 13.0,
+            usd(*v)
+        );
+    }
+    h.push_str("</svg>");
+}
+
+fn spend_over_time(
+    h: &mut String,
+    window: Window,
+    per_day: &[GpuUsage],
+    providers: &[(String, f64)],
+    colour: &BTreeMap<String, &str>,
+) {
+    h.push_str("<h2 id=\"spend\">Spend over time</h2>");
+    let first_day = window.from_ms.div_euclid(DAY_MS);
+    let last_day = (window.to_ms - 1).div_euclid(DAY_MS);
+    let days = (last_day - first_day + 1).max(1) as usize;
+    let mut cells: BTreeMap<(i64, &str), f64> = BTreeMap::new();
+    for r in per_day {
+        if let Some(d) = r.day_ms {
+            *cells
+                .entry((d.div_euclid(DAY_MS), r.dims.provider.as_str()))
+                .or_default() += r.usage.list_cost;
+        }
+    }
+    let mut day_totals = vec![0.0_f64; days];
+    for ((d, _), v) in &cells {
+        if let Some(t) = usize::try_from(d - first_day)
+            .ok()
+            .and_then(|i| day_totals.get_mut(i))
+        {
+            *t += v;
+        }
+    }
+    let max = nice_max(day_totals.iter().copied().fold(0.0, f64::max));
+    let (left, top, plot_w, plot_h) = (64.0, 12.0, 1100.0, 240.0);
+    let slot = plot_w / days as f64;
+    let bar = (slot * 0.8).max(1.0);
+    let width = left + plot_w + 20.0;
+    let height = top + plot_h + 40.0;
+    let _ = write!(
+        h,
+        "<svg id=\"spend-chart\" class=\"chart\" role=\"img\" aria-label=\"list cost per day by provider\" \
+         width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">"
+    );
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = top + plot_h - plot_h * f64::from(i) / 4.0;
+        let _ = write!(
+            h,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eaeef2\"/>\
+             <text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#57606a\">{}</text>",
+            left + plot_w,
+            left - 6.0,
+            y + 4.0,
+            usd_axis(v)
+        );
+    }
+    let label_every = days.div_ceil(15).max(1);
+    for i in 0..days {
+        let day = first_day + i as i64;
+        let x = left + slot * i as f64 + (slot - bar) / 2.0;
+        let mut y = top + plot_h;
+        for (p, _) in providers {
+            let v = cells.get(&(day, p.as_str())).copied().unwrap_or(0.0);
+            if v <= 0.0 || max <= 0.0 {
+                continue;
+            }
+            let bh = v / max * plot_h;
+            y -= bh;
+            let _ = write!(
+                h,
+                "<rect class=\"spend-bar\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bar:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{} {}: {}</title></rect>",
+                colour.get(p).copied().unwrap_or("#999"),
+                esc(&rfc3339(day * DAY_MS)[..10]),
+                esc(or_none(p)),
+                usd(v)
+            );
+        }
+        if i.is_multiple_of(label_every) {
+            let _ = write!(
+                h,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#57606a\">{}</text>",
+                x + bar / 2.0,
+                top + plot_h + 16.0,
+                esc(&rfc3339(day * DAY_MS)[5..10])
+            );
+        }
+    }
+    let mut lx = left;
+    for (p, _) in providers {
+        let _ = write!(
+            h,
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\">{}</text>",
+            top + plot_h + 26.0,
+            colour.get(p).copied().unwrap_or("#999"),
+            lx + 14.0,
+            top + plot_h + 35.0,
+            esc(or_none(p))
+        );
+        lx += 24.0 + 7.5 * or_none(p).len() as f64;
+    }
+    h.push_str("</svg>");
+}
+
+/// A round number at or above `v` for an axis maximum.
+fn nice_max(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    for step in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if v <= step * mag {
+            return step * mag;
+        }
+    }
+    10.0 * mag
+}
+
+fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
+    h.push_str(
+        "<h2 id=\"worst\">GPUs that waste the most</h2><p class=\"note\">Idle waste plus throttle \
+         loss; unpriced GPUs by wasted GPU-hours after them.</p>",
+    );
+    let waste = |u: &Usage| u.idle_cost + u.throttle_loss;
+    let wasted_hours = |u: &Usage| (u.idle_s + u.lost_s) / 3600.0;
+    let mut rows: Vec<&GpuUsage> = per_gpu.iter().collect();
+    rows.sort_by(|a, b| {
+        waste(&b.usage)
+            .total_cmp(&waste(&a.usage))
+            .then_with(|| wasted_hours(&b.usage).total_cmp(&wasted_hours(&a.usage)))
+            .then_with(|| a.dims.cmp(&b.dims))
+    });
+    h.push_str(
+        "<table id=\"worst-table\"><tr><th>host</th><th>GPU</th><th class=\"l\">model</th>\
+         <th class=\"l\">provider</th><th>GPU-h</th><th>busy</th><th>clock under load</th>\
+         <th>idle waste</th><th>throttle loss</th><th>wasted GPU-h</th><th>errors</th></tr>",
+    );
+    let mut seen = BTreeSet::new();
+    for r in rows.into_iter().take(WORST_GPUS) {
+        seen.insert((&r.dims.host, &r.dims.uuid));
+        let mut a = Aggregate::default();
+        a.add(r);
+        let s = a.summary();
+        let priced = r.usage.unpriced_s < r.usage.observed_s;
+        let money = |v: f64| {
+            if priced {
+                usd(v)
+            } else {
+                "<span class=\"muted\">unpriced</span>".into()
+            }
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{:.1}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+            esc(&r.dims.host),
+            r.dims.index,
+            esc(&model_key(&r.dims.model)),
+            esc(or_none(&r.dims.provider)),
+            s.gpu_hours,
+            pct(s.busy_ratio),
+            pct(s.clock_under_load_ratio),
+            money(r.usage.idle_cost),
+            money(r.usage.throttle_loss),
+            wasted_hours(&r.usage),
+            r.usage.pcie_replays + r.usage.lost_samples,
+        );
+    }
+    h.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_figures_read_well() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(thousands(21_269), "21,269");
+        assert_eq!(thousands(-1_234_567), "-1,234,567");
+        assert_eq!(usd(12.5), "$12.50");
+        assert_eq!(usd(21_269.4), "$21,269");
+        assert_eq!(nice_max(3_600.0), 5_000.0);
+    }
+
+    #[test]
+    fn an_empty_ledger_says_so() {
+        let html = render(Window::aligned(0, DAY_MS), &[], &[]);
+        assert!(html.contains("id=\"empty\""), "{html}");
+    }
+}
