@@ -122,7 +122,10 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     let registry = Registry::new();
     let metrics = SelfMetrics::new(&registry)?;
     let fleet = Fleet::new(config.limits.clone());
-    registry.register(Box::new(FleetCollector::new(fleet.clone())))?;
+    registry.register(Box::new(FleetCollector::with_dcgm_compat(
+        fleet.clone(),
+        config.dcgm_compat,
+    )))?;
 
     let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;

@@ -20,6 +20,7 @@ use gpulse_collector::fleet::Fleet;
 use gpulse_collector::metrics::SelfMetrics;
 use gpulse_collector::{RunningCollector, http};
 use gpulse_exposition::FleetCollector;
+use gpulse_exposition::dcgm::DcgmCompat;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostFacts, HostIdentity, Learned, ProviderIdentity, Snapshot};
 use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
@@ -408,25 +409,42 @@ async fn readiness_and_health_answer() {
     c.shutdown().await;
 }
 
-/// A fleet in a fixed state: every scenario, hidden fields, a lost GPU, a departed agent.
-fn golden_registry() -> Registry {
+/// The fleet of the golden files: thermal, power cap, hidden fields, a lost GPU, a
+/// departed agent.
+const GOLDEN_FLEET: [&str; 5] = [
+    "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
+    "gpus=2,model=a100,scenario=power-cap,seed=12",
+    "gpus=1,model=l4,scenario=idle,seed=13,hide=energy+pcie_replays",
+    "gpus=2,model=h200,scenario=lost,seed=14",
+    "gpus=1,model=h100-sxm,scenario=pcie-degraded,seed=15",
+];
+
+/// The DCGM view's fleet adds the scenarios whose fields only it maps differently:
+/// XIDs (last XID), ECC with a pending remap, NVLink errors summed over links.
+const GOLDEN_DCGM_FLEET: [&str; 8] = [
+    GOLDEN_FLEET[0],
+    GOLDEN_FLEET[1],
+    GOLDEN_FLEET[2],
+    GOLDEN_FLEET[3],
+    GOLDEN_FLEET[4],
+    "gpus=1,model=h200,scenario=xid,seed=16",
+    "gpus=1,model=a100,scenario=ecc,seed=17",
+    "gpus=1,model=h100-sxm,scenario=nvlink-errors,seed=18",
+];
+
+/// A fleet in a fixed state, exposed under the names `dcgm` asks for.
+fn golden_registry_with(specs: &[&str], dcgm: DcgmCompat) -> Registry {
     let registry = Registry::new();
     SelfMetrics::new(&registry).unwrap();
     let fleet = Fleet::new(Default::default());
     registry
-        .register(Box::new(FleetCollector::new(fleet.clone())))
+        .register(Box::new(FleetCollector::with_dcgm_compat(
+            fleet.clone(),
+            dcgm,
+        )))
         .unwrap();
     let t0 = 1_790_000_000_000;
-    for (i, spec) in [
-        "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
-        "gpus=2,model=a100,scenario=power-cap,seed=12",
-        "gpus=1,model=l4,scenario=idle,seed=13,hide=energy+pcie_replays",
-        "gpus=2,model=h200,scenario=lost,seed=14",
-        "gpus=1,model=h100-sxm,scenario=pcie-degraded,seed=15",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, spec) in specs.iter().enumerate() {
         let mut sim = sim(spec);
         let id = identity(&format!("host-{i}"), &format!("machine-{i}"));
         let session = fleet.connect(id, sim.inventory().to_vec(), t0).unwrap();
@@ -445,24 +463,102 @@ fn golden_registry() -> Registry {
     registry
 }
 
-#[test]
-fn the_exposition_matches_the_golden_file() {
-    let text = http::render(&golden_registry());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/exposition.prom");
+fn golden_registry() -> Registry {
+    golden_registry_with(&GOLDEN_FLEET, DcgmCompat::Off)
+}
+
+/// Diffs an exposition against a golden file, or writes it with GPULSE_BLESS=1.
+fn assert_golden(text: &str, file: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
     if std::env::var_os("GPULSE_BLESS").is_some() {
-        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&path, text).unwrap();
     }
     let golden = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         golden == text,
-        "the exposition changed; if that is intended, review and run GPULSE_BLESS=1 cargo test -p gpulse-collector --test ingest (metric names are API: see docs/metrics.md)"
+        "the exposition changed ({file}); if that is intended, review and run GPULSE_BLESS=1 cargo test -p gpulse-collector --test ingest (metric names are API: see docs/metrics.md and docs/dcgm-compat.md)"
     );
     assert!(!text.contains("NaN"), "no metric may be NaN");
 }
 
-/// Runs `promtool check metrics` on an exposition. promtool is required: the test
-/// script installs it (scripts/install-test-deps.sh).
-pub fn promtool_check(text: &str) {
+#[test]
+fn the_dcgm_view_matches_its_golden_file() {
+    let text = http::render(&golden_registry_with(
+        &GOLDEN_DCGM_FLEET,
+        DcgmCompat::Only,
+    ));
+    assert_golden(&text, "exposition-dcgm.prom");
+    assert!(
+        !text.contains("gpulse_gpu_"),
+        "only: no gpulse GPU series beside the DCGM ones"
+    );
+    for kept in ["gpulse_agent_up{", "gpulse_host_info{", "gpulse_collector_"] {
+        assert!(text.contains(kept), "only keeps {kept}");
+    }
+    // The XID host saw 13 then 31 (third sample): the last XID is 31.
+    assert!(
+        text.lines().any(|l| l.starts_with("DCGM_FI_DEV_XID_ERRORS{")
+            && l.contains("Hostname=\"host-5\"")
+            && l.ends_with(" 31")),
+        "last XID of host-5"
+    );
+}
+
+#[test]
+fn also_exposes_both_views_unchanged() {
+    let both = http::render(&golden_registry_with(&GOLDEN_DCGM_FLEET, DcgmCompat::Also));
+    let gpulse = http::render(&golden_registry_with(&GOLDEN_DCGM_FLEET, DcgmCompat::Off));
+    let dcgm = http::render(&golden_registry_with(&GOLDEN_DCGM_FLEET, DcgmCompat::Only));
+    let lines: std::collections::BTreeSet<&str> = both.lines().collect();
+    for l in gpulse.lines().chain(dcgm.lines()) {
+        assert!(lines.contains(l), "also lacks {l}");
+    }
+    assert!(gpulse.lines().count() > 100 && dcgm.lines().count() > 100);
+}
+
+#[test]
+fn the_dcgm_view_passes_promtool_but_for_dcgm_exporters_own_names() {
+    let text = http::render(&golden_registry_with(
+        &GOLDEN_DCGM_FLEET,
+        DcgmCompat::Only,
+    ));
+    let report = promtool_report(&text);
+    let counters: Vec<&str> = gpulse_exposition::dcgm::defs()
+        .iter()
+        .filter(|d| d.kind == gpulse_exposition::names::Kind::Counter)
+        .map(|d| d.name)
+        .collect();
+    for line in report.lines().filter(|l| !l.trim().is_empty()) {
+        let (name, problem) = line.split_once(' ').unwrap();
+        let inherited = name.starts_with("DCGM_FI_")
+            && (problem == "label names should be written in 'snake_case' not 'camelCase'"
+                || (problem == "counter metrics should have \"_total\" suffix"
+                    && counters.contains(&name))
+                || (problem == "metric name should not include type 'counter'"
+                    && name.ends_with("_COUNTER")));
+        assert!(inherited, "promtool check metrics: {line}");
+    }
+    // Every DCGM family carries camelCase labels, so each one exposed must be in the
+    // report: promtool did read the whole view.
+    for def in gpulse_exposition::dcgm::defs() {
+        if text.contains(&format!("# TYPE {} ", def.name)) {
+            assert!(
+                report.contains(&format!("{} label names", def.name)),
+                "promtool did not report on {}: {report}",
+                def.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_exposition_matches_the_golden_file() {
+    assert_golden(&http::render(&golden_registry()), "exposition.prom");
+}
+
+/// Runs `promtool check metrics` on an exposition and returns what it found wrong.
+/// promtool is required: the test script installs it (scripts/install-test-deps.sh).
+fn promtool_report(text: &str) -> String {
     use std::io::Write;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -485,10 +581,18 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Exit status 3 means lint problems (listed); anything else is a failure to run.
     assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {report}"
+        out.status.success() || out.status.code() == Some(3),
+        "promtool check metrics failed: {report}"
     );
+    report
+}
+
+/// Runs `promtool check metrics` on an exposition and requires a clean report.
+pub fn promtool_check(text: &str) {
+    let report = promtool_report(text);
+    assert!(report.trim().is_empty(), "promtool check metrics: {report}");
 }
 
 #[test]

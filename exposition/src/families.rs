@@ -7,6 +7,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 
 use gpulse_gpu::{DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
 
+use crate::dcgm::{self, DcgmCompat};
 use crate::names::{self, Def, Kind};
 use crate::{GpuView, HostView};
 
@@ -26,11 +27,18 @@ impl<T: HostSource + ?Sized> HostSource for std::sync::Arc<T> {
 #[derive(Debug)]
 pub struct FleetCollector<S> {
     source: S,
+    dcgm: DcgmCompat,
 }
 
 impl<S: HostSource> FleetCollector<S> {
+    /// gpulse's names only.
     pub fn new(source: S) -> Self {
-        FleetCollector { source }
+        Self::with_dcgm_compat(source, DcgmCompat::Off)
+    }
+
+    /// gpulse's names, dcgm-exporter's, or both, as `dcgm` says.
+    pub fn with_dcgm_compat(source: S, dcgm: DcgmCompat) -> Self {
+        FleetCollector { source, dcgm }
     }
 }
 
@@ -41,30 +49,36 @@ impl<S: HostSource> Collector for FleetCollector<S> {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut out = Families::default();
-        self.source.for_each_host(&mut |host| out.add_host(host));
-        out.finish()
+        let mut out = Families::new(&names::FLEET);
+        out.gpus = self.dcgm.gpulse_gpus();
+        let mut dcgm_out = self.dcgm.dcgm().then(|| Families::new(dcgm::defs()));
+        self.source.for_each_host(&mut |host| {
+            out.add_host(host);
+            if let Some(d) = dcgm_out.as_mut() {
+                dcgm::add_host(d, host);
+            }
+        });
+        let mut families = out.finish();
+        if let Some(d) = dcgm_out {
+            families.extend(d.finish());
+        }
+        families
     }
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
+pub(crate) fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_string());
     l.set_value(value.to_string());
     l
 }
 
-/// Metrics collected so far, one bucket per metric definition in [`names::FLEET`] order.
-struct Families {
+/// Metrics collected so far, one bucket per metric definition, in the order of `defs`.
+pub(crate) struct Families {
+    defs: &'static [Def],
     buckets: Vec<Vec<Metric>>,
-}
-
-impl Default for Families {
-    fn default() -> Self {
-        Families {
-            buckets: vec![Vec::new(); names::FLEET.len()],
-        }
-    }
+    /// Whether per-GPU series are added (off when the DCGM view replaces them).
+    gpus: bool,
 }
 
 /// Builds a GPU's labels plus extra pairs.
@@ -76,11 +90,20 @@ const WATTS_PER_MILLIWATT: f64 = 1e-3;
 const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 
 impl Families {
-    fn push(&mut self, def: &Def, labels: Vec<LabelPair>, value: f64) {
-        let i = names::FLEET
+    pub(crate) fn new(defs: &'static [Def]) -> Self {
+        Families {
+            defs,
+            buckets: vec![Vec::new(); defs.len()],
+            gpus: true,
+        }
+    }
+
+    pub(crate) fn push(&mut self, def: &Def, labels: Vec<LabelPair>, value: f64) {
+        let i = self
+            .defs
             .iter()
             .position(|d| d.name == def.name)
-            .expect("every definition used is in names::FLEET");
+            .expect("every definition used is in the family list");
         let mut m = Metric::from_label(labels);
         match def.kind {
             Kind::Gauge => {
@@ -133,6 +156,9 @@ impl Families {
             host_label(),
             host.last_seen_unix_ms as f64 / 1000.0,
         );
+        if !self.gpus {
+            return;
+        }
         for gpu in &host.gpus {
             self.add_gpu(&id.agent_id, gpu);
         }
@@ -450,8 +476,8 @@ impl Families {
         }
     }
 
-    fn finish(self) -> Vec<MetricFamily> {
-        names::FLEET
+    pub(crate) fn finish(self) -> Vec<MetricFamily> {
+        self.defs
             .iter()
             .zip(self.buckets)
             .filter(|(_, metrics)| !metrics.is_empty())
