@@ -469,7 +469,9 @@ fn golden_registry() -> Registry {
 
 /// Diffs an exposition against a golden file, or writes it with GPULSE_BLESS=1.
 fn assert_golden(text: &str, file: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
     if std::env::var_os("GPULSE_BLESS").is_some() {
         std::fs::write(&path, text).unwrap();
     }
@@ -483,10 +485,7 @@ fn assert_golden(text: &str, file: &str) {
 
 #[test]
 fn the_dcgm_view_matches_its_golden_file() {
-    let text = http::render(&golden_registry_with(
-        &GOLDEN_DCGM_FLEET,
-        DcgmCompat::Only,
-    ));
+    let text = http::render(&golden_registry_with(&GOLDEN_DCGM_FLEET, DcgmCompat::Only));
     assert_golden(&text, "exposition-dcgm.prom");
     assert!(
         !text.contains("gpulse_gpu_"),
@@ -497,9 +496,10 @@ fn the_dcgm_view_matches_its_golden_file() {
     }
     // The XID host saw 13 then 31 (third sample): the last XID is 31.
     assert!(
-        text.lines().any(|l| l.starts_with("DCGM_FI_DEV_XID_ERRORS{")
-            && l.contains("Hostname=\"host-5\"")
-            && l.ends_with(" 31")),
+        text.lines()
+            .any(|l| l.starts_with("DCGM_FI_DEV_XID_ERRORS{")
+                && l.contains("Hostname=\"host-5\"")
+                && l.ends_with(" 31")),
         "last XID of host-5"
     );
 }
@@ -518,10 +518,7 @@ fn also_exposes_both_views_unchanged() {
 
 #[test]
 fn the_dcgm_view_passes_promtool_but_for_dcgm_exporters_own_names() {
-    let text = http::render(&golden_registry_with(
-        &GOLDEN_DCGM_FLEET,
-        DcgmCompat::Only,
-    ));
+    let text = http::render(&golden_registry_with(&GOLDEN_DCGM_FLEET, DcgmCompat::Only));
     let report = promtool_report(&text);
     let counters: Vec<&str> = gpulse_exposition::dcgm::defs()
         .iter()

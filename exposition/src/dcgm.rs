@@ -70,7 +70,9 @@ impl fmt::Display for DcgmCompat {
 
 /// A `dcgm_compat` value that is none of off, also, only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dcgm_compat value {0:?}: use off (gpulse names only), also (gpulse and dcgm-exporter names) or only (dcgm-exporter names for GPUs)")]
+#[error(
+    "unknown dcgm_compat value {0:?}: use off (gpulse names only), also (gpulse and dcgm-exporter names) or only (dcgm-exporter names for GPUs)"
+)]
 pub struct UnknownDcgmCompat(pub String);
 
 impl FromStr for DcgmCompat {
@@ -183,19 +185,12 @@ pub const TOTAL_BASE_CLOCKS_VIOLATION: Def = counter(
     "DCGM_FI_DEV_TOTAL_BASE_CLOCKS_VIOLATION",
     "Clocks held below the base clocks (in ns).",
 );
-pub const PCIE_LINK_GEN: Def = gauge(
-    "DCGM_FI_DEV_PCIE_LINK_GEN",
-    "PCIe current link generation.",
-);
+pub const PCIE_LINK_GEN: Def = gauge("DCGM_FI_DEV_PCIE_LINK_GEN", "PCIe current link generation.");
 pub const PCIE_LINK_WIDTH: Def = gauge("DCGM_FI_DEV_PCIE_LINK_WIDTH", "PCIe current link width.");
-pub const PCIE_MAX_LINK_GEN: Def = gauge(
-    "DCGM_FI_DEV_PCIE_MAX_LINK_GEN",
-    "PCIe max link generation.",
-);
-pub const PCIE_MAX_LINK_WIDTH: Def = gauge(
-    "DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH",
-    "PCIe max link width.",
-);
+pub const PCIE_MAX_LINK_GEN: Def =
+    gauge("DCGM_FI_DEV_PCIE_MAX_LINK_GEN", "PCIe max link generation.");
+pub const PCIE_MAX_LINK_WIDTH: Def =
+    gauge("DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH", "PCIe max link width.");
 pub const PCIE_REPLAY_COUNTER: Def = counter(
     "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
     "Total number of PCIe retries.",
@@ -304,7 +299,10 @@ pub const MAPPINGS: [Mapping; 51] = [
     map(SLOWDOWN_TEMP, "gpulse_gpu_slowdown_temperature_celsius"),
     map(SHUTDOWN_TEMP, "gpulse_gpu_shutdown_temperature_celsius"),
     map(MEM_MAX_OP_TEMP, "gpulse_gpu_memory_max_temperature_celsius"),
-    map(GPU_MAX_OP_TEMP, "gpulse_gpu_max_operating_temperature_celsius"),
+    map(
+        GPU_MAX_OP_TEMP,
+        "gpulse_gpu_max_operating_temperature_celsius",
+    ),
     map(POWER_USAGE, "gpulse_gpu_power_usage_watts"),
     map(ENFORCED_POWER_LIMIT, "gpulse_gpu_power_limit_watts"),
     map(POWER_MGMT_LIMIT_DEF, "gpulse_gpu_power_default_limit_watts"),
@@ -321,17 +319,35 @@ pub const MAPPINGS: [Mapping; 51] = [
     map(BOARD_LIMIT_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
     map(LOW_UTIL_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
     map(RELIABILITY_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(TOTAL_APP_CLOCKS_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(TOTAL_BASE_CLOCKS_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
+    map(
+        TOTAL_APP_CLOCKS_VIOLATION,
+        "gpulse_gpu_throttle_seconds_total",
+    ),
+    map(
+        TOTAL_BASE_CLOCKS_VIOLATION,
+        "gpulse_gpu_throttle_seconds_total",
+    ),
     map(PCIE_LINK_GEN, "gpulse_gpu_pcie_link_generation"),
     map(PCIE_LINK_WIDTH, "gpulse_gpu_pcie_link_width_lanes"),
     map(PCIE_MAX_LINK_GEN, "gpulse_gpu_pcie_link_max_generation"),
     map(PCIE_MAX_LINK_WIDTH, "gpulse_gpu_pcie_link_max_width_lanes"),
     map(PCIE_REPLAY_COUNTER, "gpulse_gpu_pcie_replays_total"),
-    map(NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL, "gpulse_gpu_nvlink_errors_total"),
-    map(NVLINK_CRC_DATA_ERROR_COUNT_TOTAL, "gpulse_gpu_nvlink_errors_total"),
-    map(NVLINK_REPLAY_ERROR_COUNT_TOTAL, "gpulse_gpu_nvlink_errors_total"),
-    map(NVLINK_RECOVERY_ERROR_COUNT_TOTAL, "gpulse_gpu_nvlink_errors_total"),
+    map(
+        NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+        "gpulse_gpu_nvlink_errors_total",
+    ),
+    map(
+        NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
+        "gpulse_gpu_nvlink_errors_total",
+    ),
+    map(
+        NVLINK_REPLAY_ERROR_COUNT_TOTAL,
+        "gpulse_gpu_nvlink_errors_total",
+    ),
+    map(
+        NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
+        "gpulse_gpu_nvlink_errors_total",
+    ),
     map(XID_ERRORS, "gpulse_gpu_xid_errors_total"),
     map(ECC_SBE_AGG_TOTAL, "gpulse_gpu_ecc_errors_total"),
     map(ECC_DBE_AGG_TOTAL, "gpulse_gpu_ecc_errors_total"),
@@ -426,7 +442,10 @@ fn add_gpu(out: &mut Families, host: &str, gpu: &GpuView) {
     put(&MAX_SM_CLOCK, u32f(d.max_sm_clock_mhz));
     put(&MAX_MEM_CLOCK, u32f(d.max_memory_clock_mhz));
     put(&APP_SM_CLOCK, u32f(s.applications_sm_clock_mhz.value()));
-    put(&APP_MEM_CLOCK, u32f(s.applications_memory_clock_mhz.value()));
+    put(
+        &APP_MEM_CLOCK,
+        u32f(s.applications_memory_clock_mhz.value()),
+    );
     put(&GPU_TEMP, u32f(s.temperature_celsius.value()));
     put(&MEMORY_TEMP, u32f(s.memory_temperature_celsius.value()));
     put(&SLOWDOWN_TEMP, u32f(d.slowdown_temperature_celsius));
@@ -442,7 +461,10 @@ fn add_gpu(out: &mut Families, host: &str, gpu: &GpuView) {
         &ENFORCED_POWER_LIMIT,
         watts(s.power_limit_milliwatts.value()),
     );
-    put(&POWER_MGMT_LIMIT_DEF, watts(d.default_power_limit_milliwatts));
+    put(
+        &POWER_MGMT_LIMIT_DEF,
+        watts(d.default_power_limit_milliwatts),
+    );
     put(
         &TOTAL_ENERGY_CONSUMPTION,
         s.energy_millijoules.value().map(|v| v as f64),
@@ -474,7 +496,10 @@ fn add_gpu(out: &mut Families, host: &str, gpu: &GpuView) {
             (ThrottlePolicy::LowUtilization, &LOW_UTIL_VIOLATION),
             (ThrottlePolicy::Reliability, &RELIABILITY_VIOLATION),
             (ThrottlePolicy::TotalAppClocks, &TOTAL_APP_CLOCKS_VIOLATION),
-            (ThrottlePolicy::TotalBaseClocks, &TOTAL_BASE_CLOCKS_VIOLATION),
+            (
+                ThrottlePolicy::TotalBaseClocks,
+                &TOTAL_BASE_CLOCKS_VIOLATION,
+            ),
         ] {
             put(def, t.get(policy).map(|ns| ns as f64));
         }
@@ -507,7 +532,10 @@ fn add_gpu(out: &mut Families, host: &str, gpu: &GpuView) {
         put(&RETIRED_PENDING, flag(Some(r.pending)));
     }
     if let Some(r) = s.remapped_rows.value() {
-        put(&UNCORRECTABLE_REMAPPED_ROWS, Some(f64::from(r.uncorrectable)));
+        put(
+            &UNCORRECTABLE_REMAPPED_ROWS,
+            Some(f64::from(r.uncorrectable)),
+        );
         put(&CORRECTABLE_REMAPPED_ROWS, Some(f64::from(r.correctable)));
         put(&ROW_REMAP_FAILURE, flag(Some(r.failure)));
         put(&ROW_REMAP_PENDING, flag(Some(r.pending)));
