@@ -259,6 +259,26 @@ impl Families {
                 d.max_pcie_generation.map(f64::from),
             ),
             (&names::GPU_PCIE_MAX_WIDTH, d.max_pcie_width.map(f64::from)),
+            (
+                &names::GPU_GRAPHICS_CLOCK_MAX,
+                d.max_graphics_clock_mhz.map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_MEMORY_MAX_TEMPERATURE,
+                d.memory_max_temperature_celsius.map(f64::from),
+            ),
+            (
+                &names::GPU_MAX_OPERATING_TEMPERATURE,
+                d.gpu_max_operating_temperature_celsius.map(f64::from),
+            ),
+            (
+                &names::GPU_ECC_ENABLED,
+                d.ecc_enabled.map(|b| f64::from(u8::from(b))),
+            ),
+            (
+                &names::GPU_MIG_ENABLED,
+                d.mig_enabled.map(|b| f64::from(u8::from(b))),
+            ),
         ];
         for (def, value) in inventory {
             if let Some(v) = value {
@@ -329,6 +349,53 @@ impl Families {
             (
                 &names::GPU_PCIE_REPLAYS,
                 s.pcie_replays.value().map(|v| v as f64),
+            ),
+            (
+                &names::GPU_GRAPHICS_CLOCK,
+                s.graphics_clock_mhz
+                    .value()
+                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_APPLICATIONS_SM_CLOCK,
+                s.applications_sm_clock_mhz
+                    .value()
+                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_APPLICATIONS_MEMORY_CLOCK,
+                s.applications_memory_clock_mhz
+                    .value()
+                    .map(|v| f64::from(v) * HZ_PER_MHZ),
+            ),
+            (
+                &names::GPU_MEMORY_TEMPERATURE,
+                s.memory_temperature_celsius.value().map(f64::from),
+            ),
+            (&names::GPU_SM_ACTIVE, s.gpm.value().map(|g| g.sm_active)),
+            (
+                &names::GPU_SM_OCCUPANCY,
+                s.gpm.value().map(|g| g.sm_occupancy),
+            ),
+            (
+                &names::GPU_TENSOR_ACTIVE,
+                s.gpm.value().map(|g| g.tensor_active),
+            ),
+            (
+                &names::GPU_DRAM_ACTIVE,
+                s.gpm.value().map(|g| g.dram_active),
+            ),
+            (
+                &names::GPU_PCIE_TRANSMIT,
+                s.pcie_tx_bytes.value().map(|v| v as f64),
+            ),
+            (
+                &names::GPU_PCIE_RECEIVE,
+                s.pcie_rx_bytes.value().map(|v| v as f64),
+            ),
+            (
+                &names::GPU_PROCESSES,
+                s.processes.get().map(|p| p.len() as f64),
             ),
         ];
         for (def, value) in readings {
