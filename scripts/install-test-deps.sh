@@ -1,28 +1,61 @@
 #!/usr/bin/env bash
-# Installs what the test suite runs against when it is missing: Debian's prometheus
-# package (promtool lints the exposition) and chromium (renders the report page headless).
-# Needs root and Debian's package archive.
+# Installs what the test suite runs against when it is missing:
+# - Debian's prometheus (promtool lints the exposition and unit-tests the rules; the
+#   prometheus server scrapes a running collector end to end) and
+#   prometheus-alertmanager (amtool checks the example config; the server receives the
+#   alerts a simulated fleet fires),
+# - chromium (renders the cost report page headless in a test),
+# - cargo-deb (builds the .deb packages that a test installs with dpkg),
+# - kubernetes-validate from PyPI (validates the Kubernetes manifests offline).
+# Debian packages need root and Debian's package archive.
 set -euo pipefail
 
-need=()
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+apt_need=()
+command -v promtool >/dev/null 2>&1 || apt_need+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || apt_need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || apt_need+=(prometheus-alertmanager)
+command -v amtool >/dev/null 2>&1 || apt_need+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || apt_need+=(systemd)
+command -v python3 >/dev/null 2>&1 || apt_need+=(python3 python3-pip)
+mapfile -t apt_need < <(printf '%s\n' "${apt_need[@]}" | sort -u | sed '/^$/d')
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+if [ ${#apt_need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: missing ${apt_need[*]}; run as root, or: sudo apt-get install ${apt_need[*]}" >&2
+    exit 1
+  fi
+  echo "install-test-deps: installing ${apt_need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # The packages' own services are not wanted: tests start what they need themselves,
+  # on ports of their own. A policy-rc.d that answers 101 keeps the maintainer scripts
+  # from starting them (Debian policy, invoke-rc.d and deb-systemd-invoke both ask it).
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+  fi
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-test-deps: missing ${need[*]}; run as root, or: sudo apt-get install ${need[*]}" >&2
-  exit 1
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-test-deps: installing cargo-deb" >&2
+  cargo install cargo-deb --locked --quiet
 fi
-echo "install-test-deps: installing ${need[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# The packages' own services are not wanted: tests start what they need themselves.
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  systemctl disable --now prometheus >/dev/null 2>&1 || true
+
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "install-test-deps: installing kubernetes-validate" >&2
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
-pkill -x prometheus >/dev/null 2>&1 || true
+
 command -v promtool >/dev/null
-command -v chromium >/dev/null
+command -v prometheus >/dev/null
+command -v prometheus-alertmanager >/dev/null
+command -v amtool >/dev/null
+cargo deb --version >/dev/null
+python3 -c 'import kubernetes_validate' >/dev/null

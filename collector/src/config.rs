@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use gpulse_exposition::dcgm::DcgmCompat;
 
 /// Default gRPC address agents connect to. Loopback: listening wider is a decision.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7431";
@@ -34,6 +36,8 @@ pub const DEFAULT_MAX_STRING_BYTES: usize = 256;
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// How old a snapshot may be and still be accepted (agents replay after outages).
 pub const DEFAULT_MAX_SAMPLE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// gpulse's metric names only; dcgm-exporter's are opt-in (docs/dcgm-compat.md).
+pub const DEFAULT_DCGM_COMPAT: DcgmCompat = DcgmCompat::Off;
 
 /// Longest gap between two snapshots of a GPU credited as observed time, whatever the
 /// agent's interval. The ledger credits at most 3 intervals (from the Hello) per gap.
@@ -235,9 +239,25 @@ pub struct CollectorConfig {
     /// Price catalogue of your own (TOML, same format as collector/pricing/default.toml);
     /// its entries win over the shipped ones. Unset: the shipped catalogue only.
     pub pricing_file: Option<PathBuf>,
+    /// Also (`also`) or instead (`only`) expose GPUs under dcgm-exporter's metric and
+    /// label names; `off` for gpulse's names only. Default [`DEFAULT_DCGM_COMPAT`].
+    #[serde(
+        serialize_with = "serialize_dcgm_compat",
+        deserialize_with = "deserialize_dcgm_compat"
+    )]
+    pub dcgm_compat: DcgmCompat,
     pub limits: Limits,
     pub ledger: LedgerConfig,
     pub bare_metal: BareMetalConfig,
+}
+
+fn serialize_dcgm_compat<S: Serializer>(v: &DcgmCompat, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.name())
+}
+
+fn deserialize_dcgm_compat<'de, D: Deserializer<'de>>(d: D) -> Result<DcgmCompat, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 impl Default for CollectorConfig {
@@ -252,6 +272,7 @@ impl Default for CollectorConfig {
             allow_unauthenticated: false,
             nvlink_per_link: false,
             pricing_file: None,
+            dcgm_compat: DEFAULT_DCGM_COMPAT,
             limits: Limits::default(),
             ledger: LedgerConfig::default(),
             bare_metal: BareMetalConfig::default(),
@@ -387,6 +408,8 @@ mod tests {
             ("agent_expiry = \"5 parsecs\"", "agent_expiry"),
             ("grpc_listen = \"localhost\"", "grpc_listen"),
             ("[limits]\nmax_agnts = 3", "unknown field `max_agnts`"),
+            ("dcgm_compat = \"al\"", "use off (gpulse names only), also"),
+            ("dcgm_compat = true", "dcgm_compat"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
@@ -395,6 +418,18 @@ mod tests {
                 "{text}: the error should give the line: {err}"
             );
         }
+    }
+
+    #[test]
+    fn dcgm_compat_reads_its_three_values() {
+        for (text, want) in [
+            ("dcgm_compat = \"off\"", DcgmCompat::Off),
+            ("dcgm_compat = \"also\"", DcgmCompat::Also),
+            ("dcgm_compat = \"only\"", DcgmCompat::Only),
+        ] {
+            assert_eq!(parse(text).unwrap().dcgm_compat, want, "{text}");
+        }
+        assert_eq!(parse("").unwrap().dcgm_compat, DcgmCompat::Off);
     }
 
     #[test]

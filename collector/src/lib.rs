@@ -142,6 +142,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         fleet: fleet.clone(),
         options: gpulse_exposition::ExpositionOptions {
             nvlink_per_link: config.nvlink_per_link,
+            dcgm: config.dcgm_compat,
         },
         registry: registry.clone(),
     };

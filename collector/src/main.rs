@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use gpulse_collector::config::CollectorConfig;
 use gpulse_collector::cost::report::{self, Dim, Window};
 use gpulse_collector::cost::store;
+use gpulse_exposition::dcgm::DcgmCompat;
 
 /// Receives GPU telemetry from gpulse agents over gRPC and serves it to Prometheus.
 ///
@@ -41,6 +42,9 @@ struct Cli {
     /// Allow listening beyond loopback with no authentication (trusted networks only).
     #[arg(long, env = "GPULSE_COLLECTOR_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
+    /// Also or instead expose GPUs under dcgm-exporter's names: off, also, only [default: off].
+    #[arg(long, env = "GPULSE_COLLECTOR_DCGM_COMPAT")]
+    dcgm_compat: Option<DcgmCompat>,
     /// Print an example configuration file with every default, then exit.
     #[arg(long)]
     print_example_config: bool,
@@ -92,6 +96,9 @@ impl Cli {
             c.auth_token_file = Some(v);
         }
         c.allow_unauthenticated |= self.allow_unauthenticated;
+        if let Some(v) = self.dcgm_compat {
+            c.dcgm_compat = v;
+        }
         Ok(c)
     }
 }

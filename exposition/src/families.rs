@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use gpulse_gpu::{DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
 
+use crate::dcgm::{self, DcgmCompat};
 use crate::names::{self, Def, Kind};
 use crate::{GpuView, HostView};
 
@@ -27,6 +28,8 @@ pub struct ExpositionOptions {
     /// Also expose every NVLink link on its own (`gpulse_gpu_nvlink_link_*{link}`):
     /// up to 18 links x 7 series per GPU. Off by default; per-GPU totals are always there.
     pub nvlink_per_link: bool,
+    /// dcgm-exporter's names beside gpulse's, instead of gpulse's per-GPU series, or not.
+    pub dcgm: DcgmCompat,
 }
 
 /// Writes every host of `source` in the Prometheus text format (0.0.4).
@@ -35,9 +38,21 @@ pub struct ExpositionOptions {
 /// large fleet has hundreds of thousands of series, and building a label-pair object
 /// per label per series dominated the scrape (see docs/benchmarks.md).
 pub fn render_fleet(source: &dyn HostSource, options: ExpositionOptions, out: &mut String) {
-    let mut families = Families::new(options);
-    source.for_each_host(&mut |host| families.add_host(host));
+    let mut families = Families::new(options, &names::FLEET);
+    let mut dcgm = options
+        .dcgm
+        .dcgm()
+        .then(|| Families::new(options, dcgm::defs()));
+    source.for_each_host(&mut |host| {
+        families.add_host(host);
+        if let Some(d) = &mut dcgm {
+            dcgm::add_host(d, host);
+        }
+    });
     families.finish(out);
+    if let Some(d) = dcgm {
+        d.finish(out);
+    }
 }
 
 /// Writes `value` as the text format wants it.
@@ -69,8 +84,9 @@ fn write_escaped(buf: &mut String, v: &str) {
     }
 }
 
-/// Series written so far, one text buffer per metric definition in [`names::FLEET`] order.
-struct Families {
+/// Series written so far, one text buffer per metric definition, in `defs` order.
+pub(crate) struct Families {
+    defs: &'static [Def],
     bufs: Vec<String>,
     /// Index of the last definition written: series mostly come in definition order.
     hint: usize,
@@ -88,31 +104,33 @@ const WATTS_PER_MILLIWATT: f64 = 1e-3;
 const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 
 impl Families {
-    fn new(options: ExpositionOptions) -> Families {
+    pub(crate) fn new(options: ExpositionOptions, defs: &'static [Def]) -> Families {
         Families {
-            bufs: vec![String::new(); names::FLEET.len()],
+            defs,
+            bufs: vec![String::new(); defs.len()],
             hint: 0,
             options,
         }
     }
 
     fn index(&mut self, def: &Def) -> usize {
-        let n = names::FLEET.len();
+        let n = self.defs.len();
         for i in [self.hint, (self.hint + 1) % n] {
-            if names::FLEET[i].name == def.name {
+            if self.defs[i].name == def.name {
                 return i;
             }
         }
-        let i = names::FLEET
+        let i = self
+            .defs
             .iter()
             .position(|d| d.name == def.name)
-            .expect("every definition used is in names::FLEET");
+            .expect("every definition used is in the family list");
         self.hint = i;
         i
     }
 
     /// Writes one series: `base` labels, then `extra` ones.
-    fn push(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
+    pub(crate) fn push(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
         let i = self.index(def);
         let buf = &mut self.bufs[i];
         buf.push_str(def.name);
@@ -133,8 +151,8 @@ impl Families {
         buf.push('\n');
     }
 
-    fn finish(self, out: &mut String) {
-        for (def, buf) in names::FLEET.iter().zip(self.bufs) {
+    pub(crate) fn finish(self, out: &mut String) {
+        for (def, buf) in self.defs.iter().zip(self.bufs) {
             if buf.is_empty() {
                 continue;
             }
@@ -193,8 +211,10 @@ impl Families {
             &[],
             host.last_seen_unix_ms as f64 / 1000.0,
         );
-        for gpu in &host.gpus {
-            self.add_gpu(&id.agent_id, gpu);
+        if self.options.dcgm.gpulse_gpus() {
+            for gpu in &host.gpus {
+                self.add_gpu(&id.agent_id, gpu);
+            }
         }
         // Which fields the host hides, once per host rather than per GPU: a provider
         // hides a field on all its GPUs, and per-GPU series would multiply the cost.
@@ -204,7 +224,7 @@ impl Families {
             .filter_map(|g| g.latest.as_ref())
             .filter(|s| s.state != DeviceState::Lost)
             .collect();
-        if !answering.is_empty() {
+        if !answering.is_empty() && self.options.dcgm.gpulse_gpus() {
             for field in Field::ALL {
                 let supported = answering
                     .iter()

@@ -4,13 +4,15 @@
 //! writes views in the Prometheus text format ([`render_fleet`]); [`render`] adds a
 //! `prometheus` crate registry (self-metrics) after them. The collector serves it for
 //! the whole fleet and the agent for its own host, so both expose the same names.
-//! Every metric name and help text lives in [`names`].
+//! Every metric name and help text lives in [`names`]; [`dcgm`] maps them to
+//! dcgm-exporter's names for a DCGM-compatible view.
 //!
 //! It is not where data is validated, deduplicated or stored: callers hand it
 //! readings they have already accepted.
 
 #![forbid(unsafe_code)]
 
+pub mod dcgm;
 mod families;
 pub mod names;
 mod view;

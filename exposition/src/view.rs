@@ -14,6 +14,8 @@ pub struct UnknownGpu {
 pub struct GpuView {
     pub info: DeviceInfo,
     pub latest: Option<DeviceSample>,
+    /// The XID code seen most recently (for the DCGM view's last-XID gauge).
+    pub last_xid: Option<u64>,
 }
 
 /// One host: who it is, its GPUs, and whether its agent is connected.
@@ -35,7 +37,11 @@ impl HostView {
             identity,
             gpus: inventory
                 .into_iter()
-                .map(|info| GpuView { info, latest: None })
+                .map(|info| GpuView {
+                    info,
+                    latest: None,
+                    last_xid: None,
+                })
                 .collect(),
             connected: true,
             last_seen_unix_ms: now_unix_ms,
@@ -75,7 +81,11 @@ impl HostView {
         self.latest_snapshot_unix_ms = Some(snapshot.timestamp_unix_ms);
         for sample in snapshot.gpus {
             if let Some(i) = self.position(&sample.uuid) {
-                self.gpus[i].latest = Some(sample);
+                let gpu = &mut self.gpus[i];
+                if let Some(xid) = crate::dcgm::newest_xid(gpu.latest.as_ref(), &sample) {
+                    gpu.last_xid = Some(xid);
+                }
+                gpu.latest = Some(sample);
             }
         }
         Ok(())
