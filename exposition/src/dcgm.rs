@@ -17,7 +17,7 @@ use gpulse_gpu::health::{NvLinkSample, ThrottlePolicy};
 use gpulse_gpu::{DeviceSample, DeviceState};
 
 use crate::families::Families;
-use crate::names::{Def, Kind};
+use crate::names::{Def, counter, gauge};
 use crate::{GpuView, HostView};
 
 /// Which names the fleet's GPUs are exposed under (collector setting `dcgm_compat`).
@@ -85,21 +85,6 @@ impl FromStr for DcgmCompat {
     }
 }
 
-const fn gauge(name: &'static str, help: &'static str) -> Def {
-    Def {
-        name,
-        kind: Kind::Gauge,
-        help,
-    }
-}
-
-const fn counter(name: &'static str, help: &'static str) -> Def {
-    Def {
-        name,
-        kind: Kind::Counter,
-        help,
-    }
-}
 
 // Help texts follow dcgm-exporter's counter files, so both read alike.
 pub const SM_CLOCK: Def = gauge("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).");

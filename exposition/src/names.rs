@@ -19,7 +19,7 @@ pub struct Def {
     pub help: &'static str,
 }
 
-const fn gauge(name: &'static str, help: &'static str) -> Def {
+pub(crate) const fn gauge(name: &'static str, help: &'static str) -> Def {
     Def {
         name,
         kind: Kind::Gauge,
@@ -27,7 +27,7 @@ const fn gauge(name: &'static str, help: &'static str) -> Def {
     }
 }
 
-const fn counter(name: &'static str, help: &'static str) -> Def {
+pub(crate) const fn counter(name: &'static str, help: &'static str) -> Def {
     Def {
         name,
         kind: Kind::Counter,
