@@ -44,7 +44,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let data_dir = std::env::temp_dir().join("gpulse-demo");
+    // A fresh ledger per run, removed at exit: the simulated GPUs have the same UUIDs
+    // every run but start their counters afresh, which a kept ledger would read as a
+    // driver reload on every GPU.
+    let data = tempfile::Builder::new()
+        .prefix("gpulse-demo-")
+        .tempdir()
+        .context("cannot create a temporary data directory")?;
+    let data_dir = data.path().to_path_buf();
     let collector = gpulse_collector::start(CollectorConfig {
         grpc_listen: cli.grpc_listen,
         http_listen: cli.http_listen,
