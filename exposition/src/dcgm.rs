@@ -85,7 +85,6 @@ impl FromStr for DcgmCompat {
     }
 }
 
-
 // Help texts follow dcgm-exporter's counter files, so both read alike.
 pub const SM_CLOCK: Def = gauge("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).");
 pub const MEM_CLOCK: Def = gauge("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).");
