@@ -8,5 +8,7 @@
 )]
 
 mod common;
+mod deb;
 mod rules;
 mod stack;
+mod systemd;
