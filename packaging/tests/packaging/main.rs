@@ -8,6 +8,7 @@
 )]
 
 mod common;
+mod container;
 mod deb;
 mod rules;
 mod stack;
