@@ -10,6 +10,7 @@
 mod common;
 mod container;
 mod deb;
+mod kubernetes;
 mod rules;
 mod stack;
 mod systemd;
