@@ -5,7 +5,10 @@
 #   prometheus-alertmanager (amtool checks the example config; the server receives the
 #   alerts a simulated fleet fires),
 # - chromium (renders the cost report page headless in a test),
-# - cargo-deb (builds the .deb packages that a test installs with dpkg),
+# - cargo-deb 3 (builds the .deb packages that a test installs with dpkg; the test
+#   packages the debug binaries, which cargo-deb 3 accepts with a warning),
+# - systemd (systemd-analyze verify and, from systemd 250, security --offline check the
+#   units; dpkg, getent and useradd, which the .deb test uses, are on every Debian),
 # - kubernetes-validate from PyPI (validates the Kubernetes manifests offline).
 # Debian packages need root and Debian's package archive.
 set -euo pipefail
@@ -43,9 +46,9 @@ if [ ${#apt_need[@]} -gt 0 ]; then
   fi
 fi
 
-if ! cargo deb --version >/dev/null 2>&1; then
-  echo "install-test-deps: installing cargo-deb" >&2
-  cargo install cargo-deb --locked --quiet
+if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
+  echo "install-test-deps: installing cargo-deb 3" >&2
+  cargo install cargo-deb --locked --quiet --version '^3.8'
 fi
 
 if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
@@ -57,5 +60,10 @@ command -v promtool >/dev/null
 command -v prometheus >/dev/null
 command -v prometheus-alertmanager >/dev/null
 command -v amtool >/dev/null
-cargo deb --version >/dev/null
+cargo deb --version | grep -q '^cargo-deb 3\.'
+systemd_version=$(systemd-analyze --version | awk 'NR == 1 { print $2 }')
+if [ "${systemd_version%%[^0-9]*}" -lt 250 ]; then
+  echo "install-test-deps: systemd-analyze $systemd_version is too old for 'security --offline' (250 or later: Debian 12, Ubuntu 24.04)" >&2
+  exit 1
+fi
 python3 -c 'import kubernetes_validate' >/dev/null

@@ -8,5 +8,9 @@
 )]
 
 mod common;
+mod container;
+mod deb;
+mod kubernetes;
 mod rules;
 mod stack;
+mod systemd;
