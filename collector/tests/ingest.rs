@@ -441,6 +441,7 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
         "gpus=1,model=a100,scenario=ecc,seed=17",
         "gpus=1,model=h100-sxm,scenario=xid,seed=18",
         "gpus=1,model=h100-sxm,scenario=idle-held,seed=19",
+        "gpus=1,model=a100,scenario=training,seed=20,mig=2",
     ]
     .iter()
     .enumerate()
@@ -635,12 +636,11 @@ pub fn promtool_check(text: &str) {
 #[test]
 fn every_fleet_metric_appears_in_the_golden_fleet() {
     let text = golden_text();
-    // Not played by any simulated model: page retirement is the pre-Ampere mechanism
-    // and the simulator has no MIG mode; both are covered through the NVML test library.
+    // Not played by any simulated model: page retirement is the pre-Ampere mechanism;
+    // it is covered through the NVML test library.
     let not_simulated = [
         gpulse_exposition::names::GPU_RETIRED_PAGES.name,
         gpulse_exposition::names::GPU_RETIRED_PAGES_PENDING.name,
-        gpulse_exposition::names::GPU_MIG_INSTANCE_INFO.name,
     ];
     for def in gpulse_exposition::names::FLEET {
         let present = text.lines().any(|l| {

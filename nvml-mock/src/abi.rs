@@ -232,7 +232,72 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
 
 // Inventory.
 
-string_getter!(nvmlDeviceGetUUID, |g| g.uuid());
+/// The UUID of a GPU, or of a MIG instance ("MIG-...") for a MIG device handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(
+    device: Handle,
+    buf: *mut c_char,
+    length: c_uint,
+) -> Return {
+    guard(|| {
+        if buf.is_null() {
+            return Err(Ret::INVALID_ARGUMENT);
+        }
+        let s = match state::with_mig(device.addr(), |m| Ok(m.uuid.clone())) {
+            Some(r) => r?,
+            None => state::with_gpu(device.addr(), Access::Inventory, |g| {
+                Ok(g.uuid().to_string())
+            })?,
+        };
+        // SAFETY: nvml.h: `buf` holds `length` bytes.
+        unsafe { put_str(buf, length, &s) }
+    })
+}
+
+/// nvmlDeviceGetMigDeviceHandleByIndex: MIG instance `index` of a GPU in MIG mode.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    device: Handle,
+    index: c_uint,
+    mig: *mut Handle,
+) -> Return {
+    guard(|| {
+        // SAFETY: nvml.h: NULL or a handle for NVML to fill.
+        let mig = unsafe { out(mig) }?;
+        mig.write(handle(state::mig_handle(device.addr(), index)?));
+        Ok(())
+    })
+}
+
+/// The GPU instance id of a MIG device; INVALID_ARGUMENT for a whole GPU, as NVML.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(device: Handle, id: *mut c_uint) -> Return {
+    guard(|| {
+        // SAFETY: nvml.h: NULL or a value for NVML to fill.
+        let id = unsafe { out(id) }?;
+        let v = state::with_mig(device.addr(), |m| {
+            m.gpu_instance_id.ok_or(Ret::NOT_SUPPORTED)
+        })
+        .unwrap_or(Err(Ret::INVALID_ARGUMENT))?;
+        id.write(v);
+        Ok(())
+    })
+}
+
+/// The compute instance id of a MIG device; INVALID_ARGUMENT for a whole GPU, as NVML.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(device: Handle, id: *mut c_uint) -> Return {
+    guard(|| {
+        // SAFETY: nvml.h: NULL or a value for NVML to fill.
+        let id = unsafe { out(id) }?;
+        let v = state::with_mig(device.addr(), |m| {
+            m.compute_instance_id.ok_or(Ret::NOT_SUPPORTED)
+        })
+        .unwrap_or(Err(Ret::INVALID_ARGUMENT))?;
+        id.write(v);
+        Ok(())
+    })
+}
 string_getter!(nvmlDeviceGetName, |g| g.name());
 string_getter!(nvmlDeviceGetVbiosVersion, |g| g.vbios_version());
 
@@ -275,7 +340,12 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if memory.version != MEMORY_V2_VERSION {
             return Err(Ret::ARGUMENT_VERSION_MISMATCH);
         }
-        let (total, used) = state::with_gpu(device.addr(), Access::Inventory, |g| g.memory())?;
+        let (total, used) = match state::with_mig(device.addr(), |m| {
+            Ok((m.memory_total_bytes.ok_or(Ret::NOT_SUPPORTED)?, 0))
+        }) {
+            Some(r) => r?,
+            None => state::with_gpu(device.addr(), Access::Inventory, |g| g.memory())?,
+        };
         memory.total = total;
         memory.used = used;
         memory.reserved = 0;

@@ -249,6 +249,44 @@ pub fn handle_by_index(index: u32) -> NvmlResult<usize> {
     Ok(index + 1)
 }
 
+/// MIG device handles: MIG_BASE + parent index * MIG_STRIDE + instance index, apart
+/// from GPU handles (index + 1).
+const MIG_BASE: usize = 1 << 20;
+const MIG_STRIDE: usize = 16;
+
+/// nvmlDeviceGetMigDeviceHandleByIndex: the handle of MIG instance `k` of a GPU;
+/// NVML_ERROR_NOT_FOUND for a slot with no instance.
+pub fn mig_handle(device: usize, k: u32) -> NvmlResult<usize> {
+    let mut state = lock();
+    let host = state.initialised()?;
+    let index = index_of(device, host)?;
+    let instances = host.sim.inventory()[index].mig_instances.len();
+    if k as usize >= instances {
+        return Err(Ret::NOT_FOUND);
+    }
+    Ok(MIG_BASE + index * MIG_STRIDE + k as usize)
+}
+
+/// Answers a call on a MIG device handle from the instance's inventory; `None` when
+/// `handle` is not a MIG handle (the caller answers it as a GPU).
+pub fn with_mig<T>(
+    handle: usize,
+    f: impl FnOnce(&gpulse_gpu::health::MigInstance) -> NvmlResult<T>,
+) -> Option<NvmlResult<T>> {
+    let offset = handle.checked_sub(MIG_BASE)?;
+    let mut state = lock();
+    let host = match state.initialised() {
+        Ok(h) => h,
+        Err(e) => return Some(Err(e)),
+    };
+    let instance = host
+        .sim
+        .inventory()
+        .get(offset / MIG_STRIDE)
+        .and_then(|d| d.mig_instances.get(offset % MIG_STRIDE));
+    Some(instance.map_or(Err(Ret::INVALID_ARGUMENT), f))
+}
+
 /// The GPU index a device handle stands for.
 fn index_of(handle: usize, host: &Host) -> NvmlResult<usize> {
     handle

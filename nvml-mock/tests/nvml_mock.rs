@@ -1406,3 +1406,37 @@ fn processes_are_read_and_attributed_to_their_workload() {
         assert_eq!(g.workload, pod);
     }
 }
+
+/// A GPU in MIG mode: its instances come through their own device handles (UUID,
+/// memory, GPU and compute instance ids), and whole-GPU utilisation is unsupported.
+#[test]
+fn mig_instances_are_listed_and_whole_gpu_utilisation_is_unsupported() {
+    let _serial = serial();
+    let rounds = assert_backend_matches(mock(), "gpus=2,model=a100,scenario=training,mig=3", &[]);
+    let reference = Reference::new("gpus=2,model=a100,scenario=training,mig=3");
+    let backend = mock().backend();
+    let inventory = backend.inventory();
+    assert_eq!(inventory[1].mig_enabled, Some(true));
+    assert_eq!(inventory[1].mig_instances.len(), 3);
+    assert_eq!(
+        inventory[1].mig_instances,
+        reference.sim.inventory()[1].mig_instances
+    );
+    assert!(
+        inventory[1]
+            .mig_instances
+            .iter()
+            .all(|m| m.uuid.starts_with("MIG-"))
+    );
+    assert_eq!(inventory[1].mig_instances[2].gpu_instance_id, Some(3));
+    for round in &rounds {
+        assert!(
+            round[0].gpu_utilization_percent.is_unsupported(),
+            "not 0: unsupported"
+        );
+        assert!(
+            round[0].sm_clock_mhz.value().is_some(),
+            "the rest still reads"
+        );
+    }
+}

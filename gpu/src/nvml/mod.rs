@@ -86,7 +86,7 @@ impl NvmlBackend {
         let inventory: Vec<DeviceInfo> = devices
             .iter()
             .enumerate()
-            .map(|(i, d)| describe(d.as_ref(), i as u32, &driver_version))
+            .map(|(i, d)| describe(nvml, d.as_ref(), i as u32, &driver_version))
             .collect();
         let xid = Arc::new(xid::XidCounts::default());
         let watcher = xid::Watcher::start(nvml, &devices, &inventory, xid.clone());
@@ -106,7 +106,12 @@ impl NvmlBackend {
     }
 }
 
-fn describe(device: Option<&Device<'static>>, index: u32, driver_version: &str) -> DeviceInfo {
+fn describe(
+    nvml: &Nvml,
+    device: Option<&Device<'static>>,
+    index: u32,
+    driver_version: &str,
+) -> DeviceInfo {
     let Some(device) = device else {
         return DeviceInfo {
             index,
@@ -156,7 +161,7 @@ fn describe(device: Option<&Device<'static>>, index: u32, driver_version: &str) 
             .map(|a| a.to_string().to_lowercase())
             .unwrap_or_default(),
         mig_instances: if mig_enabled == Some(true) {
-            read::mig_instances(device)
+            read::mig_instances(nvml, device)
         } else {
             Vec::new()
         },

@@ -55,3 +55,21 @@ pub fn scoped_field_values(
         })
         .collect())
 }
+
+/// The GPU and compute instance ids of a MIG device (nvmlDeviceGetGpuInstanceId and
+/// nvmlDeviceGetComputeInstanceId, which nvml-wrapper does not wrap).
+pub fn mig_instance_ids(nvml: &Nvml, device: &Device<'_>) -> (Option<u32>, Option<u32>) {
+    let lib = nvml.lib();
+    let read = |sym: Option<&unsafe extern "C" fn(_, *mut std::os::raw::c_uint) -> _>| {
+        let sym = sym?;
+        let mut id: std::os::raw::c_uint = 0;
+        // SAFETY: the handle comes from a live Device borrowing a live Nvml; `id` is a
+        // writable local NVML fills and does not keep.
+        let rc = unsafe { sym(device.handle(), &mut id) };
+        nvml_try(rc).ok().map(|()| id)
+    };
+    (
+        read(lib.nvmlDeviceGetGpuInstanceId.as_ref().ok()),
+        read(lib.nvmlDeviceGetComputeInstanceId.as_ref().ok()),
+    )
+}

@@ -467,17 +467,20 @@ fn processes(
     )
 }
 
-/// The MIG instances of a GPU in MIG mode.
-pub(crate) fn mig_instances(device: &Device<'_>) -> Vec<MigInstance> {
+/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is the
+/// number of slots; empty ones answer NOT_FOUND and are skipped.
+pub(crate) fn mig_instances(nvml: &Nvml, device: &Device<'_>) -> Vec<MigInstance> {
     let count = device.mig_device_count().unwrap_or(0);
     (0..count)
         .filter_map(|k| device.mig_device_by_index(k).ok())
-        .map(|m| MigInstance {
-            uuid: m.uuid().unwrap_or_default(),
-            // nvmlDeviceGetGpuInstanceId/ComputeInstanceId are not wrapped by nvml-wrapper.
-            gpu_instance_id: None,
-            compute_instance_id: None,
-            memory_total_bytes: m.memory_info().ok().map(|i| i.total),
+        .map(|m| {
+            let (gpu_instance_id, compute_instance_id) = raw::mig_instance_ids(nvml, &m);
+            MigInstance {
+                uuid: m.uuid().unwrap_or_default(),
+                gpu_instance_id,
+                compute_instance_id,
+                memory_total_bytes: m.memory_info().ok().map(|i| i.total),
+            }
         })
         .collect()
 }

@@ -13,8 +13,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::health::{
-    GpmActivity, NvLinkSample, ProcessSample, RemappedRows, ThrottlePolicy, ThrottleTime,
-    ThrottleTimeSource, WorkloadKind,
+    GpmActivity, MigInstance, NvLinkSample, ProcessSample, RemappedRows, ThrottlePolicy,
+    ThrottleTime, ThrottleTimeSource, WorkloadKind,
 };
 use crate::{
     DeviceInfo, DeviceSample, DeviceState, Field, FieldStatus, GpuBackend, Reading, ThrottleReasons,
@@ -117,7 +117,7 @@ impl Simulator {
                 } else {
                     model.nvlink_count
                 }),
-                mig_enabled: Some(false),
+                mig_enabled: Some(spec.mig > 0),
                 driver_version: SIM_DRIVER_VERSION.to_string(),
                 vbios_version: "96.00.99.00.01".to_string(),
                 max_graphics_clock_mhz: Some(model.max_sm_clock_mhz),
@@ -129,7 +129,19 @@ impl Simulator {
                 .filter(|t| *t > 0),
                 ecc_enabled: Some(true),
                 architecture: model.architecture.to_string(),
-                mig_instances: Vec::new(),
+                mig_instances: (0..spec.mig)
+                    .map(|k| MigInstance {
+                        uuid: uuid_for(spec.seed ^ 0x6d69_6700, index * 16 + k)
+                            .replacen("GPU-", "MIG-", 1),
+                        // One GPU instance with one compute instance per slice, as the
+                        // 1g profiles are laid out.
+                        gpu_instance_id: Some(k + 1),
+                        compute_instance_id: Some(0),
+                        memory_total_bytes: Some(
+                            model.memory_total_mib * 1024 * 1024 / u64::from(spec.mig),
+                        ),
+                    })
+                    .collect(),
             })
             .collect();
         let gpus = (0..spec.gpus)
@@ -451,6 +463,13 @@ impl Simulator {
         };
         for field in &self.spec.hidden {
             sample.mark(*field, FieldStatus::Unsupported);
+        }
+        if self.spec.mig > 0 {
+            // A GPU in MIG mode has no whole-GPU utilisation or GPM: NVML answers
+            // NOT_SUPPORTED for them (per-instance readings need the MIG handles).
+            sample.mark(Field::GpuUtilization, FieldStatus::Unsupported);
+            sample.mark(Field::MemoryUtilization, FieldStatus::Unsupported);
+            sample.mark(Field::Gpm, FieldStatus::Unsupported);
         }
         sample
     }

@@ -24,6 +24,8 @@ pub struct SimSpec {
     pub seed: u64,
     /// Fields the simulated host does not expose, as on an opaque cloud host.
     pub hidden: Vec<Field>,
+    /// MIG instances per GPU (0: MIG off). Only on models that have MIG (not the L4).
+    pub mig: u32,
 }
 
 impl Default for SimSpec {
@@ -34,9 +36,13 @@ impl Default for SimSpec {
             scenario: Scenario::Training,
             seed: 1,
             hidden: Vec::new(),
+            mig: 0,
         }
     }
 }
+
+/// MIG instances one GPU can hold (the A100/H100/H200 "1g" profiles: seven).
+pub const MAX_MIG_INSTANCES: u32 = 7;
 
 impl FromStr for SimSpec {
     type Err = BackendError;
@@ -86,6 +92,15 @@ impl FromStr for SimSpec {
                         .parse()
                         .map_err(|_| invalid(format!("seed={value}: give a whole number")))?
                 }
+                "mig" => out.mig = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_MIG_INSTANCES)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "mig={value}: give the MIG instances per GPU, 0 to {MAX_MIG_INSTANCES}"
+                        ))
+                    })?,
                 "hide" => {
                     out.hidden = value
                         .split('+')
@@ -104,10 +119,15 @@ impl FromStr for SimSpec {
                 }
                 other => {
                     return Err(invalid(format!(
-                        "unknown key {other:?}; known keys: gpus, model, scenario, seed, hide"
+                        "unknown key {other:?}; known keys: gpus, model, scenario, seed, hide, mig"
                     )));
                 }
             }
+        }
+        if out.mig > 0 && out.model == GpuModel::L4 {
+            return Err(invalid(
+                "mig: the L4 has no MIG mode; use a100, h100-sxm or h200".into(),
+            ));
         }
         Ok(out)
     }
@@ -126,6 +146,9 @@ impl fmt::Display for SimSpec {
         if !self.hidden.is_empty() {
             let names: Vec<_> = self.hidden.iter().map(|h| h.name()).collect();
             write!(f, ",hide={}", names.join("+"))?;
+        }
+        if self.mig > 0 {
+            write!(f, ",mig={}", self.mig)?;
         }
         Ok(())
     }
@@ -149,6 +172,8 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(s.to_string().parse::<SimSpec>().unwrap(), s);
+        let s: SimSpec = "gpus=2,model=a100,mig=3".parse().unwrap();
+        assert_eq!(s.to_string().parse::<SimSpec>().unwrap(), s);
     }
 
     #[test]
@@ -162,6 +187,8 @@ mod tests {
             ("colour=red", "unknown key \"colour\""),
             ("thermal", "is not key=value"),
             ("hide=fan", "unknown field \"fan\""),
+            ("mig=9", "0 to 7"),
+            ("model=l4,mig=2", "no MIG mode"),
         ] {
             let err = spec.parse::<SimSpec>().unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");
