@@ -269,35 +269,26 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
     })
 }
 
-/// The GPU instance id of a MIG device; INVALID_ARGUMENT for a whole GPU, as NVML.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(device: Handle, id: *mut c_uint) -> Return {
-    guard(|| {
-        // SAFETY: nvml.h: NULL or a value for NVML to fill.
-        let id = unsafe { out(id) }?;
-        let v = state::with_mig(device.addr(), |m| {
-            m.gpu_instance_id.ok_or(Ret::NOT_SUPPORTED)
-        })
-        .unwrap_or(Err(Ret::INVALID_ARGUMENT))?;
-        id.write(v);
-        Ok(())
-    })
+/// An export that answers one id of a MIG device; INVALID_ARGUMENT for a whole GPU, as
+/// NVML.
+macro_rules! mig_id_getter {
+    ($name:ident, |$mig:ident| $body:expr) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(device: Handle, id: *mut c_uint) -> Return {
+            guard(|| {
+                // SAFETY: nvml.h: NULL or a value for NVML to fill.
+                let id = unsafe { out(id) }?;
+                let v = state::with_mig(device.addr(), |$mig| $body.ok_or(Ret::NOT_SUPPORTED))
+                    .unwrap_or(Err(Ret::INVALID_ARGUMENT))?;
+                id.write(v);
+                Ok(())
+            })
+        }
+    };
 }
 
-/// The compute instance id of a MIG device; INVALID_ARGUMENT for a whole GPU, as NVML.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(device: Handle, id: *mut c_uint) -> Return {
-    guard(|| {
-        // SAFETY: nvml.h: NULL or a value for NVML to fill.
-        let id = unsafe { out(id) }?;
-        let v = state::with_mig(device.addr(), |m| {
-            m.compute_instance_id.ok_or(Ret::NOT_SUPPORTED)
-        })
-        .unwrap_or(Err(Ret::INVALID_ARGUMENT))?;
-        id.write(v);
-        Ok(())
-    })
-}
+mig_id_getter!(nvmlDeviceGetGpuInstanceId, |m| m.gpu_instance_id);
+mig_id_getter!(nvmlDeviceGetComputeInstanceId, |m| m.compute_instance_id);
 string_getter!(nvmlDeviceGetName, |g| g.name());
 string_getter!(nvmlDeviceGetVbiosVersion, |g| g.vbios_version());
 
