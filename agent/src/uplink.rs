@@ -62,6 +62,10 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    fn has_after(&self, after: Option<u64>) -> bool {
+        self.buffer().next_after(after).is_some()
+    }
+
     fn next_after(&self, after: Option<u64>) -> Option<v1::Batch> {
         self.buffer().next_after(after).cloned()
     }
@@ -214,7 +218,8 @@ async fn session(
     let mut acked = false;
     let mut last_sent: Option<u64> = None;
     loop {
-        let next = shared.next_after(last_sent);
+        // Cloned only when it is sent: most wake-ups are acknowledgements.
+        let has_next = shared.has_after(last_sent);
         tokio::select! {
             biased;
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => return End::Stopped,
@@ -238,15 +243,17 @@ async fn session(
                 Ok(None) => return lost(acked, "the collector closed the stream".into()),
                 Err(status) => return lost(acked, format!("{:?}: {}", status.code(), status.message())),
             },
-            permit = tx.reserve(), if next.is_some() => match (permit, next) {
+            permit = tx.reserve(), if has_next => match (permit, shared.next_after(last_sent)) {
                 (Ok(permit), Some(batch)) => {
                     last_sent = Some(batch.seq);
                     permit.send(v1::AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) });
                     shared.metrics.batches_sent.inc();
                 }
-                _ => return lost(acked, "the send queue closed".into()),
+                // Only this task removes batches past `last_sent`; drop the permit and look again.
+                (Ok(_), None) => {}
+                (Err(_), _) => return lost(acked, "the send queue closed".into()),
             },
-            _ = shared.wake.notified(), if next.is_none() => {}
+            _ = shared.wake.notified(), if !has_next => {}
         }
     }
 }
