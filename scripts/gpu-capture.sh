@@ -6,13 +6,19 @@
 #   BIN=path/to/gpulse-agent OUT=dir scripts/gpu-capture.sh
 #
 # BIN defaults to target/release/gpulse-agent (built elsewhere and carried over);
-# OUT defaults to ./gpu-capture. If python3 with torch is present, a short matrix
-# multiply loop runs during part of the capture so busy readings are captured too.
+# OUT defaults to ./gpu-capture; DURATION (capture, default 20s) and DIAGNOSE_DURATION
+# (default 10s) set how long it samples. If python3 with torch is present, a short
+# matrix multiply loop runs during part of the capture so busy readings are captured
+# too. The agent finds NVML as it always does (GPULSE_AGENT_NVML_LIBRARY to point it
+# elsewhere). Exits 1 when the capture or the diagnosis failed to run; a critical
+# finding is not a failure of this script.
 set -uo pipefail
 
 BIN=${BIN:-target/release/gpulse-agent}
 OUT=${OUT:-gpu-capture}
 DURATION=${DURATION:-20s}
+DIAGNOSE_DURATION=${DIAGNOSE_DURATION:-10s}
+failed=0
 mkdir -p "$OUT"
 
 if [ ! -x "$BIN" ]; then
@@ -47,13 +53,20 @@ else
 fi
 
 "$BIN" capture --duration "$DURATION" --rate 500ms --out "$OUT/capture.gpulse" 2> "$OUT/capture.log"
-echo "capture rc=$?" >> "$OUT/host.txt"
+rc=$?
+echo "capture rc=$rc" >> "$OUT/host.txt"
+[ "$rc" -eq 0 ] || failed=1
 [ -n "$load_pid" ] && wait "$load_pid"
 
-"$BIN" diagnose --duration 10s --json > "$OUT/diagnose.json" 2> "$OUT/diagnose.log"
-echo "diagnose rc=$? (0 ok, 2 critical finding, 1 error)" >> "$OUT/host.txt"
-"$BIN" diagnose --duration 5s > "$OUT/diagnose.txt" 2>> "$OUT/diagnose.log"
-"$BIN" diagnose --replay "$OUT/capture.gpulse" --duration 5s --rate 100ms > "$OUT/replay-diagnose.txt" 2>&1
+"$BIN" diagnose --duration "$DIAGNOSE_DURATION" --json > "$OUT/diagnose.json" 2> "$OUT/diagnose.log"
+rc=$?
+echo "diagnose rc=$rc (0 ok, 2 critical finding, 1 error)" >> "$OUT/host.txt"
+[ "$rc" -le 2 ] && [ "$rc" -ne 1 ] || failed=1
+"$BIN" diagnose --duration "$DIAGNOSE_DURATION" > "$OUT/diagnose.txt" 2>> "$OUT/diagnose.log"
+if [ -s "$OUT/capture.gpulse" ]; then
+  "$BIN" diagnose --replay "$OUT/capture.gpulse" --duration "$DIAGNOSE_DURATION" --rate 100ms > "$OUT/replay-diagnose.txt" 2>&1
+fi
 
 ls -l "$OUT"
 cat "$OUT/host.txt"
+exit "$failed"

@@ -169,9 +169,9 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
         diagnose::terminal_progress(),
     );
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        write_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        print!("{}", diagnose::render_text(&report));
+        write_stdout(&diagnose::render_text(&report))?;
     }
     Ok(if report.critical {
         diagnose::EXIT_CRITICAL
@@ -183,13 +183,15 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Logs go to stderr: stdout carries what a command prints (JSON, CSV, tables).
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let mut cli = Cli::parse();
     if cli.print_example_config {
-        print!("{}", gpulse_agent::config::example_config());
+        write_stdout(&gpulse_agent::config::example_config())?;
         return Ok(());
     }
     match cli.command.take() {
@@ -213,4 +215,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// Writes a command's output. A reader that closed the pipe early (`| head`) has what it
+/// wanted: that is not an error.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

@@ -588,3 +588,87 @@ fn captures_replay_and_stay_within_the_models_ranges() {
         "{report}"
     );
 }
+
+/// The NVML test library (libgpulse_nvml_mock.so), built beside this test as a
+/// dev-dependency.
+fn nvml_test_library() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    [Some(deps), deps.parent()]
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join("libgpulse_nvml_mock.so"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libgpulse_nvml_mock.so is not beside {}; `cargo build -p gpulse-nvml-mock`",
+                exe.display()
+            )
+        })
+}
+
+/// scripts/gpu-capture.sh as a GPU host runs it, with the NVML test library standing in
+/// for the driver: the agent's real NVML path writes a capture that reads back, stays
+/// within the model's ranges, and a diagnosis that finds what the library plays.
+#[test]
+fn the_gpu_capture_script_runs_against_nvml() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gpu-capture.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("BIN", env!("CARGO_BIN_EXE_gpulse-agent"))
+        .env("OUT", &out_dir)
+        .env("DURATION", "2s")
+        .env("DIAGNOSE_DURATION", "1s")
+        .env("GPULSE_AGENT_NVML_LIBRARY", nvml_test_library())
+        .env(
+            "GPULSE_NVML_MOCK",
+            "gpus=2,model=h200,scenario=thermal,seed=3",
+        )
+        .output()
+        .unwrap();
+    let host = std::fs::read_to_string(out_dir.join("host.txt")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{host}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(host.contains("capture rc=0"), "{host}");
+    assert!(
+        host.contains("diagnose rc=2"),
+        "thermal is critical: {host}"
+    );
+
+    let cap = gpulse_agent::capture::Capture::read(&out_dir.join("capture.gpulse")).unwrap();
+    assert_eq!(cap.inventory.len(), 2);
+    assert!(
+        cap.snapshots.len() >= 2,
+        "{} snapshots",
+        cap.snapshots.len()
+    );
+    for snap in &cap.snapshots {
+        for (info, sample) in cap.inventory.iter().zip(&snap.gpus) {
+            let (_, spec) = gpulse_gpu::simulator::ModelSpec::by_nvml_name(&info.model)
+                .unwrap_or_else(|| panic!("{} is a simulated model", info.model));
+            let bad = spec.out_of_range(sample);
+            assert!(bad.is_empty(), "GPU {}: {bad:?}", info.index);
+        }
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("diagnose.json")).unwrap()).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "thermal_throttling"),
+        "{report}"
+    );
+    for file in ["diagnose.txt", "replay-diagnose.txt"] {
+        let text = std::fs::read_to_string(out_dir.join(file)).unwrap();
+        assert!(text.contains("thermal"), "{file}: {text}");
+    }
+}

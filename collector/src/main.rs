@@ -106,13 +106,15 @@ impl Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Logs go to stderr: stdout carries what a command prints (JSON, CSV, tables).
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let mut cli = Cli::parse();
     if cli.print_example_config {
-        print!("{}", gpulse_collector::example_config());
+        write_stdout(&gpulse_collector::example_config())?;
         return Ok(());
     }
     if let Some(Command::Report {
@@ -176,6 +178,17 @@ fn print_report(
         "csv" => report::csv(&rows, window, &group_by)?,
         other => anyhow::bail!("--format {other:?}: use table, json or csv"),
     };
-    print!("{out}");
+    write_stdout(&out)?;
     Ok(())
+}
+
+/// Writes a command's output. A reader that closed the pipe early (`| head`) has what it
+/// wanted: that is not an error.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
