@@ -51,6 +51,30 @@ fn agent_per_reading(c: &mut Criterion) {
             );
         })
     });
+    // The same with a disk spool: each reading is written and fdatasync'ed before it
+    // counts as kept. The spool lives in the target directory, on the disk the agent's
+    // would be on, not in a tmpfs.
+    let spool_dir = tempfile::Builder::new()
+        .prefix("spool-bench")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let (spool, _) = gpulse_agent::spool::Spool::open(spool_dir.path(), 64 << 20).unwrap();
+    let (_registry, metrics) = local::registry().unwrap();
+    let spooled = Shared::with_buffer(
+        gpulse_agent::buffer::Buffer::with_spool(720, spool),
+        metrics,
+    );
+    group.bench_function("record_reading_8_gpus_spooled", |b| {
+        b.iter(|| {
+            seq += 1;
+            record(
+                &spooled,
+                &local,
+                seq,
+                readings[seq as usize % readings.len()].clone(),
+            );
+        })
+    });
     group.finish();
 }
 

@@ -18,6 +18,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Unacknowledged batches kept while the collector is away: one hour at the default interval.
 pub const DEFAULT_MAX_BUFFERED_BATCHES: usize = 720;
+/// Largest disk spool: about three days of an 8-GPU host's batches at the default
+/// interval (docs/delivery.md has the measured batch sizes).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
 /// First wait before reconnecting.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
@@ -95,6 +98,14 @@ pub struct AgentConfig {
     pub auth_token_file: Option<PathBuf>,
     /// Unacknowledged batches kept; when full, the oldest is dropped and counted. Default 720.
     pub max_buffered_batches: usize,
+    /// Directory of the disk spool: every batch is written there until the collector
+    /// acknowledges it, so batches survive a restart of the agent or of the host. With a
+    /// spool, `max_buffered_batches` only bounds the newest batches cached in memory.
+    /// Unset (default): memory only.
+    pub spool_dir: Option<PathBuf>,
+    /// Largest size of the spool in bytes; past it the oldest batches are dropped and
+    /// counted. Default [`DEFAULT_SPOOL_MAX_BYTES`] (256 MiB); at least 1 MiB.
+    pub spool_max_bytes: u64,
     /// First reconnect wait; doubles, with jitter, up to `backoff_max`. Default 500ms.
     #[serde(with = "humantime_serde")]
     pub backoff_initial: Duration,
@@ -128,6 +139,8 @@ impl Default for AgentConfig {
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             auth_token_file: None,
             max_buffered_batches: DEFAULT_MAX_BUFFERED_BATCHES,
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -213,6 +226,16 @@ impl AgentConfig {
         if self.max_buffered_batches == 0 {
             return invalid("max_buffered_batches", "must be at least 1".to_string());
         }
+        if self.spool_max_bytes < crate::spool::MIN_SPOOL_BYTES {
+            return invalid(
+                "spool_max_bytes",
+                format!(
+                    "{} is below the minimum of {} (1 MiB)",
+                    self.spool_max_bytes,
+                    crate::spool::MIN_SPOOL_BYTES
+                ),
+            );
+        }
         if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
             return invalid(
                 "backoff_initial",
@@ -282,7 +305,7 @@ pub fn example_config() -> String {
     format!(
         "# gpulse-agent configuration: every setting with its default.\n\
          # Generated from the code's defaults; see README.md for what each one means.\n\
-         # Unset by default: simulate, replay, http_listen, agent_id, nvml_library, auth_token_file.\n\n{body}"
+         # Unset by default: simulate, replay, http_listen, agent_id, nvml_library, auth_token_file, spool_dir.\n\n{body}"
     )
 }
 

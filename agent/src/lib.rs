@@ -21,6 +21,7 @@ pub mod identity;
 pub mod local;
 pub mod provider;
 pub mod sampler;
+pub mod spool;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use tracing::{error, info};
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{BackendError, GpuBackend, HostIdentity};
 
+use crate::buffer::Buffer;
 use crate::config::{AgentConfig, ConfigError};
 use crate::local::{AgentMetrics, LocalHost};
 use crate::sampler::{BackendOpener, Sampler};
@@ -55,6 +57,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -103,7 +107,8 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
-    /// Stops sampling and closes the stream. Unacknowledged batches are not kept.
+    /// Stops sampling and closes the stream. Unacknowledged batches stay in the spool
+    /// when there is one; otherwise they are lost.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -161,7 +166,29 @@ pub async fn start(
         None => None,
     };
 
-    let shared = Arc::new(Shared::new(config.max_buffered_batches, metrics.clone()));
+    let mut first_seq = sampler::first_seq();
+    let buffer = match &config.spool_dir {
+        Some(dir) => {
+            let (spool, recovery) = spool::Spool::open(dir, config.spool_max_bytes)?;
+            if recovery != spool::Recovery::default() {
+                info!(
+                    dir = %dir.display(),
+                    batches = recovery.batches,
+                    damaged = recovery.damaged,
+                    truncated_bytes = recovery.truncated_bytes,
+                    "spool recovered; its batches are sent first"
+                );
+            }
+            metrics.spool_errors.inc_by(recovery.damaged);
+            // A clock that went back must not number new batches below spooled ones.
+            if let Some(max) = spool.max_seq() {
+                first_seq = first_seq.max(max + 1);
+            }
+            Buffer::with_spool(config.max_buffered_batches, spool)
+        }
+        None => Buffer::new(config.max_buffered_batches),
+    };
+    let shared = Arc::new(Shared::with_buffer(buffer, metrics.clone()));
     let (hello_tx, hello_rx) = watch::channel(gpulse_proto::hello(&identity, &[], 0));
     let jitter_seed = identity
         .agent_id
@@ -172,6 +199,7 @@ pub async fn start(
         identity,
         interval: config.interval,
         retry: config.nvml_retry,
+        first_seq,
         shared: shared.clone(),
         local: local.clone(),
         hello: hello_tx,

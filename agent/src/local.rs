@@ -46,6 +46,8 @@ pub struct AgentMetrics {
     pub batches_rejected: IntCounter,
     pub batches_dropped: IntCounter,
     pub buffered_batches: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_errors: IntCounter,
     pub connects: IntCounterVec,
     pub connected: IntGauge,
     pub sample_duration: Gauge,
@@ -63,6 +65,8 @@ impl AgentMetrics {
             batches_rejected: IntCounter::with_opts(opts(&names::AGENT_BATCHES_REJECTED))?,
             batches_dropped: IntCounter::with_opts(opts(&names::AGENT_BATCHES_DROPPED))?,
             buffered_batches: IntGauge::with_opts(opts(&names::AGENT_BUFFERED_BATCHES))?,
+            spool_bytes: IntGauge::with_opts(opts(&names::AGENT_SPOOL_BYTES))?,
+            spool_errors: IntCounter::with_opts(opts(&names::AGENT_SPOOL_ERRORS))?,
             connects: IntCounterVec::new(opts(&names::AGENT_CONNECTS), &["result"])?,
             connected: IntGauge::with_opts(opts(&names::AGENT_CONNECTED))?,
             sample_duration: Gauge::with_opts(opts(&names::AGENT_SAMPLE_DURATION))?,
@@ -72,6 +76,8 @@ impl AgentMetrics {
         registry.register(Box::new(m.batches_rejected.clone()))?;
         registry.register(Box::new(m.batches_dropped.clone()))?;
         registry.register(Box::new(m.buffered_batches.clone()))?;
+        registry.register(Box::new(m.spool_bytes.clone()))?;
+        registry.register(Box::new(m.spool_errors.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.sample_duration.clone()))?;

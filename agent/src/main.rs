@@ -47,6 +47,10 @@ struct Cli {
     /// Stable identity of this agent [default: the hostname].
     #[arg(long, env = "GPULSE_AGENT_ID")]
     agent_id: Option<String>,
+    /// Keep unacknowledged batches in this directory so they survive a restart
+    /// [default: memory only].
+    #[arg(long, env = "GPULSE_AGENT_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
     /// Provider this host runs on (aws, gcp, azure, coreweave, lambda, on-prem, ...).
     #[arg(long, env = "GPULSE_AGENT_PROVIDER")]
     provider: Option<String>,
@@ -118,6 +122,9 @@ impl Cli {
         }
         if let Some(v) = self.agent_id {
             c.agent_id = Some(v);
+        }
+        if let Some(v) = self.spool_dir {
+            c.spool_dir = Some(v);
         }
         if let Some(v) = self.provider {
             c.provider.name = v;

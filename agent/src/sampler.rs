@@ -37,6 +37,8 @@ pub struct Sampler {
     pub identity: HostIdentity,
     pub interval: Duration,
     pub retry: Duration,
+    /// Seq of the first batch; see [`first_seq`].
+    pub first_seq: u64,
     pub shared: Arc<Shared>,
     pub local: Arc<LocalHost>,
     pub hello: watch::Sender<v1::Hello>,
@@ -98,7 +100,7 @@ impl Sampler {
         let mut backend = self.open(true);
         let _ = ready.send(());
         let mut last_attempt = Instant::now();
-        let mut seq = first_seq();
+        let mut seq = self.first_seq;
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
@@ -114,31 +116,30 @@ impl Sampler {
                 continue;
             };
             let now = now_unix_ms();
-            let started = Instant::now();
-            let gpus = match tokio::task::spawn_blocking(move || {
-                b.lock().unwrap_or_else(|p| p.into_inner()).sample(now)
+            let (shared, local) = (self.shared.clone(), self.local.clone());
+            // Reading NVML blocks, and so may writing the spool: both run off the runtime.
+            let done = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let gpus = b.lock().unwrap_or_else(|p| p.into_inner()).sample(now);
+                shared
+                    .metrics
+                    .sample_duration
+                    .set(started.elapsed().as_secs_f64());
+                record(
+                    &shared,
+                    &local,
+                    seq,
+                    Snapshot {
+                        timestamp_unix_ms: now,
+                        gpus,
+                    },
+                );
             })
-            .await
-            {
-                Ok(g) => g,
-                Err(e) => {
-                    warn!(error = %e, "a GPU reading panicked; skipping this interval");
-                    continue;
-                }
-            };
-            self.shared
-                .metrics
-                .sample_duration
-                .set(started.elapsed().as_secs_f64());
-            record(
-                &self.shared,
-                &self.local,
-                seq,
-                Snapshot {
-                    timestamp_unix_ms: now,
-                    gpus,
-                },
-            );
+            .await;
+            if let Err(e) = done {
+                warn!(error = %e, "a GPU reading panicked; skipping this interval");
+                continue;
+            }
             seq += 1;
         }
     }

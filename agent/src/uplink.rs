@@ -2,6 +2,7 @@
 //! order, reconnecting with jittered exponential backoff and replaying what the
 //! collector has not acknowledged. Delivery is at-least-once; the collector dedups.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,15 +29,25 @@ pub struct Shared {
     pub metrics: AgentMetrics,
     /// Whether this outage's first drop was logged; later drops are only counted.
     drop_logged: std::sync::atomic::AtomicBool,
+    /// Whether the last spool write failed (logged once until it recovers).
+    spool_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     pub fn new(capacity: usize, metrics: AgentMetrics) -> Shared {
+        Shared::with_buffer(Buffer::new(capacity), metrics)
+    }
+
+    /// Shares a buffer made elsewhere (e.g. one backed by a disk spool).
+    pub fn with_buffer(buffer: Buffer, metrics: AgentMetrics) -> Shared {
+        metrics.buffered_batches.set(buffer.len() as i64);
+        metrics.spool_bytes.set(buffer.spool_bytes() as i64);
         Shared {
-            buffer: Mutex::new(Buffer::new(capacity)),
+            buffer: Mutex::new(buffer),
             wake: Notify::new(),
             metrics,
             drop_logged: std::sync::atomic::AtomicBool::new(false),
+            spool_failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -44,41 +55,86 @@ impl Shared {
         self.buffer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a batch for delivery; when the buffer is full the oldest is dropped and counted.
+    /// Queues a batch for delivery; when the buffer is full the oldest is dropped and
+    /// counted. With a spool this writes to disk: call it off the async runtime.
     pub fn enqueue(&self, batch: v1::Batch) {
-        let (dropped, len) = {
+        let (pushed, len, spool_bytes) = {
             let mut b = self.buffer();
-            let dropped = b.push(batch);
-            (dropped, b.len())
+            let pushed = b.push(batch);
+            (pushed, b.len(), b.spool_bytes())
         };
-        if let Some(seq) = dropped {
-            self.metrics.batches_dropped.inc();
-            warn!(
-                seq,
-                "unacknowledged batch dropped: the buffer is full (max_buffered_batches); the collector is away too long"
-            );
+        if !pushed.dropped.is_empty() {
+            self.metrics
+                .batches_dropped
+                .inc_by(pushed.dropped.len() as u64);
+            if !self.drop_logged.swap(true, Ordering::Relaxed) {
+                warn!(
+                    oldest = pushed.dropped[0],
+                    "unacknowledged batches dropped: the buffer is full (max_buffered_batches, spool_max_bytes); \
+                     the collector is away too long. Further drops in this outage are only counted"
+                );
+            }
+        }
+        match pushed.spool_error {
+            Some(e) => {
+                self.metrics.spool_errors.inc();
+                if !self.spool_failing.swap(true, Ordering::Relaxed) {
+                    error!(error = %e, "cannot write the spool; batches are kept in memory only until it recovers");
+                }
+            }
+            None => {
+                if self.spool_failing.swap(false, Ordering::Relaxed) {
+                    info!("the spool is written again");
+                }
+            }
         }
         self.metrics.buffered_batches.set(len as i64);
+        self.metrics.spool_bytes.set(spool_bytes as i64);
         self.wake.notify_one();
     }
 
     fn has_after(&self, after: Option<u64>) -> bool {
-        self.buffer().next_after(after).is_some()
+        self.buffer().first_after(after).is_some()
     }
 
+    /// The next batch to send. One the spool cannot read back is dropped and counted:
+    /// resending cannot repair it.
     fn next_after(&self, after: Option<u64>) -> Option<v1::Batch> {
-        self.buffer().next_after(after).cloned()
+        let mut b = self.buffer();
+        loop {
+            match b.next_after(after) {
+                Ok(next) => return next,
+                Err(e) => {
+                    self.metrics.spool_errors.inc();
+                    self.metrics.batches_dropped.inc();
+                    error!(error = %e, "a spooled batch cannot be read back; it is dropped");
+                    match b.first_after(after) {
+                        Some(seq) => {
+                            b.remove(seq);
+                        }
+                        None => return None,
+                    }
+                }
+            }
+        }
     }
 
     fn ack(&self, seq: u64) {
-        let (n, len) = {
+        let (removed, len, spool_bytes) = {
             let mut b = self.buffer();
-            (b.ack(seq), b.len())
+            let removed = b.ack(seq);
+            (removed, b.len(), b.spool_bytes())
         };
-        self.drop_logged
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.batches_acked.inc_by(n as u64);
+        match removed {
+            Ok(n) => self.metrics.batches_acked.inc_by(n as u64),
+            Err(e) => {
+                self.metrics.spool_errors.inc();
+                warn!(error = %e, seq, "cannot record an acknowledgement in the spool; those batches may be sent again after a restart (the collector ignores them)");
+            }
+        }
+        self.drop_logged.store(false, Ordering::Relaxed);
         self.metrics.buffered_batches.set(len as i64);
+        self.metrics.spool_bytes.set(spool_bytes as i64);
     }
 
     fn reject(&self, seq: u64) {

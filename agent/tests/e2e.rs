@@ -251,6 +251,90 @@ async fn batches_buffered_while_the_collector_is_away_are_replayed_once_it_retur
     second.shutdown().await;
 }
 
+/// With a spool, what an agent measured while the collector was away survives the agent
+/// being killed: the next agent process sends those batches first and the collector
+/// applies each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_batches_survive_a_killed_agent() {
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().join("spool");
+    let nowhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = nowhere.local_addr().unwrap();
+    drop(nowhere);
+    let sim = "gpus=2,scenario=training,seed=41";
+    let mut first = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .args([
+            "--simulate",
+            sim,
+            "--interval",
+            "100ms",
+            "--agent-id",
+            "spooler",
+        ])
+        .arg("--collector")
+        .arg(format!("http://{addr}"))
+        .arg("--spool-dir")
+        .arg(&spool_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let spooled_bytes = || {
+        std::fs::read_dir(&spool_dir).map_or(0, |d| {
+            d.map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>()
+        })
+    };
+    eventually("the first agent spools batches", || {
+        spooled_bytes() > 20_000
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL: no chance to flush anything
+    first.wait().unwrap();
+    let recovered = {
+        let (_, recovery) = gpulse_agent::spool::Spool::open(
+            &spool_dir,
+            gpulse_agent::config::DEFAULT_SPOOL_MAX_BYTES,
+        )
+        .unwrap();
+        recovery.batches as u64
+    };
+    assert!(recovered >= 5, "{recovered} batches recovered");
+
+    let c = collector_on(&addr.to_string()).await;
+    let config = AgentConfig {
+        simulate: Some(sim.into()),
+        interval: Duration::from_millis(100),
+        spool_dir: Some(spool_dir.clone()),
+        ..AgentConfig::default()
+    };
+    let a = agent(&c, "spooler", config).await;
+    eventually("the spool drains into the collector", || {
+        a.metrics.batches_acked.get() >= recovered + 3
+    })
+    .await;
+    let metrics = a.metrics.clone();
+    a.shutdown().await;
+    let text = c.render_metrics();
+    let received = value(&text, "gpulse_collector_batches_received_total").unwrap() as u64;
+    let left =
+        gpulse_agent::spool::Spool::open(&spool_dir, gpulse_agent::config::DEFAULT_SPOOL_MAX_BYTES)
+            .unwrap()
+            .1
+            .batches as u64;
+    // Every batch the collector got was acknowledged and left the spool, the killed
+    // agent's first; none came twice and none was refused or dropped.
+    assert_eq!(received, metrics.batches_acked.get(), "{text}");
+    assert!(received >= recovered + 3);
+    assert!(left <= 2, "{left} batches still spooled after the drain");
+    assert_eq!(
+        value(&text, "gpulse_collector_duplicate_batches_total"),
+        Some(0.0)
+    );
+    assert_eq!(metrics.batches_dropped.get(), 0);
+    assert_eq!(metrics.batches_rejected.get(), 0);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_drops_the_oldest_and_counts_it() {
     // Nobody listens on this port: every batch stays unacknowledged.

@@ -451,11 +451,19 @@ pub const AGENT_BATCHES_REJECTED: Def = counter(
 );
 pub const AGENT_BATCHES_DROPPED: Def = counter(
     "gpulse_agent_batches_dropped_total",
-    "Unacknowledged batches dropped because the buffer was full (oldest first).",
+    "Unacknowledged batches dropped because the buffer or spool was full (oldest first), or unreadable from the spool.",
 );
 pub const AGENT_BUFFERED_BATCHES: Def = gauge(
     "gpulse_agent_buffered_batches",
     "Batches waiting for an acknowledgement.",
+);
+pub const AGENT_SPOOL_BYTES: Def = gauge(
+    "gpulse_agent_spool_bytes",
+    "Bytes the disk spool of unacknowledged batches takes (0 without spool_dir).",
+);
+pub const AGENT_SPOOL_ERRORS: Def = counter(
+    "gpulse_agent_spool_errors_total",
+    "Disk spool writes, reads or acknowledgements that failed; see the agent's log.",
 );
 pub const AGENT_CONNECTS: Def = counter(
     "gpulse_agent_connects_total",
@@ -483,12 +491,14 @@ pub const COLLECTOR: [Def; 8] = [
 ];
 
 /// The agent's self-metrics.
-pub const AGENT: [Def; 8] = [
+pub const AGENT: [Def; 10] = [
     AGENT_BATCHES_SENT,
     AGENT_BATCHES_ACKED,
     AGENT_BATCHES_REJECTED,
     AGENT_BATCHES_DROPPED,
     AGENT_BUFFERED_BATCHES,
+    AGENT_SPOOL_BYTES,
+    AGENT_SPOOL_ERRORS,
     AGENT_CONNECTS,
     AGENT_CONNECTED,
     AGENT_SAMPLE_DURATION,

@@ -206,6 +206,23 @@ fn the_collector_keeps_its_ledger_in_its_state_directory() {
     assert!(nofile >= 65536, "one connection per agent: {nofile}");
 }
 
+/// The agent may write one place, its state directory, where the documented spool_dir
+/// points; everything else stays read-only.
+#[test]
+fn the_agent_can_keep_its_spool_in_its_state_directory() {
+    let unit = Unit::load(AGENT);
+    assert_eq!(unit.one("StateDirectory"), "gpulse-agent");
+    assert_eq!(unit.one("StateDirectoryMode"), "0700");
+    assert_eq!(unit.one("ProtectSystem"), "strict");
+    let text = std::fs::read_to_string(unit_path(AGENT)).unwrap();
+    assert!(text.contains("spool_dir = \"/var/lib/gpulse-agent/spool\""));
+    assert!(
+        gpulse_agent::config::AgentConfig::default()
+            .spool_dir
+            .is_none()
+    );
+}
+
 /// ExecStart runs the binary where the .deb puts it, with the config the .deb installs.
 #[test]
 fn the_units_run_what_the_packages_install() {
