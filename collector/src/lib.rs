@@ -18,6 +18,8 @@ pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+#[cfg(test)]
+mod mutation_tests;
 pub mod validate;
 
 use std::net::SocketAddr;

@@ -534,9 +534,11 @@ impl Families {
 
     /// Per-GPU NVLink totals, and each link on its own when asked for.
     fn add_nvlinks(&mut self, base: &Labels<'_>, links: &[gpulse_gpu::health::NvLinkSample]) {
+        // Summed as f64, as exposed: counters from an agent can be anything up to
+        // u64::MAX, and their u64 sum would overflow.
         let sum = |f: LinkCounter| -> Option<f64> {
-            let values: Vec<u64> = links.iter().filter_map(f).collect();
-            (!values.is_empty()).then(|| values.iter().sum::<u64>() as f64)
+            let values: Vec<f64> = links.iter().filter_map(f).map(|v| v as f64).collect();
+            (!values.is_empty()).then(|| values.iter().sum())
         };
         let down = links.iter().filter(|l| !l.active).count();
         self.push(&names::GPU_NVLINK_LINKS, base, &[], links.len() as f64);

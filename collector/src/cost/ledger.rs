@@ -107,9 +107,10 @@ impl Usage {
         self.idle_cost += o.idle_cost;
         self.throttle_loss += o.throttle_loss;
         self.unpriced_s += o.unpriced_s;
-        self.pcie_replays += o.pcie_replays;
-        self.lost_samples += o.lost_samples;
-        self.samples += o.samples;
+        // Counts come from agents' counters, which can be anything up to u64::MAX.
+        self.pcie_replays = self.pcie_replays.saturating_add(o.pcie_replays);
+        self.lost_samples = self.lost_samples.saturating_add(o.lost_samples);
+        self.samples = self.samples.saturating_add(o.samples);
     }
 
     /// The continuous fields times `f` (a share of an interval); counts are not scaled.

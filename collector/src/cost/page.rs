@@ -483,7 +483,7 @@ fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
             money(r.usage.idle_cost),
             money(r.usage.throttle_loss),
             wasted_hours(&r.usage),
-            r.usage.pcie_replays + r.usage.lost_samples,
+            r.usage.pcie_replays.saturating_add(r.usage.lost_samples),
         );
     }
     h.push_str("</table>");

@@ -371,7 +371,7 @@ impl Aggregate {
             hidden.push("sm_clock");
         }
         let gpu_hours = h(u.observed_s);
-        let errors = (u.pcie_replays + u.lost_samples) as f64;
+        let errors = u.pcie_replays.saturating_add(u.lost_samples) as f64;
         Summary {
             gpus: self.gpus.len(),
             gpu_hours,

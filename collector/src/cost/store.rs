@@ -103,8 +103,9 @@ fn usage_values(u: &Usage) -> [rusqlite::types::Value; 22] {
         Real(u.idle_cost),
         Real(u.throttle_loss),
         Real(u.unpriced_s),
-        Integer(u.pcie_replays as i64),
-        Integer(u.lost_samples as i64),
+        // SQLite integers are i64: a count past it is stored as the largest one.
+        Integer(i64::try_from(u.pcie_replays).unwrap_or(i64::MAX)),
+        Integer(i64::try_from(u.lost_samples).unwrap_or(i64::MAX)),
     ]
 }
 
