@@ -113,6 +113,18 @@ impl Capture {
             return Err(bad("no readings after the Hello".into()));
         }
         let (identity, inventory) = gpulse_proto::identity_from_hello(hello);
+        if let Some((i, s)) = snapshots
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.gpus.len() != inventory.len())
+        {
+            return Err(bad(format!(
+                "reading {} has {} GPUs but the Hello lists {}",
+                i + 1,
+                s.gpus.len(),
+                inventory.len()
+            )));
+        }
         Ok(Capture {
             identity,
             inventory,
@@ -144,9 +156,10 @@ impl Replay {
 /// with time (energy, bytes, throttled time) also grow across the loop's seam by one
 /// average step; event counters (replays, errors, XIDs) do not.
 fn growth(first: u64, last: u64, readings: usize, continuous: bool) -> u64 {
+    // Saturating: a capture is a file, and a damaged one may hold any value.
     let span = last.saturating_sub(first);
     if continuous && readings > 1 {
-        span + span / (readings as u64 - 1)
+        span.saturating_add(span / (readings as u64 - 1))
     } else {
         span
     }
@@ -155,7 +168,7 @@ fn growth(first: u64, last: u64, readings: usize, continuous: bool) -> u64 {
 /// Shifts every cumulative counter of `s` by `passes` times its growth per pass.
 fn advance(s: &mut DeviceSample, first: &DeviceSample, last: &DeviceSample, n: usize, passes: u64) {
     let shift = |v: u64, f: Option<u64>, l: Option<u64>, continuous: bool| match f.zip(l) {
-        Some((f, l)) => v + growth(f, l, n, continuous) * passes,
+        Some((f, l)) => v.saturating_add(growth(f, l, n, continuous).saturating_mul(passes)),
         None => v,
     };
     s.energy_millijoules = s.energy_millijoules.map(|v| {
@@ -334,5 +347,49 @@ mod tests {
             err.contains("junk.gpulse") && err.contains("not a gpulse capture"),
             "{err}"
         );
+    }
+
+    proptest::proptest! {
+        /// A damaged capture file is refused with a reason, or plays back: never a panic,
+        /// however many times it loops.
+        #[test]
+        fn a_damaged_capture_is_refused_or_replays(
+            edits in proptest::collection::vec((proptest::prelude::any::<u32>(), 1u8..), 1..4),
+            cut in proptest::option::of(proptest::prelude::any::<u32>()),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("cap.gpulse");
+            let mut sim = Simulator::new("gpus=2,scenario=nvlink-errors".parse().unwrap());
+            let mut file = std::fs::File::create(&path).unwrap();
+            capture(
+                &mut sim,
+                &HostIdentity::default(),
+                Duration::from_millis(3),
+                Duration::from_millis(1),
+                &mut file,
+            )
+            .unwrap();
+            drop(file);
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, mask) in edits {
+                let i = at as usize % bytes.len();
+                bytes[i] ^= mask;
+            }
+            if let Some(at) = cut {
+                bytes.truncate(at as usize % bytes.len());
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            match Capture::read(&path) {
+                Err(e) => proptest::prop_assert!(e.to_string().contains("cap.gpulse"), "{}", e),
+                Ok(cap) => {
+                    let n = cap.snapshots.len();
+                    let gpus = cap.inventory.len();
+                    let mut replay = Replay::new(cap);
+                    for _ in 0..3 * n {
+                        proptest::prop_assert_eq!(replay.sample(0).len(), gpus);
+                    }
+                }
+            }
+        }
     }
 }
