@@ -1,5 +1,6 @@
-//! The collector's two hot paths: decoding and applying an agent's batch, and
-//! rendering /metrics for a large fleet (1,000 hosts x 8 GPUs).
+//! The collector's hot paths: decoding and applying an agent's batch, and rendering
+//! /metrics and the fleet-wide findings for a large fleet (1,000 hosts x 8 GPUs), each
+//! with findings on (the default 6 readings per GPU) and off.
 //!
 //! Run: cargo bench -p gpulse-collector --bench ingest
 
@@ -34,7 +35,13 @@ fn identity(i: usize) -> HostIdentity {
 }
 
 fn decode_and_apply(c: &mut Criterion) {
-    let fleet = Fleet::new(Default::default());
+    for readings in [0, 6] {
+        decode_and_apply_with(c, readings);
+    }
+}
+
+fn decode_and_apply_with(c: &mut Criterion, readings: usize) {
+    let fleet = Fleet::with_findings_readings(Default::default(), readings);
     let mut sim = Simulator::new("gpus=8,scenario=training".parse().unwrap());
     let session = fleet
         .connect(identity(0), sim.inventory().to_vec(), now_ms())
@@ -54,7 +61,11 @@ fn decode_and_apply(c: &mut Criterion) {
     let mut seq = 0u64;
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(8));
-    group.bench_function("decode_validate_apply_batch_8_gpus", |b| {
+    let name = match readings {
+        0 => "decode_validate_apply_batch_8_gpus_findings_off".to_string(),
+        n => format!("decode_validate_apply_batch_8_gpus_{n}_readings"),
+    };
+    group.bench_function(name, |b| {
         b.iter(|| {
             let msg = v1::AgentMessage::decode(bytes.as_slice()).unwrap();
             let Some(agent_message::Msg::Batch(batch)) = msg.msg else {
@@ -72,27 +83,57 @@ fn decode_and_apply(c: &mut Criterion) {
     group.finish();
 }
 
-fn render_large_fleet(c: &mut Criterion) {
-    let fleet = Fleet::new(Default::default());
-    let registry = Registry::new();
+/// 1,000 hosts x 8 GPUs, each with `readings` readings 5 s apart.
+fn large_fleet(readings: usize) -> std::sync::Arc<Fleet> {
+    let fleet = Fleet::with_findings_readings(Default::default(), readings);
     let t = now_ms();
     for i in 0..1000 {
         let mut sim = Simulator::new(format!("gpus=8,seed={i}").parse().unwrap());
         let session = fleet
             .connect(identity(i), sim.inventory().to_vec(), t)
             .unwrap();
-        let snapshot = Snapshot {
-            timestamp_unix_ms: t,
-            gpus: sim.sample(t),
-        };
-        fleet.apply(&session, 1, vec![snapshot], t).unwrap();
+        let snapshots = (0..readings.max(1) as i64)
+            .map(|k| {
+                let at = t - 5_000 * (readings.max(1) as i64 - 1 - k);
+                Snapshot {
+                    timestamp_unix_ms: at,
+                    gpus: sim.sample(at),
+                }
+            })
+            .collect();
+        fleet.apply(&session, 1, snapshots, t).unwrap();
     }
-    let render = || gpulse_exposition::render(&fleet, ExpositionOptions::default(), &registry);
-    let size = render().len();
-    eprintln!("exposition for 1,000 hosts x 8 GPUs: {size} bytes");
+    fleet
+}
+
+fn render_large_fleet(c: &mut Criterion) {
+    let registry = Registry::new();
     let mut group = c.benchmark_group("exposition");
     group.sample_size(10);
-    group.bench_function("render_1000_hosts_x_8_gpus", |b| b.iter(render));
+    for readings in [0, 6] {
+        let fleet = large_fleet(readings);
+        let render = || gpulse_exposition::render(&fleet, ExpositionOptions::default(), &registry);
+        let size = render().len();
+        eprintln!("exposition for 1,000 hosts x 8 GPUs, {readings} readings: {size} bytes");
+        let name = match readings {
+            0 => "render_1000_hosts_x_8_gpus_findings_off".to_string(),
+            n => format!("render_1000_hosts_x_8_gpus_{n}_readings"),
+        };
+        group.bench_function(name, |b| b.iter(render));
+        if readings > 0 {
+            let filter = gpulse_collector::findings::Filter::default();
+            group.bench_function("findings_json_1000_hosts_x_8_gpus", |b| {
+                b.iter(|| {
+                    serde_json::to_string(&gpulse_collector::findings::report(
+                        fleet.as_ref(),
+                        &filter,
+                        now_ms(),
+                    ))
+                    .unwrap()
+                })
+            });
+        }
+    }
     group.finish();
 }
 

@@ -38,6 +38,8 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_SAMPLE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// gpulse's metric names only; dcgm-exporter's are opt-in (docs/dcgm-compat.md).
 pub const DEFAULT_DCGM_COMPAT: DcgmCompat = DcgmCompat::Off;
+/// Readings per GPU the diagnosis rules look at: 30 s at the agent's default 5 s.
+pub const DEFAULT_FINDINGS_READINGS: usize = 6;
 
 /// Longest gap between two snapshots of a GPU credited as observed time, whatever the
 /// agent's interval. The ledger credits at most 3 intervals (from the Hello) per gap.
@@ -246,6 +248,10 @@ pub struct CollectorConfig {
         deserialize_with = "deserialize_dcgm_compat"
     )]
     pub dcgm_compat: DcgmCompat,
+    /// Newest readings kept per GPU for fleet-wide findings (/api/v1/findings,
+    /// `gpulse_gpu_finding`); about 2.7 KB each with full telemetry (128 MB for 1,000 hosts x 8 GPUs at the default). 0 turns findings
+    /// off; at most 64. Default [`DEFAULT_FINDINGS_READINGS`].
+    pub findings_readings: usize,
     pub limits: Limits,
     pub ledger: LedgerConfig,
     pub bare_metal: BareMetalConfig,
@@ -273,6 +279,7 @@ impl Default for CollectorConfig {
             nvlink_per_link: false,
             pricing_file: None,
             dcgm_compat: DEFAULT_DCGM_COMPAT,
+            findings_readings: DEFAULT_FINDINGS_READINGS,
             limits: Limits::default(),
             ledger: LedgerConfig::default(),
             bare_metal: BareMetalConfig::default(),
@@ -326,6 +333,12 @@ impl CollectorConfig {
         }
         if self.hello_timeout.is_zero() {
             return invalid("hello_timeout", "must be more than 0s");
+        }
+        if self.findings_readings > gpulse_exposition::MAX_FINDINGS_READINGS {
+            return invalid(
+                "findings_readings",
+                "must be at most 64 (0 turns findings off)",
+            );
         }
         let l = &self.limits;
         for (setting, value) in [

@@ -55,13 +55,21 @@ struct Inner {
 pub struct Fleet {
     inner: RwLock<Inner>,
     limits: Limits,
+    /// Readings kept per GPU for findings; 0: none.
+    findings_readings: usize,
 }
 
 impl Fleet {
+    /// A fleet that keeps the default number of readings per GPU for findings.
     pub fn new(limits: Limits) -> Arc<Fleet> {
+        Fleet::with_findings_readings(limits, crate::config::DEFAULT_FINDINGS_READINGS)
+    }
+
+    pub fn with_findings_readings(limits: Limits, findings_readings: usize) -> Arc<Fleet> {
         Arc::new(Fleet {
             inner: RwLock::new(Inner::default()),
             limits,
+            findings_readings,
         })
     }
 
@@ -126,7 +134,8 @@ impl Fleet {
         inner.agents.insert(
             agent_id.clone(),
             AgentEntry {
-                view: HostView::new(identity, inventory, now_unix_ms),
+                view: HostView::new(identity, inventory, now_unix_ms)
+                    .with_findings_readings(self.findings_readings),
                 session: Some(id),
                 last_seq,
             },

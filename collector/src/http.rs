@@ -51,6 +51,7 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/report", get(report_api))
+        .route("/api/v1/findings", get(findings_api))
         .route("/report", get(report_page))
         .with_state(state)
 }
@@ -62,7 +63,8 @@ async fn index() -> Html<&'static str> {
         "<li><a href=\"/healthz\">/healthz</a>: the process is alive</li>",
         "<li><a href=\"/readyz\">/readyz</a>: listeners are bound and serving</li>",
         "<li><a href=\"/report\">/report</a>: GPU cost and efficiency report (estimate)</li>",
-        "<li><a href=\"/api/v1/report\">/api/v1/report</a>: the same as JSON, or CSV with <code>?format=csv</code></li></ul>"
+        "<li><a href=\"/api/v1/report\">/api/v1/report</a>: the same as JSON, or CSV with <code>?format=csv</code></li>",
+        "<li><a href=\"/api/v1/findings\">/api/v1/findings</a>: what slows each GPU down now, in words (<code>?severity=warning&amp;host=H</code>)</li></ul>"
     ))
 }
 
@@ -105,6 +107,43 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         )
             .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
+    }
+}
+
+/// Findings parameters accepted.
+const FINDINGS_PARAMS: [&str; 2] = ["severity", "host"];
+
+/// Fleet-wide findings as JSON (docs/diagnose.md describes the document).
+async fn findings_api(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let filter = match check_params(&q, &FINDINGS_PARAMS).and_then(|()| {
+        crate::findings::Filter::parse(
+            q.get("severity").map(String::as_str),
+            q.get("host").map(String::as_str),
+        )
+    }) {
+        Ok(f) => f,
+        Err(e) => return bad_param(&e),
+    };
+    let fleet = state.scrape.fleet.clone();
+    // The rules run on every GPU: keep that off the async workers.
+    match tokio::task::spawn_blocking(move || {
+        crate::findings::report(fleet.as_ref(), &filter, now_ms())
+    })
+    .await
+    {
+        Ok(report) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "findings failed\n").into_response(),
     }
 }
 

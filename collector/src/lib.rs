@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod cost;
+pub mod findings;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
@@ -139,7 +140,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     let cost = Cost::start(&config)?;
     let registry = Registry::new();
     let metrics = SelfMetrics::new(&registry)?;
-    let fleet = Fleet::new(config.limits.clone());
+    let fleet = Fleet::with_findings_readings(config.limits.clone(), config.findings_readings);
     let scrape = http::Scrape {
         fleet: fleet.clone(),
         options: gpulse_exposition::ExpositionOptions {

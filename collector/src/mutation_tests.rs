@@ -239,11 +239,7 @@ fn count(fields: &[(u32, Node)]) -> u32 {
 }
 
 /// Applies `f` to the fields list holding the n-th field and its index there.
-fn at_nth(
-    fields: &mut Fields,
-    nth: &mut u32,
-    f: &mut dyn FnMut(&mut Fields, usize),
-) -> bool {
+fn at_nth(fields: &mut Fields, nth: &mut u32, f: &mut dyn FnMut(&mut Fields, usize)) -> bool {
     for i in 0..fields.len() {
         if *nth == 0 {
             f(fields, i);

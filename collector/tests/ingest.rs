@@ -1058,3 +1058,146 @@ async fn the_report_page_renders_in_a_real_browser() {
     eprintln!("report page screenshot: {}", screenshot.display());
     c.shutdown().await;
 }
+
+/// Fleet-wide findings: the rules of `gpulse-agent diagnose` run by the collector on
+/// every host's recent readings, at the agents' own 5 s cadence, served as JSON and as
+/// `gpulse_gpu_finding`.
+#[tokio::test]
+async fn the_collector_finds_what_each_host_shows() {
+    let expected: &[(&str, &str, &str)] = &[
+        ("training", "", ""),
+        ("idle", "", ""),
+        ("thermal", "thermal_throttling", "critical"),
+        ("power-cap", "provider_power_cap", "warning"),
+        ("pcie-degraded", "pcie_downtrained", "warning"),
+        ("lost", "gpu_lost", "critical"),
+        ("hw-slowdown", "hardware_slowdown", "critical"),
+        ("sync-boost", "sync_boost", "info"),
+        ("app-clocks", "application_clocks_locked", "warning"),
+        ("nvlink-errors", "nvlink_down", "critical"),
+        ("xid", "xid", "info"),
+        // The uncorrectable error came a minute ago, before the 30 s window; what is
+        // still true now is the remap waiting for a reset.
+        ("ecc", "row_remap_pending", "warning"),
+        ("idle-held", "idle_while_held", "warning"),
+    ];
+    let c = start().await;
+    let mut streams = Vec::new();
+    for (i, (scenario, _, _)) in expected.iter().enumerate() {
+        let gpus = if *scenario == "nvlink-errors" { 8 } else { 2 };
+        let mut sim = sim(&format!("gpus={gpus},scenario={scenario},seed={i}"));
+        let host = format!("host-{scenario}");
+        let mut stream = open(&c, hello_for(&identity(&host, &host), &sim), None)
+            .await
+            .unwrap();
+        let reply = stream.send(1, history(&mut sim, 12, 5000)).await;
+        assert!(
+            matches!(reply, collector_message::Msg::Ack(_)),
+            "{scenario}: {reply:?}"
+        );
+        streams.push(stream);
+    }
+    let http = format!("http://{}", c.http_addr);
+    let (status, body) = http_get(&format!("{http}/api/v1/findings"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let report = json_get(&body);
+    assert_eq!(report["version"], 1);
+    assert_eq!(report["hosts"].as_u64(), Some(expected.len() as u64));
+    let findings = report["findings"].as_array().unwrap();
+    for (scenario, kind, severity) in expected {
+        let host = format!("host-{scenario}");
+        let on_host: Vec<&serde_json::Value> =
+            findings.iter().filter(|f| f["host"] == host).collect();
+        if kind.is_empty() {
+            assert!(on_host.is_empty(), "{scenario}: {on_host:?}");
+            continue;
+        }
+        let found = on_host
+            .iter()
+            .find(|f| f["kind"] == *kind)
+            .unwrap_or_else(|| panic!("{scenario}: no {kind} in {on_host:?}"));
+        assert_eq!(found["severity"], *severity, "{scenario}");
+        assert_eq!(found["provider"], "aws");
+        assert_eq!(found["readings"], 6, "the default window");
+        assert!(!found["summary"].as_str().unwrap().is_empty());
+        assert!(!found["evidence"].as_array().unwrap().is_empty());
+        assert!(!found["action"].as_str().unwrap().is_empty());
+    }
+    // Most severe first.
+    let rank = |s: &serde_json::Value| match s.as_str().unwrap() {
+        "critical" => 2,
+        "warning" => 1,
+        _ => 0,
+    };
+    assert!(
+        findings
+            .windows(2)
+            .all(|w| rank(&w[0]["severity"]) >= rank(&w[1]["severity"]))
+    );
+
+    // Filters, and refusals that name the parameter.
+    let (_, body) = http_get(&format!("{http}/api/v1/findings?severity=critical"), None).await;
+    let critical = json_get(&body);
+    assert!(
+        critical["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["severity"] == "critical")
+    );
+    assert!(!critical["findings"].as_array().unwrap().is_empty());
+    let (_, body) = http_get(&format!("{http}/api/v1/findings?host=host-thermal"), None).await;
+    let one = json_get(&body);
+    assert_eq!(one["hosts"], 1);
+    assert!(
+        one["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["host"] == "host-thermal")
+    );
+    for (query, parameter) in [("severity=bad", "severity"), ("colour=red", "query")] {
+        let (status, body) = http_get(&format!("{http}/api/v1/findings?{query}"), None).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(json_get(&body)["parameter"], parameter, "{query}");
+    }
+
+    // The same findings on /metrics, one series per GPU and finding.
+    let text = c.render_metrics();
+    promtool_check(&text);
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gpulse_gpu_finding{"))
+        .collect();
+    assert_eq!(series.len(), findings.len(), "{series:?}");
+    assert!(series.iter().any(|l| l.contains("host=\"host-thermal\"")
+        && l.contains("kind=\"thermal_throttling\"")
+        && l.contains("severity=\"critical\"")
+        && l.ends_with(" 1")));
+    drop(streams);
+    c.shutdown().await;
+}
+
+/// With findings off, no readings are kept and nothing is found.
+#[tokio::test]
+async fn findings_can_be_turned_off() {
+    let c = start_with(CollectorConfig {
+        findings_readings: 0,
+        ..CollectorConfig::default()
+    })
+    .await;
+    let mut sim = sim("gpus=2,scenario=thermal,seed=1");
+    let mut stream = open(&c, hello_for(&identity("hot", "m-hot"), &sim), None)
+        .await
+        .unwrap();
+    let reply = stream.send(1, history(&mut sim, 12, 5000)).await;
+    assert!(matches!(reply, collector_message::Msg::Ack(_)), "{reply:?}");
+    let (status, body) = http_get(&format!("http://{}/api/v1/findings", c.http_addr), None).await;
+    assert_eq!(status, 200);
+    let report = json_get(&body);
+    assert_eq!(report["gpus"], 2);
+    assert_eq!(report["findings"].as_array().unwrap().len(), 0);
+    assert!(!c.render_metrics().contains("gpulse_gpu_finding{"));
+    drop(stream);
+    c.shutdown().await;
+}

@@ -139,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
         collector.http_addr
     );
     println!(
+        "  findings: http://{}/api/v1/findings (what slows each GPU down, in words)",
+        collector.http_addr
+    );
+    println!(
         "  health:   http://{}/healthz  http://{}/readyz",
         collector.http_addr, collector.http_addr
     );

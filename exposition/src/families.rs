@@ -323,6 +323,15 @@ impl Families {
                 self.push(def, &base, &[], v);
             }
         }
+        // From the recent readings: a lost GPU has findings too.
+        for f in gpu.findings() {
+            self.push(
+                &names::GPU_FINDING,
+                &base,
+                &[("kind", f.kind.name()), ("severity", f.severity.name())],
+                1.0,
+            );
+        }
         let Some(s) = &gpu.latest else { return };
         let lost = s.state == DeviceState::Lost;
         self.push(&names::GPU_LOST, &base, &[], flag(lost));

@@ -49,6 +49,10 @@ pub const GPU_LOST: Def = gauge(
     "gpulse_gpu_lost",
     "1 when the GPU stopped answering (fallen off the bus), else 0.",
 );
+pub const GPU_FINDING: Def = gauge(
+    "gpulse_gpu_finding",
+    "1 for each finding of the diagnosis rules (those of gpulse-agent diagnose) over the GPU's recent readings, by kind and severity; absent when none.",
+);
 pub const GPU_UTILIZATION: Def = gauge(
     "gpulse_gpu_utilization_ratio",
     "Share of the last sample period in which a kernel ran on the GPU (0..1).",
@@ -293,7 +297,7 @@ pub const AGENT_LAST_SEEN: Def = gauge(
 );
 
 /// Every per-host and per-GPU metric, in exposition order.
-pub const FLEET: [Def; 65] = [
+pub const FLEET: [Def; 66] = [
     HOST_INFO,
     HOST_GPU_BACKEND_ERROR,
     AGENT_UP,
@@ -359,6 +363,7 @@ pub const FLEET: [Def; 65] = [
     GPU_ECC_ENABLED,
     GPU_MIG_ENABLED,
     GPU_MIG_INSTANCE_INFO,
+    GPU_FINDING,
 ];
 
 // Cost, from the collector's ledger: per GPU, labels as the other GPU series.

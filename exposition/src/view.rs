@@ -1,6 +1,11 @@
 //! The latest state of one host, as exposition needs it.
 
+use gpulse_gpu::diagnosis::{self, Finding, GpuWindow, Timed};
 use gpulse_gpu::{DeviceInfo, DeviceSample, HostIdentity, Snapshot};
+
+/// The most readings kept per GPU for findings: the rules are evaluated on every
+/// scrape, and a reading with full telemetry takes about 2.7 KB.
+pub const MAX_FINDINGS_READINGS: usize = 64;
 
 /// A snapshot named a GPU the host did not list in its inventory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +21,22 @@ pub struct GpuView {
     pub latest: Option<DeviceSample>,
     /// The XID code seen most recently (for the DCGM view's last-XID gauge).
     pub last_xid: Option<u64>,
+    /// The newest readings, oldest first, for the diagnosis rules (see
+    /// [`HostView::with_findings_readings`]); empty when findings are off.
+    pub recent: Vec<Timed>,
+}
+
+impl GpuView {
+    /// What the diagnosis rules find in this GPU's recent readings.
+    pub fn findings(&self) -> Vec<Finding> {
+        if self.recent.is_empty() {
+            return Vec::new();
+        }
+        diagnosis::diagnose(&GpuWindow {
+            info: &self.info,
+            samples: &self.recent,
+        })
+    }
 }
 
 /// One host: who it is, its GPUs, and whether its agent is connected.
@@ -29,6 +50,8 @@ pub struct HostView {
     pub last_seen_unix_ms: i64,
     /// Timestamp of the newest snapshot applied; older ones do not overwrite it.
     pub latest_snapshot_unix_ms: Option<i64>,
+    /// Readings kept per GPU for findings; 0: no findings.
+    pub findings_readings: usize,
 }
 
 impl HostView {
@@ -41,12 +64,21 @@ impl HostView {
                     info,
                     latest: None,
                     last_xid: None,
+                    recent: Vec::new(),
                 })
                 .collect(),
             connected: true,
             last_seen_unix_ms: now_unix_ms,
             latest_snapshot_unix_ms: None,
+            findings_readings: 0,
         }
+    }
+
+    /// Keeps the newest `readings` readings of each GPU (at most
+    /// [`MAX_FINDINGS_READINGS`]) so that the diagnosis rules can run on them.
+    pub fn with_findings_readings(mut self, readings: usize) -> HostView {
+        self.findings_readings = readings.min(MAX_FINDINGS_READINGS);
+        self
     }
 
     fn position(&self, uuid: &str) -> Option<usize> {
@@ -84,6 +116,17 @@ impl HostView {
                 let gpu = &mut self.gpus[i];
                 if let Some(xid) = crate::dcgm::newest_xid(gpu.latest.as_ref(), &sample) {
                     gpu.last_xid = Some(xid);
+                }
+                if self.findings_readings > 0 {
+                    if gpu.recent.len() >= self.findings_readings {
+                        // At most 64 entries: shifting them is cheaper than a ring the
+                        // rules could not read as one slice.
+                        gpu.recent.remove(0);
+                    }
+                    gpu.recent.push(Timed {
+                        unix_ms: snapshot.timestamp_unix_ms,
+                        sample: sample.clone(),
+                    });
                 }
                 gpu.latest = Some(sample);
             }
@@ -136,5 +179,46 @@ mod tests {
         })
         .unwrap();
         assert_eq!(view.gpus[0].latest.as_ref(), Some(&new[0]));
+    }
+
+    #[test]
+    fn findings_come_from_the_newest_readings_only() {
+        let mut sim = Simulator::new("gpus=2,scenario=thermal".parse().unwrap());
+        let mut view = HostView::new(HostIdentity::default(), sim.inventory().to_vec(), 0)
+            .with_findings_readings(4);
+        for t in 0..10 {
+            view.apply(Snapshot {
+                timestamp_unix_ms: t * 5000,
+                gpus: sim.sample(t * 5000),
+            })
+            .unwrap();
+        }
+        for gpu in &view.gpus {
+            let times: Vec<i64> = gpu.recent.iter().map(|t| t.unix_ms).collect();
+            assert_eq!(times, [30_000, 35_000, 40_000, 45_000]);
+            let kinds: Vec<&str> = gpu.findings().iter().map(|f| f.kind.name()).collect();
+            assert!(kinds.contains(&"thermal_throttling"), "{kinds:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_window_nothing_is_kept_or_found() {
+        let mut sim = Simulator::new("gpus=1,scenario=thermal".parse().unwrap());
+        let mut view = HostView::new(HostIdentity::default(), sim.inventory().to_vec(), 0);
+        for t in 0..5 {
+            view.apply(Snapshot {
+                timestamp_unix_ms: t * 5000,
+                gpus: sim.sample(t * 5000),
+            })
+            .unwrap();
+        }
+        assert!(view.gpus[0].recent.is_empty());
+        assert!(view.gpus[0].findings().is_empty());
+        assert_eq!(
+            HostView::new(HostIdentity::default(), vec![], 0)
+                .with_findings_readings(1000)
+                .findings_readings,
+            MAX_FINDINGS_READINGS
+        );
     }
 }
