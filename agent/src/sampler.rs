@@ -66,8 +66,13 @@ impl Sampler {
         let interval_ms = self.interval.as_millis() as u64;
         self.hello
             .send_replace(gpulse_proto::hello(&identity, &inventory, interval_ms));
-        self.local
-            .update(|v| *v = Some(HostView::new(identity, inventory, now_unix_ms())));
+        // The local /metrics carries the same findings as the collector's.
+        self.local.update(|v| {
+            *v = Some(
+                HostView::new(identity, inventory, now_unix_ms())
+                    .with_findings_readings(gpulse_exposition::DEFAULT_FINDINGS_READINGS),
+            )
+        });
     }
 
     /// Opens the backend; the first failure is an ERROR (an operator must act), later

@@ -184,6 +184,18 @@ async fn every_scenario_reaches_the_collector_and_passes_promtool() {
     );
     assert!(local_names.contains("gpulse_agent_batches_acked_total"));
 
+    // The diagnosis rules run on the local /metrics too.
+    let (_, hot) = agents.iter().find(|(s, _)| *s == "thermal").unwrap();
+    let hot_text = fetch(&format!("http://{}/metrics", hot.http_addr.unwrap())).await;
+    assert!(
+        hot_text
+            .lines()
+            .any(|l| l.starts_with("gpulse_gpu_finding{")
+                && l.contains("kind=\"thermal_throttling\"")
+                && l.ends_with(" 1")),
+        "{hot_text}"
+    );
+
     for (_, a) in agents {
         a.shutdown().await;
     }

@@ -39,7 +39,7 @@ pub const DEFAULT_MAX_SAMPLE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// gpulse's metric names only; dcgm-exporter's are opt-in (docs/dcgm-compat.md).
 pub const DEFAULT_DCGM_COMPAT: DcgmCompat = DcgmCompat::Off;
 /// Readings per GPU the diagnosis rules look at: 30 s at the agent's default 5 s.
-pub const DEFAULT_FINDINGS_READINGS: usize = 6;
+pub const DEFAULT_FINDINGS_READINGS: usize = gpulse_exposition::DEFAULT_FINDINGS_READINGS;
 
 /// Longest gap between two snapshots of a GPU credited as observed time, whatever the
 /// agent's interval. The ledger credits at most 3 intervals (from the Hello) per gap.

@@ -6,6 +6,9 @@ use gpulse_gpu::{DeviceInfo, DeviceSample, HostIdentity, Snapshot};
 /// The most readings kept per GPU for findings: the rules are evaluated on every
 /// scrape, and a reading with full telemetry takes about 2.7 KB.
 pub const MAX_FINDINGS_READINGS: usize = 64;
+/// Readings per GPU the diagnosis rules look at by default: 30 s at the agent's
+/// default 5 s interval.
+pub const DEFAULT_FINDINGS_READINGS: usize = 6;
 
 /// A snapshot named a GPU the host did not list in its inventory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
