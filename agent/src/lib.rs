@@ -21,6 +21,7 @@ pub mod identity;
 pub mod local;
 pub mod provider;
 pub mod sampler;
+pub mod tls;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -131,6 +134,10 @@ pub async fn start(
         ),
         None => None,
     };
+    let tls = tls::ClientTls::from_config(&config);
+    if let Some(tls) = &tls {
+        tls.load()?;
+    }
     let local = Arc::new(LocalHost::default());
     let (registry, metrics) = local::registry()?;
     let (stop, stop_rx) = watch::channel(false);
@@ -189,6 +196,7 @@ pub async fn start(
         backoff_initial: config.backoff_initial,
         backoff_max: config.backoff_max,
         auth_token,
+        tls,
         jitter_seed,
     };
     tasks.push(tokio::spawn(uplink::run(
