@@ -3,7 +3,8 @@
 //! It reads the host's GPUs through a [`gpulse_gpu::GpuBackend`] (NVML, or the
 //! simulator with `--simulate`) on its interval ([`sampler`]), keeps every batch until
 //! the collector acknowledges it ([`buffer`]) and streams them over gRPC, reconnecting
-//! with jittered backoff and replaying what was not acknowledged ([`uplink`]). It can
+//! with jittered backoff and replaying what was not acknowledged ([`uplink`]), over
+//! TLS to an `https://` collector ([`tls`]). It can
 //! also serve its own host on a local /metrics ([`local`]). At start-up it learns where
 //! it runs: provider, region, zone and instance type ([`provider`]).
 //!

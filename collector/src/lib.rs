@@ -3,7 +3,9 @@
 //! It validates and deduplicates what agents send ([`ingest`], [`validate`]), keeps
 //! the latest state of every host ([`fleet`]), keeps a cost ledger per GPU per hour in
 //! an embedded store and reports on it ([`cost`]), and serves /metrics, /healthz,
-//! /readyz, the report API and page ([`http`]). [`start`] binds and runs everything;
+//! /readyz, the report API and page ([`http`]). Agents and scrapers authenticate with
+//! bearer tokens or client certificates ([`auth`]); both listeners can serve TLS
+//! ([`tls`]). [`start`] binds and runs everything;
 //! the `gpulse-collector` binary is a thin command line over it.
 //!
 //! It does not read GPUs (it links no NVML code) and keeps no telemetry history: the
