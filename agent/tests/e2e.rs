@@ -328,6 +328,13 @@ fn the_binary_names_bad_input_and_exits_non_zero() {
         "{err}"
     );
 
+    let (ok, err) = run(
+        &["--collector", "http://127.0.0.1:7431"],
+        &[("GPULSE_AGENT_TLS_CA_FILE", "/etc/gpulse/tls/ca.crt")],
+    );
+    assert!(!ok);
+    assert!(err.contains("need an https:// collector URL"), "{err}");
+
     let (ok, err) = run(&[], &[("GPULSE_AGENT_INTERVAL", "soon")]);
     assert!(!ok);
     assert!(err.contains("--interval") && err.contains("soon"), "{err}");

@@ -1482,3 +1482,52 @@ async fn unusable_tls_files_stop_the_start_naming_the_file() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// The binary as an operator runs it: TLS settings from flags and the environment, and
+/// a file it cannot use named in its error.
+#[test]
+fn the_binary_names_the_tls_file_it_cannot_use() {
+    let pki = Pki::new("gpulse test CA");
+    let server = pki.issue(SERVER_NAME, true);
+    let missing = pki.dir.path().join("no-such-key.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(pki.dir.path().join("data"))
+        .arg("--tls-cert-file")
+        .arg(&server.cert)
+        .env("GPULSE_COLLECTOR_TLS_KEY_FILE", &missing)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&missing.display().to_string()) && stderr.contains("TLS key"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args(["--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(pki.dir.path().join("data"))
+        .arg("--tls-cert-file")
+        .arg(&server.cert)
+        .arg("--tls-key-file")
+        .arg(&server.key)
+        .args(["--http-client-auth", "none"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("grpc_listen") && stderr.contains("TLS alone"),
+        "{stderr}"
+    );
+}
