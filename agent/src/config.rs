@@ -94,8 +94,18 @@ pub struct AgentConfig {
     /// procfs used to attribute GPU processes to pods, containers, jobs and units.
     /// Default "/proc"; in a container, mount the host's /proc and point here.
     pub proc_root: PathBuf,
-    /// File with the collector's bearer token.
+    /// File with the collector's bearer token (shared, or this agent's own).
     pub auth_token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) the collector's certificate must be signed by, for an
+    /// `https://` collector. Unset: the system's trusted CAs.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to an `https://` collector (mutual TLS); its DNS
+    /// name must be this agent's id. Set with `tls_key_file`. Unset: none.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`. Unset: none.
+    pub tls_key_file: Option<PathBuf>,
+    /// Name the collector's certificate is checked against. Unset: the host in `collector`.
+    pub tls_server_name: Option<String>,
     /// Unacknowledged batches kept; when full, the oldest is dropped and counted. Default 720.
     pub max_buffered_batches: usize,
     /// Directory of the disk spool: every batch is written there until the collector
@@ -138,6 +148,10 @@ impl Default for AgentConfig {
             nvml_library: None,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             auth_token_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
             max_buffered_batches: DEFAULT_MAX_BUFFERED_BATCHES,
             spool_dir: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
@@ -202,13 +216,40 @@ impl AgentConfig {
     /// Checks the settings, without touching the network or disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
-        if !self.collector.starts_with("http://") {
+        let https = self.collector.starts_with("https://");
+        if !https && !self.collector.starts_with("http://") {
             return invalid(
                 "collector",
                 format!(
-                    "{:?} must be an http:// URL such as {DEFAULT_COLLECTOR}",
+                    "{:?} must be an http:// or https:// URL such as {DEFAULT_COLLECTOR}",
                     self.collector
                 ),
+            );
+        }
+        let tls_set = self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some()
+            || self.tls_server_name.is_some();
+        if tls_set && !https {
+            return invalid(
+                "tls_ca_file/tls_cert_file/tls_key_file/tls_server_name",
+                format!(
+                    "TLS settings need an https:// collector URL, not {:?}",
+                    self.collector
+                ),
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid(
+                "tls_cert_file/tls_key_file",
+                "set both (the client certificate and its private key) or neither".to_string(),
+            );
+        }
+        if self.tls_server_name.as_deref().is_some_and(str::is_empty) {
+            return invalid(
+                "tls_server_name",
+                "must be a DNS name or IP address; unset it to use the collector URL's host"
+                    .to_string(),
             );
         }
         if tonic::transport::Endpoint::from_shared(self.collector.clone()).is_err() {
@@ -305,7 +346,8 @@ pub fn example_config() -> String {
     format!(
         "# gpulse-agent configuration: every setting with its default.\n\
          # Generated from the code's defaults; see README.md for what each one means.\n\
-         # Unset by default: simulate, replay, http_listen, agent_id, nvml_library, auth_token_file, spool_dir.\n\n{body}"
+         # Unset by default: simulate, replay, http_listen, agent_id, nvml_library, auth_token_file,\n\
+         # spool_dir, tls_ca_file, tls_cert_file, tls_key_file, tls_server_name.\n\n{body}"
     )
 }
 
@@ -354,7 +396,22 @@ mod tests {
                     collector: "collector:7431".into(),
                     ..AgentConfig::default()
                 },
-                "http:// URL",
+                "http:// or https:// URL",
+            ),
+            (
+                AgentConfig {
+                    tls_ca_file: Some("/etc/gpulse/ca.crt".into()),
+                    ..AgentConfig::default()
+                },
+                "need an https:// collector URL",
+            ),
+            (
+                AgentConfig {
+                    collector: "https://collector:7431".into(),
+                    tls_cert_file: Some("/etc/gpulse/agent.crt".into()),
+                    ..AgentConfig::default()
+                },
+                "tls_cert_file/tls_key_file",
             ),
             (
                 AgentConfig {

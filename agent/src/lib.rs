@@ -3,7 +3,8 @@
 //! It reads the host's GPUs through a [`gpulse_gpu::GpuBackend`] (NVML, or the
 //! simulator with `--simulate`) on its interval ([`sampler`]), keeps every batch until
 //! the collector acknowledges it ([`buffer`]) and streams them over gRPC, reconnecting
-//! with jittered backoff and replaying what was not acknowledged ([`uplink`]). It can
+//! with jittered backoff and replaying what was not acknowledged ([`uplink`]), over
+//! TLS to an `https://` collector ([`tls`]). It can
 //! also serve its own host on a local /metrics ([`local`]). At start-up it learns where
 //! it runs: provider, region, zone and instance type ([`provider`]).
 //!
@@ -22,6 +23,7 @@ pub mod local;
 pub mod provider;
 pub mod sampler;
 pub mod spool;
+pub mod tls;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -59,6 +61,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -136,6 +140,10 @@ pub async fn start(
         ),
         None => None,
     };
+    let tls = tls::ClientTls::from_config(&config);
+    if let Some(tls) = &tls {
+        tls.load()?;
+    }
     let local = Arc::new(LocalHost::default());
     let (registry, metrics) = local::registry()?;
     let (stop, stop_rx) = watch::channel(false);
@@ -217,6 +225,7 @@ pub async fn start(
         backoff_initial: config.backoff_initial,
         backoff_max: config.backoff_max,
         auth_token,
+        tls,
         jitter_seed,
     };
     tasks.push(tokio::spawn(uplink::run(

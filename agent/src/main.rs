@@ -54,6 +54,18 @@ struct Cli {
     /// Provider this host runs on (aws, gcp, azure, coreweave, lambda, on-prem, ...).
     #[arg(long, env = "GPULSE_AGENT_PROVIDER")]
     provider: Option<String>,
+    /// PEM CA the collector's certificate must be signed by [default: the system's CAs].
+    #[arg(long, env = "GPULSE_AGENT_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --tls-key-file); its DNS name is the agent id.
+    #[arg(long, env = "GPULSE_AGENT_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "GPULSE_AGENT_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// Name to check the collector's certificate against [default: the collector URL's host].
+    #[arg(long, env = "GPULSE_AGENT_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     /// Print an example configuration file with every default, then exit.
     #[arg(long)]
     print_example_config: bool,
@@ -128,6 +140,18 @@ impl Cli {
         }
         if let Some(v) = self.provider {
             c.provider.name = v;
+        }
+        if let Some(v) = self.tls_ca_file {
+            c.tls_ca_file = Some(v);
+        }
+        if let Some(v) = self.tls_cert_file {
+            c.tls_cert_file = Some(v);
+        }
+        if let Some(v) = self.tls_key_file {
+            c.tls_key_file = Some(v);
+        }
+        if let Some(v) = self.tls_server_name {
+            c.tls_server_name = Some(v);
         }
         c.validate()?;
         Ok(c)

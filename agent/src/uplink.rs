@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
@@ -157,6 +156,8 @@ pub struct UplinkConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub auth_token: Option<String>,
+    /// TLS towards an `https://` collector.
+    pub tls: Option<crate::tls::ClientTls>,
     pub jitter_seed: u64,
 }
 
@@ -222,7 +223,7 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let lost = |acked, error: String| End::Lost { acked, error };
-    let endpoint = match Endpoint::from_shared(config.collector.clone()) {
+    let endpoint = match crate::tls::endpoint(&config.collector, config.tls.as_ref()) {
         Ok(e) => e.connect_timeout(config.connect_timeout).tcp_nodelay(true),
         Err(e) => return lost(false, e.to_string()),
     };

@@ -424,6 +424,13 @@ fn the_binary_names_bad_input_and_exits_non_zero() {
         "{err}"
     );
 
+    let (ok, err) = run(
+        &["--collector", "http://127.0.0.1:7431"],
+        &[("GPULSE_AGENT_TLS_CA_FILE", "/etc/gpulse/tls/ca.crt")],
+    );
+    assert!(!ok);
+    assert!(err.contains("need an https:// collector URL"), "{err}");
+
     let (ok, err) = run(&[], &[("GPULSE_AGENT_INTERVAL", "soon")]);
     assert!(!ok);
     assert!(err.contains("--interval") && err.contains("soon"), "{err}");
@@ -766,5 +773,250 @@ fn the_gpu_capture_script_runs_against_nvml() {
     for file in ["diagnose.txt", "replay-diagnose.txt"] {
         let text = std::fs::read_to_string(out_dir.join(file)).unwrap();
         assert!(text.contains("thermal"), "{file}: {text}");
+    }
+}
+
+/// A certificate authority for tests, issuing server and client certificates.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, in files.
+struct Issued {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn issue(&self, dns_name: &str, server: bool) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let base = self.dir.path().join(dns_name);
+        let issued = Issued {
+            cert: base.with_extension("crt"),
+            key: base.with_extension("key"),
+        };
+        std::fs::write(&issued.cert, cert.pem()).unwrap();
+        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
+        issued
+    }
+}
+
+/// The name in the collector's test certificate; agents connect to 127.0.0.1 and check
+/// the certificate against this name (`tls_server_name`).
+const SERVER_NAME: &str = "collector.test";
+
+async fn tls_collector(pki: &Pki, mutual: bool) -> RunningCollector {
+    let server = pki.issue(SERVER_NAME, true);
+    gpulse_collector::start(CollectorConfig {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: tempfile::tempdir().unwrap().keep(),
+        tls_cert_file: Some(server.cert),
+        tls_key_file: Some(server.key),
+        tls_client_ca_file: mutual.then(|| pki.ca()),
+        ..CollectorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The agent settings for `collector` over TLS, trusting `pki`, with `client` as its
+/// certificate.
+fn tls_agent_config(
+    collector: &RunningCollector,
+    pki: &Pki,
+    id: &str,
+    client: Option<Issued>,
+) -> AgentConfig {
+    AgentConfig {
+        collector: format!("https://{}", collector.grpc_addr),
+        tls_ca_file: Some(pki.ca()),
+        tls_server_name: Some(SERVER_NAME.into()),
+        tls_cert_file: client.as_ref().map(|c| c.cert.clone()),
+        tls_key_file: client.map(|c| c.key),
+        agent_id: Some(id.to_string()),
+        simulate: Some("gpus=1,scenario=training,seed=31".into()),
+        interval: Duration::from_millis(100),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..AgentConfig::default()
+    }
+}
+
+async fn start_agent(config: AgentConfig) -> RunningAgent {
+    let identity = host_identity(&config, &SystemPaths::default());
+    let opener = backend_opener(&config).unwrap();
+    gpulse_agent::start(config, identity, opener).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_streams_to_a_collector_over_tls() {
+    let pki = Pki::new("gpulse test CA");
+    let c = tls_collector(&pki, false).await;
+    let a = start_agent(tls_agent_config(&c, &pki, "tls-node", None)).await;
+    eventually("batches acknowledged over TLS", || {
+        a.metrics.batches_acked.get() >= 3
+    })
+    .await;
+    let text = c.render_metrics();
+    assert_eq!(
+        value(&text, "gpulse_agent_up{host=\"tls-node\"}"),
+        Some(1.0)
+    );
+    assert!(value(&text, "gpulse_collector_batches_received_total").unwrap() >= 3.0);
+
+    // The agent checks the collector's certificate: another CA's is not trusted.
+    let other = Pki::new("another CA");
+    let doubter = start_agent(tls_agent_config(&c, &other, "doubter", None)).await;
+    eventually("the doubter fails to connect", || {
+        doubter.metrics.connects.with_label_values(&["error"]).get() >= 2
+    })
+    .await;
+    assert_eq!(doubter.metrics.batches_acked.get(), 0);
+    assert!(c.fleet.host("doubter").is_none());
+    doubter.shutdown().await;
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_only_agents_with_their_own_certificate_get_in() {
+    let pki = Pki::new("gpulse test CA");
+    let c = tls_collector(&pki, true).await;
+    let good = start_agent(tls_agent_config(
+        &c,
+        &pki,
+        "mtls-node",
+        Some(pki.issue("mtls-node", false)),
+    ))
+    .await;
+    let other = Pki::new("another CA");
+    let stranger = start_agent(tls_agent_config(
+        &c,
+        &pki,
+        "stranger",
+        Some(other.issue("stranger", false)),
+    ))
+    .await;
+    let impostor = start_agent(tls_agent_config(
+        &c,
+        &pki,
+        "mtls-other",
+        Some(pki.issue("impostor", false)),
+    ))
+    .await;
+    let anonymous = start_agent(tls_agent_config(&c, &pki, "anonymous", None)).await;
+    eventually("the agent with its own certificate is acknowledged", || {
+        good.metrics.batches_acked.get() >= 3
+    })
+    .await;
+    eventually("the others were refused more than once", || {
+        [&stranger, &impostor, &anonymous]
+            .iter()
+            .all(|a| a.metrics.connects.with_label_values(&["error"]).get() >= 2)
+    })
+    .await;
+    let text = c.render_metrics();
+    let rejected = |reason: &str| {
+        value(
+            &text,
+            &format!("gpulse_collector_rejected_messages_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap()
+    };
+    assert!(rejected("credential_mismatch") >= 1.0, "the impostor");
+    assert!(
+        rejected("unauthenticated") >= 2.0,
+        "the stranger and the anonymous agent"
+    );
+    for a in [&stranger, &impostor, &anonymous] {
+        assert_eq!(a.metrics.batches_acked.get(), 0);
+    }
+    for host in ["stranger", "mtls-other", "anonymous"] {
+        assert!(c.fleet.host(host).is_none(), "{host}");
+    }
+    assert_eq!(
+        value(&text, "gpulse_agent_up{host=\"mtls-node\"}"),
+        Some(1.0)
+    );
+    for a in [good, stranger, impostor, anonymous] {
+        a.shutdown().await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_with_unusable_tls_files_does_not_start_and_names_them() {
+    let pki = Pki::new("gpulse test CA");
+    let client = pki.issue("node-f", false);
+    let missing = pki.dir.path().join("missing-ca.crt");
+    for (config, needle) in [
+        (
+            AgentConfig {
+                tls_ca_file: Some(missing.clone()),
+                ..AgentConfig::default()
+            },
+            "missing-ca.crt",
+        ),
+        (
+            AgentConfig {
+                tls_ca_file: Some(client.key.clone()),
+                ..AgentConfig::default()
+            },
+            "CERTIFICATE",
+        ),
+        (
+            AgentConfig {
+                tls_cert_file: Some(client.cert.clone()),
+                tls_key_file: Some(client.cert.clone()),
+                ..AgentConfig::default()
+            },
+            "PRIVATE KEY",
+        ),
+    ] {
+        let config = AgentConfig {
+            collector: "https://127.0.0.1:1".into(),
+            simulate: Some("gpus=1".into()),
+            ..config
+        };
+        let identity = host_identity(&config, &SystemPaths::default());
+        let opener = backend_opener(&config).unwrap();
+        let err = gpulse_agent::start(config, identity, opener)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
     }
 }

@@ -40,6 +40,46 @@ pub const DEFAULT_MAX_SAMPLE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_DCGM_COMPAT: DcgmCompat = DcgmCompat::Off;
 /// Readings per GPU the diagnosis rules look at: 30 s at the agent's default 5 s.
 pub const DEFAULT_FINDINGS_READINGS: usize = gpulse_exposition::DEFAULT_FINDINGS_READINGS;
+/// With a client CA set, HTTP clients need a certificate too: mutual TLS everywhere
+/// unless the operator opts HTTP out.
+pub const DEFAULT_HTTP_CLIENT_AUTH: HttpClientAuth = HttpClientAuth::Require;
+
+/// Whether HTTP clients (scrapers, browsers, probes) must present a client certificate
+/// when `tls_client_ca_file` is set. Agents on gRPC always must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpClientAuth {
+    /// No client certificate is asked for on HTTP; the bearer token, when set, guards
+    /// /metrics and the reports.
+    None,
+    /// Every HTTP connection presents a certificate signed by the client CA, which
+    /// authenticates it: no bearer token is asked for.
+    Require,
+}
+
+impl HttpClientAuth {
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpClientAuth::None => "none",
+            HttpClientAuth::Require => "require",
+        }
+    }
+}
+
+impl std::str::FromStr for HttpClientAuth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(HttpClientAuth::None),
+            "require" => Ok(HttpClientAuth::Require),
+            other => Err(format!(
+                "{other:?}: use require (HTTP clients present a certificate signed by \
+                 tls_client_ca_file) or none"
+            )),
+        }
+    }
+}
 
 /// Longest gap between two snapshots of a GPU credited as observed time, whatever the
 /// agent's interval. The ledger credits at most 3 intervals (from the Hello) per gap.
@@ -231,8 +271,27 @@ pub struct CollectorConfig {
     /// A stream must open with a Hello this soon. Default 10s.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
-    /// File holding the bearer token agents must present. Unset: no authentication.
+    /// File holding the bearer token agents and scrapers must present; it admits any
+    /// agent id. Unset: no shared token.
     pub auth_token_file: Option<PathBuf>,
+    /// File of per-agent tokens, one `<agent id> <token>` line each (`#` starts a
+    /// comment): each token admits its own agent id only. Scrapers keep using
+    /// `auth_token_file`. Unset: no per-agent tokens.
+    pub agent_tokens_file: Option<PathBuf>,
+    /// PEM certificate chain (server certificate first) served on both listeners; set
+    /// with `tls_key_file`. Both files are read again every minute and a valid change is
+    /// served to new connections. Unset: plain TCP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1). Unset: plain TCP.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must be signed by (mutual TLS).
+    /// Agents must present one, whose DNS names (subject alternative names) are the
+    /// agent ids it may use; HTTP clients too, unless `http_client_auth` is `none`.
+    /// Read at start-up only. Unset: no client certificates.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With `tls_client_ca_file`: `require` a client certificate on HTTP as well, or
+    /// `none` (scrapers then use the bearer token). Default [`DEFAULT_HTTP_CLIENT_AUTH`].
+    pub http_client_auth: HttpClientAuth,
     /// Allow listening beyond loopback with no authentication. Default false.
     pub allow_unauthenticated: bool,
     /// Also expose each NVLink link on its own (up to 18 x 7 series per GPU). Default
@@ -275,6 +334,11 @@ impl Default for CollectorConfig {
             agent_expiry: DEFAULT_AGENT_EXPIRY,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             auth_token_file: None,
+            agent_tokens_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            http_client_auth: DEFAULT_HTTP_CLIENT_AUTH,
             allow_unauthenticated: false,
             nvlink_per_link: false,
             pricing_file: None,
@@ -308,6 +372,27 @@ pub enum ConfigError {
 }
 
 impl CollectorConfig {
+    /// Whether agents must authenticate: a token (shared or per-agent) or a client
+    /// certificate.
+    pub fn grpc_authenticated(&self) -> bool {
+        self.auth_token_file.is_some() || self.agent_tokens_file.is_some() || self.mutual_tls()
+    }
+
+    /// Whether scrapers must authenticate: the shared token or a client certificate.
+    pub fn http_authenticated(&self) -> bool {
+        self.auth_token_file.is_some() || self.http_mutual_tls()
+    }
+
+    /// Whether agents must present a client certificate.
+    pub fn mutual_tls(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_client_ca_file.is_some()
+    }
+
+    /// Whether HTTP clients must present a client certificate.
+    pub fn http_mutual_tls(&self) -> bool {
+        self.mutual_tls() && self.http_client_auth == HttpClientAuth::Require
+    }
+
     /// Reads a TOML file; unknown keys are errors that name the key, line and file.
     pub fn from_file(path: &Path) -> Result<CollectorConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -379,20 +464,45 @@ impl CollectorConfig {
         if let Err(e) = self.bare_metal.check() {
             return invalid("bare_metal", &e.to_string());
         }
-        let wide = |a: &SocketAddr| !a.ip().is_loopback();
-        if self.auth_token_file.is_none()
-            && !self.allow_unauthenticated
-            && (wide(&self.grpc_listen) || wide(&self.http_listen))
-        {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return invalid(
-                "grpc_listen/http_listen",
-                &format!(
-                    "refusing to listen on {} / {} beyond loopback with no authentication: \
-                     set auth_token_file (--auth-token-file), or pass --allow-unauthenticated \
-                     if the network is trusted",
-                    self.grpc_listen, self.http_listen
-                ),
+                "tls_cert_file/tls_key_file",
+                "set both (the certificate chain and its private key) or neither",
             );
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return invalid(
+                "tls_client_ca_file",
+                "mutual TLS needs the server's own certificate too: set tls_cert_file and tls_key_file",
+            );
+        }
+        let wide = |a: &SocketAddr| !a.ip().is_loopback();
+        if !self.allow_unauthenticated {
+            for (setting, addr, authenticated, how) in [
+                (
+                    "grpc_listen",
+                    self.grpc_listen,
+                    self.grpc_authenticated(),
+                    "set auth_token_file (--auth-token-file), agent_tokens_file or tls_client_ca_file",
+                ),
+                (
+                    "http_listen",
+                    self.http_listen,
+                    self.http_authenticated(),
+                    "set auth_token_file (--auth-token-file), or tls_client_ca_file with http_client_auth = \"require\"",
+                ),
+            ] {
+                if wide(&addr) && !authenticated {
+                    return invalid(
+                        setting,
+                        &format!(
+                            "refusing to listen on {addr} beyond loopback with no authentication \
+                             (TLS alone does not say who the client is): {how}, or pass \
+                             --allow-unauthenticated if the network is trusted"
+                        ),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -453,11 +563,113 @@ mod tests {
         };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("--allow-unauthenticated"), "{err}");
+        assert!(err.contains("grpc_listen"), "{err}");
         c.allow_unauthenticated = true;
         c.validate().unwrap();
         c.allow_unauthenticated = false;
         c.auth_token_file = Some("/etc/gpulse/token".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn each_wide_listener_needs_its_own_authentication() {
+        let wide = |grpc: bool, http: bool| CollectorConfig {
+            grpc_listen: if grpc {
+                "0.0.0.0:7431"
+            } else {
+                "127.0.0.1:7431"
+            }
+            .parse()
+            .unwrap(),
+            http_listen: if http {
+                "0.0.0.0:7432"
+            } else {
+                "127.0.0.1:7432"
+            }
+            .parse()
+            .unwrap(),
+            ..CollectorConfig::default()
+        };
+        let tls = |c: CollectorConfig| CollectorConfig {
+            tls_cert_file: Some("/etc/gpulse/tls.crt".into()),
+            tls_key_file: Some("/etc/gpulse/tls.key".into()),
+            ..c
+        };
+        let err = |c: CollectorConfig| c.validate().unwrap_err().to_string();
+
+        // TLS alone says nothing about who the client is.
+        assert!(err(tls(wide(true, false))).contains("grpc_listen"));
+        // Per-agent tokens guard gRPC, not HTTP.
+        let agent_tokens = CollectorConfig {
+            agent_tokens_file: Some("/etc/gpulse/agent-tokens".into()),
+            ..wide(true, false)
+        };
+        agent_tokens.validate().unwrap();
+        let e = err(CollectorConfig {
+            http_listen: "0.0.0.0:7432".parse().unwrap(),
+            ..agent_tokens
+        });
+        assert!(
+            e.contains("http_listen") && e.contains("auth_token_file"),
+            "{e}"
+        );
+        // Mutual TLS authenticates both, unless HTTP opts out of client certificates.
+        let mtls = CollectorConfig {
+            tls_client_ca_file: Some("/etc/gpulse/ca.crt".into()),
+            ..tls(wide(true, true))
+        };
+        mtls.validate().unwrap();
+        let e = err(CollectorConfig {
+            http_client_auth: HttpClientAuth::None,
+            ..mtls.clone()
+        });
+        assert!(e.contains("http_listen"), "{e}");
+        CollectorConfig {
+            http_client_auth: HttpClientAuth::None,
+            auth_token_file: Some("/etc/gpulse/token".into()),
+            ..mtls
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let e = CollectorConfig {
+            tls_cert_file: Some("/etc/gpulse/tls.crt".into()),
+            ..CollectorConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls_cert_file/tls_key_file"), "{e}");
+        let e = CollectorConfig {
+            tls_client_ca_file: Some("/etc/gpulse/ca.crt".into()),
+            ..CollectorConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls_client_ca_file"), "{e}");
+    }
+
+    #[test]
+    fn http_client_auth_reads_its_two_values() {
+        assert_eq!(parse("").unwrap().http_client_auth, HttpClientAuth::Require);
+        assert_eq!(
+            parse("http_client_auth = \"none\"")
+                .unwrap()
+                .http_client_auth,
+            HttpClientAuth::None
+        );
+        let err = parse("http_client_auth = \"optional\"").unwrap_err();
+        assert!(err.contains("http_client_auth"), "{err}");
+        assert!(
+            "optional"
+                .parse::<HttpClientAuth>()
+                .unwrap_err()
+                .contains("require")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use gpulse_gpu::Snapshot;
 use gpulse_proto::v1::{self, agent_message, collector_message};
 
+use crate::auth::AgentCredential;
 use crate::cost::Cost;
 use crate::cost::store::{Durable, LedgerHost};
 use crate::fleet::{Applied, ApplyError, Fleet, Session};
@@ -86,6 +87,7 @@ impl IngestService {
             RejectKind::NoHello | RejectKind::DuplicateHello => tonic::Code::FailedPrecondition,
             RejectKind::HelloTimeout => tonic::Code::DeadlineExceeded,
             RejectKind::Unauthenticated => tonic::Code::Unauthenticated,
+            RejectKind::CredentialMismatch => tonic::Code::PermissionDenied,
             _ => tonic::Code::InvalidArgument,
         };
         Status::new(code, format!("{} ({})", r.message, r.kind.as_str()))
@@ -114,6 +116,7 @@ impl IngestService {
     async fn accept_hello(
         &self,
         inbound: &mut Streaming<v1::AgentMessage>,
+        credential: Option<&AgentCredential>,
     ) -> Result<(Session, Option<Arc<LedgerHost>>), Status> {
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
@@ -142,6 +145,10 @@ impl IngestService {
         let interval_ms = hello.interval_ms;
         let (identity, inventory) = gpulse_proto::identity_from_hello(hello);
         let agent_id = identity.agent_id.clone();
+        if let Some(Err(message)) = credential.map(|c| c.admits(&agent_id)) {
+            warn!(agent = %agent_id, "refused an agent's Hello: {message}");
+            return Err(self.refuse(&Rejection::new(RejectKind::CredentialMismatch, message)));
+        }
         let gpus = inventory.len();
         let ledger = self
             .cost
@@ -296,8 +303,9 @@ impl v1::ingest_server::Ingest for IngestService {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let credential = request.extensions().get::<AgentCredential>().cloned();
         let mut inbound = request.into_inner();
-        let (session, ledger) = self.accept_hello(&mut inbound).await?;
+        let (session, ledger) = self.accept_hello(&mut inbound, credential.as_ref()).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (replies, pending) = mpsc::channel(OUTBOUND_QUEUE);
         tokio::spawn(forward_replies(pending, tx, session.agent_id.clone()));

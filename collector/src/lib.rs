@@ -3,7 +3,9 @@
 //! It validates and deduplicates what agents send ([`ingest`], [`validate`]), keeps
 //! the latest state of every host ([`fleet`]), keeps a cost ledger per GPU per hour in
 //! an embedded store and reports on it ([`cost`]), and serves /metrics, /healthz,
-//! /readyz, the report API and page ([`http`]). [`start`] binds and runs everything;
+//! /readyz, the report API and page ([`http`]). Agents and scrapers authenticate with
+//! bearer tokens or client certificates ([`auth`]); both listeners can serve TLS
+//! ([`tls`]). [`start`] binds and runs everything;
 //! the `gpulse-collector` binary is a thin command line over it.
 //!
 //! It does not read GPUs (it links no NVML code) and keeps no telemetry history: the
@@ -21,6 +23,7 @@ pub mod ingest;
 pub mod metrics;
 #[cfg(test)]
 mod mutation_tests;
+pub mod tls;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -33,18 +36,20 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info};
 
 use gpulse_proto::v1::ingest_server::IngestServer;
 
-use crate::auth::BearerToken;
+use crate::auth::{AgentTokens, BearerToken, GrpcAuth};
 use crate::config::{CollectorConfig, ConfigError};
 use crate::cost::metrics::CostCollector;
 use crate::cost::{Cost, CostError};
 use crate::fleet::Fleet;
 use crate::metrics::SelfMetrics;
+use crate::tls::{ServerTls, TlsError, TlsListener};
 use crate::validate::RejectKind;
 
 /// Why the collector could not start.
@@ -67,6 +72,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Token(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
@@ -79,7 +86,9 @@ pub fn example_config() -> String {
     format!(
         "# gpulse-collector configuration: every setting with its default.\n\
          # Generated from the code's defaults; see README.md for what each one means.\n\
-         # Unset by default: auth_token_file = \"/etc/gpulse/token\", pricing_file = \"/etc/gpulse/prices.toml\"\n\n{body}"
+         # Unset by default: auth_token_file = \"/etc/gpulse/token\", agent_tokens_file = \"/etc/gpulse/agent-tokens\",\n\
+         # tls_cert_file = \"/etc/gpulse/tls/tls.crt\", tls_key_file = \"/etc/gpulse/tls/tls.key\",\n\
+         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\"\n\n{body}"
     )
 }
 
@@ -94,6 +103,8 @@ pub struct RunningCollector {
     pub scrape: http::Scrape,
     /// Prices and the cost ledger.
     pub cost: Cost,
+    /// The certificate both listeners serve, when TLS is on.
+    pub tls: Option<ServerTls>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -136,6 +147,37 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         .map(BearerToken::from_file)
         .transpose()
         .map_err(StartError::Token)?;
+    let agent_tokens = config
+        .agent_tokens_file
+        .as_deref()
+        .map(AgentTokens::from_file)
+        .transpose()
+        .map_err(StartError::Token)?;
+    if let (Some(shared), Some(agents)) = (&token, &agent_tokens)
+        && agents.contains(shared)
+    {
+        return Err(StartError::Token(
+            "agent_tokens_file holds the shared auth_token_file token, which admits any agent id: \
+             give that agent a token of its own"
+                .into(),
+        ));
+    }
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ServerTls::from_files(
+            cert,
+            key,
+            config.tls_client_ca_file.as_deref(),
+        )?),
+        _ => None,
+    };
+    let grpc_tls = tls
+        .as_ref()
+        .map(|t| t.server_config(t.mutual(), &[b"h2"]))
+        .transpose()?;
+    let http_tls = tls
+        .as_ref()
+        .map(|t| t.server_config(config.http_mutual_tls(), &[b"http/1.1"]))
+        .transpose()?;
 
     let cost = Cost::start(&config)?;
     let registry = Registry::new();
@@ -185,54 +227,110 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     .with_ledger(cost.clone());
     let server =
         IngestServer::new(service).max_decoding_message_size(config.limits.max_message_bytes);
-    let grpc_token = token.clone();
-    let grpc_metrics = metrics.clone();
-    let interceptor = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
-        match &grpc_token {
-            None => Ok(req),
-            Some(t) => {
-                let header = req
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok());
-                if t.accepts(header.as_ref()) {
-                    Ok(req)
-                } else {
-                    grpc_metrics.reject(RejectKind::Unauthenticated);
-                    Err(tonic::Status::unauthenticated(
-                        "missing or wrong bearer token: set auth_token_file in the agent's config",
-                    ))
-                }
-            }
-        }
+    let auth = GrpcAuth {
+        shared: token.clone(),
+        agents: agent_tokens,
+        metrics: metrics.clone(),
     };
+    let interceptor = move |req| auth.check(req);
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(InterceptedService::new(server, interceptor));
     let grpc_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(InterceptedService::new(server, interceptor))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(grpc_stop))
-            .await;
-        if let Err(e) = result {
-            error!(error = %e, "gRPC server failed; agents cannot deliver data");
+    match grpc_tls {
+        None => tasks.push(tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(grpc_listener);
+            if let Err(e) = grpc
+                .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
+                .await
+            {
+                error!(error = %e, "gRPC server failed; agents cannot deliver data");
+            }
+        })),
+        Some(server_config) => {
+            let refused = metrics.clone();
+            let (acceptor, accepted) = tls::accept(
+                "gRPC",
+                grpc_listener,
+                server_config,
+                move || refused.reject(RejectKind::Unauthenticated),
+                stop_rx.clone(),
+            );
+            tasks.push(acceptor);
+            tasks.push(tokio::spawn(async move {
+                let incoming =
+                    ReceiverStream::new(accepted).map(|(tls, _)| Ok::<_, std::io::Error>(tls));
+                if let Err(e) = grpc
+                    .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
+                    .await
+                {
+                    error!(error = %e, "gRPC server failed; agents cannot deliver data");
+                }
+            }));
         }
-    }));
+    }
 
     let app = http::router(http::HttpState {
         scrape: scrape.clone(),
         ready: ready.clone(),
-        token,
+        // A required client certificate authenticates a scraper; no token is asked for.
+        token: if config.http_mutual_tls() {
+            None
+        } else {
+            token
+        },
         ledger: Some(cost.store.path().to_path_buf()),
     });
     let http_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stopped(http_stop))
-            .await
-        {
-            error!(error = %e, "HTTP server failed; /metrics is not served");
+    match http_tls {
+        None => tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(stopped(http_stop))
+                .await
+            {
+                error!(error = %e, "HTTP server failed; /metrics is not served");
+            }
+        })),
+        Some(server_config) => {
+            let (acceptor, accepted) =
+                tls::accept("HTTP", http_listener, server_config, || {}, stop_rx.clone());
+            tasks.push(acceptor);
+            let listener = TlsListener {
+                accepted,
+                local: http_addr,
+            };
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(http_stop))
+                    .await
+                {
+                    error!(error = %e, "HTTP server failed; /metrics is not served");
+                }
+            }));
         }
-    }));
+    }
+
+    if let Some(tls) = tls.clone() {
+        let mut reload_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tls::RELOAD_CHECK);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = async { reload_stop.wait_for(|s| *s).await.is_ok() } => break,
+                }
+                let check = tls.clone();
+                match tokio::task::spawn_blocking(move || check.reload_if_changed()).await {
+                    Ok(Ok(true)) => info!("serving the renewed TLS certificate to new connections"),
+                    Ok(Ok(false)) | Err(_) => {}
+                    Ok(Err(e)) => {
+                        error!(error = %e, "cannot use the changed TLS certificate; still serving the previous one");
+                    }
+                }
+            }
+        }));
+    }
 
     let expiry = config.agent_expiry;
     let expiry_fleet = fleet.clone();
@@ -259,7 +357,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     }));
 
     ready.store(true, Ordering::Release);
-    info!(grpc = %grpc_addr, http = %http_addr, "collector serving");
+    info!(grpc = %grpc_addr, http = %http_addr, tls = tls.is_some(), mutual_tls = config.mutual_tls(), "collector serving");
     Ok(RunningCollector {
         grpc_addr,
         http_addr,
@@ -268,6 +366,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         metrics,
         scrape,
         cost,
+        tls,
         stop,
         tasks,
     })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use gpulse_collector::config::CollectorConfig;
+use gpulse_collector::config::{CollectorConfig, HttpClientAuth};
 use gpulse_collector::cost::report::{self, Dim, Window};
 use gpulse_collector::cost::store;
 use gpulse_exposition::dcgm::DcgmCompat;
@@ -39,6 +39,21 @@ struct Cli {
     /// File with the bearer token agents and scrapers must present.
     #[arg(long, env = "GPULSE_COLLECTOR_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// File of per-agent tokens, `<agent id> <token>` per line: each admits its own agent id only.
+    #[arg(long, env = "GPULSE_COLLECTOR_AGENT_TOKENS_FILE")]
+    agent_tokens_file: Option<PathBuf>,
+    /// PEM certificate chain served over TLS on both listeners (with --tls-key-file).
+    #[arg(long, env = "GPULSE_COLLECTOR_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "GPULSE_COLLECTOR_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA that client certificates must be signed by (mutual TLS).
+    #[arg(long, env = "GPULSE_COLLECTOR_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// With a client CA, whether HTTP clients need a certificate too: require, none [default: require].
+    #[arg(long, env = "GPULSE_COLLECTOR_HTTP_CLIENT_AUTH")]
+    http_client_auth: Option<HttpClientAuth>,
     /// Allow listening beyond loopback with no authentication (trusted networks only).
     #[arg(long, env = "GPULSE_COLLECTOR_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
@@ -95,6 +110,21 @@ impl Cli {
         if let Some(v) = self.auth_token_file {
             c.auth_token_file = Some(v);
         }
+        if let Some(v) = self.agent_tokens_file {
+            c.agent_tokens_file = Some(v);
+        }
+        if let Some(v) = self.tls_cert_file {
+            c.tls_cert_file = Some(v);
+        }
+        if let Some(v) = self.tls_key_file {
+            c.tls_key_file = Some(v);
+        }
+        if let Some(v) = self.tls_client_ca_file {
+            c.tls_client_ca_file = Some(v);
+        }
+        if let Some(v) = self.http_client_auth {
+            c.http_client_auth = v;
+        }
         c.allow_unauthenticated |= self.allow_unauthenticated;
         if let Some(v) = self.dcgm_compat {
             c.dcgm_compat = v;
@@ -131,8 +161,13 @@ async fn main() -> anyhow::Result<()> {
     let running = gpulse_collector::start(config)
         .await
         .context("the collector could not start")?;
+    let scheme = if running.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "gpulse-collector: agents -> {}  metrics -> http://{}/metrics",
+        "gpulse-collector: agents -> {}  metrics -> {scheme}://{}/metrics",
         running.grpc_addr, running.http_addr
     );
     tokio::signal::ctrl_c()

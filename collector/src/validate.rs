@@ -21,6 +21,9 @@ pub enum RejectKind {
     InvalidInventory,
     TooManyGpus,
     AgentIdConflict,
+    /// The Hello's agent id is not one its credential (client certificate or per-agent
+    /// token) was issued to.
+    CredentialMismatch,
     TooManyAgents,
     TooManySnapshots,
     FutureTimestamp,
@@ -32,7 +35,7 @@ pub enum RejectKind {
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 19] = [
+    pub const ALL: [RejectKind; 20] = [
         RejectKind::Unauthenticated,
         RejectKind::Malformed,
         RejectKind::Oversized,
@@ -44,6 +47,7 @@ impl RejectKind {
         RejectKind::InvalidInventory,
         RejectKind::TooManyGpus,
         RejectKind::AgentIdConflict,
+        RejectKind::CredentialMismatch,
         RejectKind::TooManyAgents,
         RejectKind::TooManySnapshots,
         RejectKind::FutureTimestamp,
@@ -67,6 +71,7 @@ impl RejectKind {
             RejectKind::InvalidInventory => "invalid_inventory",
             RejectKind::TooManyGpus => "too_many_gpus",
             RejectKind::AgentIdConflict => "agent_id_conflict",
+            RejectKind::CredentialMismatch => "credential_mismatch",
             RejectKind::TooManyAgents => "too_many_agents",
             RejectKind::TooManySnapshots => "too_many_snapshots",
             RejectKind::FutureTimestamp => "future_timestamp",
@@ -112,6 +117,11 @@ fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
 }
 
+/// Whether `id` is a usable agent id: 1 to 128 plain characters.
+pub(crate) fn is_agent_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(is_id_char)
+}
+
 fn is_label_key(key: &str) -> bool {
     let mut chars = key.chars();
     chars
@@ -147,7 +157,7 @@ pub fn hello(
     limits: &Limits,
 ) -> Result<(), Rejection> {
     let id = &identity.agent_id;
-    if id.is_empty() || id.len() > 128 || !id.chars().all(is_id_char) {
+    if !is_agent_id(id) {
         return Err(Rejection::new(
             RejectKind::InvalidIdentity,
             format!(

@@ -14,6 +14,7 @@ use prometheus::Registry;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tonic::transport::Endpoint;
 
 use gpulse_collector::RunningCollector;
 use gpulse_collector::config::CollectorConfig;
@@ -82,9 +83,21 @@ async fn open(
     hello: v1::Hello,
     token: Option<&str>,
 ) -> Result<Stream, tonic::Status> {
-    let mut client = IngestClient::connect(format!("http://{}", c.grpc_addr))
+    let endpoint = Endpoint::from_shared(format!("http://{}", c.grpc_addr)).unwrap();
+    open_via(endpoint, hello, token).await
+}
+
+/// Opens a stream over `endpoint`; a failed connection is a status too.
+async fn open_via(
+    endpoint: Endpoint,
+    hello: v1::Hello,
+    token: Option<&str>,
+) -> Result<Stream, tonic::Status> {
+    let channel = endpoint
+        .connect()
         .await
-        .unwrap();
+        .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+    let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     tx.send(v1::AgentMessage {
         msg: Some(agent_message::Msg::Hello(hello)),
@@ -1200,4 +1213,464 @@ async fn findings_can_be_turned_off() {
     assert!(!c.render_metrics().contains("gpulse_gpu_finding{"));
     drop(stream);
     c.shutdown().await;
+}
+
+/// A certificate authority for tests, issuing server and client certificates.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and key, as PEM text and as the files holding it.
+struct Issued {
+    cert_pem: String,
+    key_pem: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca_pem: ca.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A certificate for `dns_name`, for a server or a client.
+    fn issue(&self, dns_name: &str, server: bool) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let base = self.dir.path().join(dns_name);
+        let issued = Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert: base.with_extension("crt"),
+            key: base.with_extension("key"),
+        };
+        std::fs::write(&issued.cert, &issued.cert_pem).unwrap();
+        std::fs::write(&issued.key, &issued.key_pem).unwrap();
+        issued
+    }
+}
+
+/// The name in the collector's test certificate.
+const SERVER_NAME: &str = "collector.test";
+
+/// A collector serving `server` on both listeners, with `client_ca` for mutual TLS.
+async fn start_tls(
+    server: &Issued,
+    client_ca: Option<&Pki>,
+    config: CollectorConfig,
+) -> RunningCollector {
+    start_with(CollectorConfig {
+        tls_cert_file: Some(server.cert.clone()),
+        tls_key_file: Some(server.key.clone()),
+        tls_client_ca_file: client_ca.map(Pki::ca),
+        ..config
+    })
+    .await
+}
+
+/// An endpoint to the collector's gRPC over TLS, trusting `ca`, with a client certificate.
+fn tls_endpoint(c: &RunningCollector, ca: &Pki, client: Option<&Issued>) -> Endpoint {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.ca_pem))
+        .domain_name(SERVER_NAME);
+    if let Some(client) = client {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &client.cert_pem,
+            &client.key_pem,
+        ));
+    }
+    Endpoint::from_shared(format!("https://{}", c.grpc_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+}
+
+/// Polls until `reason` has been counted `at_least` times: a refused handshake is
+/// counted by the server after the client has seen it fail.
+async fn eventually_rejected(c: &RunningCollector, reason: &str, at_least: f64) {
+    for _ in 0..250 {
+        if rejected(c, reason) >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{reason} counted {} times, expected at least {at_least}",
+        rejected(c, reason)
+    );
+}
+
+#[tokio::test]
+async fn over_mutual_tls_an_agent_gets_in_under_its_certificates_name_only() {
+    let pki = Pki::new("gpulse test CA");
+    let server = pki.issue(SERVER_NAME, true);
+    let c = start_tls(&server, Some(&pki), CollectorConfig::default()).await;
+    let mut sim = sim("gpus=1,seed=21");
+
+    let node_m = pki.issue("node-m", false);
+    let hello = hello_for(&identity("node-m", "m-m"), &sim);
+    let mut s = open_via(tls_endpoint(&c, &pki, Some(&node_m)), hello, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.send(1, vec![snapshot(&mut sim, now_ms())]).await,
+        collector_message::Msg::Ack(v1::Ack { seq: 1 })
+    );
+    assert!(c.fleet.host("node-m").is_some());
+
+    // node-m's certificate does not make it node-x.
+    let hello = hello_for(&identity("node-x", "m-x"), &sim);
+    let err = open_via(tls_endpoint(&c, &pki, Some(&node_m)), hello, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("credential_mismatch"), "{err:?}");
+    assert!(err.message().contains("node-m"), "{err:?}");
+    assert_eq!(rejected(&c, "credential_mismatch"), 1.0);
+    assert!(c.fleet.host("node-x").is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_mutual_tls_a_certificate_from_another_ca_or_none_is_refused() {
+    let pki = Pki::new("gpulse test CA");
+    let server = pki.issue(SERVER_NAME, true);
+    let c = start_tls(&server, Some(&pki), CollectorConfig::default()).await;
+    let sim = sim("gpus=1,seed=22");
+    let hello = hello_for(&identity("node-o", "m-o"), &sim);
+
+    let other = Pki::new("another CA");
+    let stranger = other.issue("node-o", false);
+    let err = open_via(tls_endpoint(&c, &pki, Some(&stranger)), hello.clone(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    eventually_rejected(&c, "unauthenticated", 1.0).await;
+
+    let err = open_via(tls_endpoint(&c, &pki, None), hello.clone(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    eventually_rejected(&c, "unauthenticated", 2.0).await;
+
+    // Plain text to a TLS port gets nowhere either.
+    let plain = Endpoint::from_shared(format!("http://{}", c.grpc_addr)).unwrap();
+    assert!(open_via(plain, hello, None).await.is_err());
+    assert!(c.fleet.host("node-o").is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_per_agent_token_admits_its_own_agent_id_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = "5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b";
+    let node_p = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    std::fs::write(dir.path().join("token"), shared).unwrap();
+    std::fs::write(
+        dir.path().join("agent-tokens"),
+        format!("# one line per agent\nnode-p {node_p}\n"),
+    )
+    .unwrap();
+    let c = start_with(CollectorConfig {
+        auth_token_file: Some(dir.path().join("token")),
+        agent_tokens_file: Some(dir.path().join("agent-tokens")),
+        ..CollectorConfig::default()
+    })
+    .await;
+    let mut sim = sim("gpus=1,seed=23");
+
+    let mut s = open(
+        &c,
+        hello_for(&identity("node-p", "m-p"), &sim),
+        Some(node_p),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.send(1, vec![snapshot(&mut sim, now_ms())]).await,
+        collector_message::Msg::Ack(v1::Ack { seq: 1 })
+    );
+
+    let err = open(
+        &c,
+        hello_for(&identity("node-q", "m-q"), &sim),
+        Some(node_p),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("node-p"), "{err:?}");
+    assert_eq!(rejected(&c, "credential_mismatch"), 1.0);
+    assert!(c.fleet.host("node-q").is_none());
+
+    // The shared token admits any agent id, as before.
+    let _q = open(
+        &c,
+        hello_for(&identity("node-q", "m-q"), &sim),
+        Some(shared),
+    )
+    .await
+    .unwrap();
+    let err = open(
+        &c,
+        hello_for(&identity("node-r", "m-r"), &sim),
+        Some("not-a-token-at-all"),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(rejected(&c, "unauthenticated"), 1.0);
+
+    // Scrapers use the shared token; an agent's token does not open /metrics.
+    let url = format!("http://{}/metrics", c.http_addr);
+    assert_eq!(http_get(&url, Some(node_p)).await.0, 401);
+    assert_eq!(http_get(&url, Some(shared)).await.0, 200);
+    c.shutdown().await;
+}
+
+/// A GET over TLS, trusting `ca`, with a client certificate; `Err` when the connection
+/// fails (a refused handshake).
+async fn https_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ca: &Pki,
+    client: Option<&Issued>,
+) -> Result<(u16, String), std::io::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = String::new();
+    tls.read_to_string(&mut buf).await?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {buf:?}")))?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn metrics_are_served_over_tls_and_mutual_tls() {
+    let pki = Pki::new("gpulse test CA");
+    let server = pki.issue(SERVER_NAME, true);
+    let scraper = pki.issue("prometheus", false);
+
+    let c = start_tls(&server, None, CollectorConfig::default()).await;
+    let (status, body) = https_get(c.http_addr, "/metrics", &pki, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("gpulse_collector_batches_received_total"),
+        "{body}"
+    );
+    // A plain-text scrape of a TLS port gets no metrics.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(c.http_addr).await.unwrap();
+        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = sock.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.contains("gpulse_collector"), "{answer}");
+    }
+    c.shutdown().await;
+
+    let c = start_tls(&server, Some(&pki), CollectorConfig::default()).await;
+    assert!(
+        https_get(c.http_addr, "/metrics", &pki, None)
+            .await
+            .is_err(),
+        "without a client certificate the handshake is refused"
+    );
+    let other = Pki::new("another CA");
+    assert!(
+        https_get(
+            c.http_addr,
+            "/metrics",
+            &pki,
+            Some(&other.issue("prometheus", false))
+        )
+        .await
+        .is_err()
+    );
+    let (status, body) = https_get(c.http_addr, "/metrics", &pki, Some(&scraper))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("gpulse_collector_batches_received_total"),
+        "{body}"
+    );
+    c.shutdown().await;
+
+    // HTTP can opt out of client certificates; the shared token then guards /metrics.
+    let dir = tempfile::tempdir().unwrap();
+    let token = "00112233445566778899aabbccddeeff";
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let c = start_tls(
+        &server,
+        Some(&pki),
+        CollectorConfig {
+            http_client_auth: gpulse_collector::config::HttpClientAuth::None,
+            auth_token_file: Some(dir.path().join("token")),
+            ..CollectorConfig::default()
+        },
+    )
+    .await;
+    let (status, _) = https_get(c.http_addr, "/metrics", &pki, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = https_get(c.http_addr, "/healthz", &pki, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn unusable_tls_files_stop_the_start_naming_the_file() {
+    let pki = Pki::new("gpulse test CA");
+    let server = pki.issue(SERVER_NAME, true);
+    let missing = pki.dir.path().join("missing.crt");
+    for (cert, key, ca, needle) in [
+        (&missing, &server.key, None, "missing.crt"),
+        (&server.cert, &server.cert, None, "PRIVATE KEY"),
+        (&server.cert, &server.key, Some(&server.key), "client CA"),
+    ] {
+        let err = gpulse_collector::start(CollectorConfig {
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: pki.dir.path().join("data"),
+            tls_cert_file: Some(cert.clone()),
+            tls_key_file: Some(key.clone()),
+            tls_client_ca_file: ca.cloned(),
+            ..CollectorConfig::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+/// The binary as an operator runs it: TLS settings from flags and the environment, and
+/// a file it cannot use named in its error.
+#[test]
+fn the_binary_names_the_tls_file_it_cannot_use() {
+    let pki = Pki::new("gpulse test CA");
+    let server = pki.issue(SERVER_NAME, true);
+    let missing = pki.dir.path().join("no-such-key.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(pki.dir.path().join("data"))
+        .arg("--tls-cert-file")
+        .arg(&server.cert)
+        .env("GPULSE_COLLECTOR_TLS_KEY_FILE", &missing)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&missing.display().to_string()) && stderr.contains("TLS key"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args(["--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(pki.dir.path().join("data"))
+        .arg("--tls-cert-file")
+        .arg(&server.cert)
+        .arg("--tls-key-file")
+        .arg(&server.key)
+        .args(["--http-client-auth", "none"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("grpc_listen") && stderr.contains("TLS alone"),
+        "{stderr}"
+    );
 }

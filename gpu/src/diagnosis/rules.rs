@@ -340,10 +340,10 @@ fn nvlink(w: &GpuWindow<'_>) -> Vec<Finding> {
                     .and_then(f)
             })
         };
-        let crc = delta(|x| x.crc_flit_errors) + delta(|x| x.crc_data_errors);
+        let crc = delta(|x| x.crc_flit_errors).saturating_add(delta(|x| x.crc_data_errors));
         let replay = delta(|x| x.replay_errors);
         let recovery = delta(|x| x.recovery_errors);
-        if crc + replay + recovery > 0 {
+        if crc > 0 || replay > 0 || recovery > 0 {
             erroring.push(format!(
                 "link {}: {crc} CRC, {replay} replay, {recovery} recovery errors",
                 l.link

@@ -56,12 +56,13 @@ impl<'a> GpuWindow<'a> {
     }
 
     /// Increase of a cumulative counter over the window (resets count from zero).
+    /// Saturates: the readings come from an agent, and a counter can hold anything.
     pub fn increase(&self, f: impl Fn(&DeviceSample) -> Option<u64>) -> u64 {
-        let mut total = 0;
+        let mut total = 0u64;
         let mut last: Option<u64> = None;
         for v in self.answering().filter_map(f) {
             if let Some(prev) = last {
-                total += if v >= prev { v - prev } else { v };
+                total = total.saturating_add(if v >= prev { v - prev } else { v });
             }
             last = Some(v);
         }
