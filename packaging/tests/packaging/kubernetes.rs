@@ -255,6 +255,24 @@ fn the_agent_runs_on_gpu_nodes_with_nvml_and_the_hosts_proc_only() {
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
     assert_eq!(hosts, ["/proc", "/sys/class/dmi"], "no other host path");
+    // The spool is the one writable mount, sized for spool_max_bytes.
+    let spool_dir = config.spool_dir.as_deref().expect("a spool");
+    let spool = seq(mounts)
+        .iter()
+        .find(|m| spool_dir.starts_with(s(&m["mountPath"])))
+        .unwrap_or_else(|| panic!("nothing mounted above {}", spool_dir.display()));
+    assert!(spool["readOnly"].is_null(), "the spool is writable");
+    let empty_dir = &named(volumes, s(&spool["name"]))["emptyDir"];
+    let limit_mib: u64 = s(&empty_dir["sizeLimit"])
+        .strip_suffix("Mi")
+        .and_then(|v| v.parse().ok())
+        .expect("sizeLimit in Mi");
+    assert!(limit_mib << 20 > config.spool_max_bytes, "{limit_mib}Mi");
+    for m in seq(mounts) {
+        if m["mountPath"] != spool["mountPath"] {
+            assert_eq!(m["readOnly"], true, "{:?} is read-only", m["mountPath"]);
+        }
+    }
 
     // The collector URL is the Service's gRPC port.
     let svc = object("Service", "gpulse-collector");
