@@ -162,6 +162,7 @@ mod tests {
         v1::Batch {
             seq,
             snapshots: vec![],
+            agent: None,
         }
     }
 

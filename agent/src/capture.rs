@@ -60,6 +60,7 @@ pub fn capture(
             agent_message::Msg::Batch(v1::Batch {
                 seq: readings as u64,
                 snapshots: vec![v1::Snapshot::from(&snapshot)],
+                agent: None,
             }),
         )?;
         if started.elapsed() >= duration {

@@ -88,6 +88,19 @@ impl AgentMetrics {
     }
 }
 
+impl AgentMetrics {
+    /// The delivery counters the collector shows for this agent (sent in every batch).
+    pub fn stats(&self) -> gpulse_proto::v1::AgentStats {
+        gpulse_proto::v1::AgentStats {
+            batches_dropped: self.batches_dropped.get(),
+            batches_rejected: self.batches_rejected.get(),
+            spool_errors: self.spool_errors.get(),
+            buffered_batches: self.buffered_batches.get().max(0) as u64,
+            spool_bytes: self.spool_bytes.get().max(0) as u64,
+        }
+    }
+}
+
 /// A registry with the agent's own metrics; the host's series are rendered beside it.
 pub fn registry() -> prometheus::Result<(Registry, AgentMetrics)> {
     let registry = Registry::new();

@@ -168,5 +168,6 @@ pub fn record(shared: &Shared, local: &LocalHost, seq: u64, snapshot: Snapshot) 
     shared.enqueue(v1::Batch {
         seq,
         snapshots: vec![wire],
+        agent: Some(shared.metrics.stats()),
     });
 }

@@ -473,6 +473,7 @@ mod tests {
                 timestamp_unix_ms: seq as i64,
                 ..Default::default()
             }],
+            agent: None,
         }
     }
 
@@ -527,6 +528,7 @@ mod tests {
                 timestamp_unix_ms: seq as i64,
                 gpus: vec![v1::GpuSample::default(); 2000],
             }],
+            agent: None,
         };
         for seq in 1..=40 {
             s.append(&big(seq)).unwrap();
@@ -552,6 +554,7 @@ mod tests {
                 gpus: vec![v1::GpuSample::default(); 4000],
                 ..Default::default()
             }],
+            agent: None,
         };
         let mut dropped = Vec::new();
         for seq in 1..=200 {

@@ -347,6 +347,53 @@ async fn spooled_batches_survive_a_killed_agent() {
     c.shutdown().await;
 }
 
+/// What an agent lost while its collector was away shows at the collector, per host,
+/// once it is back: the fleet sees where its data has holes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_agent_dropped_shows_at_the_collector() {
+    let first = collector_on("127.0.0.1:0").await;
+    let addr = first.grpc_addr;
+    let config = AgentConfig {
+        simulate: Some("gpus=1,scenario=training,seed=8".into()),
+        interval: Duration::from_millis(100),
+        max_buffered_batches: 3,
+        ..AgentConfig::default()
+    };
+    let a = agent(&first, "lossy", config).await;
+    eventually("acks from the first collector", || {
+        a.metrics.batches_acked.get() >= 2
+    })
+    .await;
+    first.shutdown().await;
+    eventually("drops while the collector is away", || {
+        a.metrics.batches_dropped.get() >= 4
+    })
+    .await;
+    let second = collector_on(&addr.to_string()).await;
+    let series = "gpulse_agent_batches_dropped_total{host=\"lossy\"}";
+    eventually("the collector shows the drops", || {
+        value(&second.render_metrics(), series).is_some_and(|v| v >= 4.0)
+    })
+    .await;
+    let text = second.render_metrics();
+    // Reported with each batch: never more than the agent has counted.
+    assert!(value(&text, series).unwrap() <= a.metrics.batches_dropped.get() as f64);
+    for name in [
+        "gpulse_agent_batches_rejected_total",
+        "gpulse_agent_spool_errors_total",
+        "gpulse_agent_buffered_batches",
+        "gpulse_agent_spool_bytes",
+    ] {
+        assert!(
+            value(&text, &format!("{name}{{host=\"lossy\"}}")).is_some(),
+            "{name}: {text}"
+        );
+    }
+    promtool_check(&text);
+    a.shutdown().await;
+    second.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_drops_the_oldest_and_counts_it() {
     // Nobody listens on this port: every batch stays unacknowledged.

@@ -55,6 +55,7 @@ fn decode_and_apply_with(c: &mut Criterion, readings: usize) {
         msg: Some(agent_message::Msg::Batch(v1::Batch {
             seq: 0,
             snapshots: vec![v1::Snapshot::from(&snapshot)],
+            agent: None,
         })),
     }
     .encode_to_vec();

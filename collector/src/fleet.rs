@@ -175,6 +175,18 @@ impl Fleet {
         Ok(Applied::New { gpu_samples })
     }
 
+    /// Records what an agent says of its own delivery (sent with each new batch).
+    pub fn set_agent_stats(&self, session: &Session, stats: gpulse_exposition::AgentStats) {
+        let mut inner = self.write();
+        if let Some(entry) = inner
+            .agents
+            .get_mut(&session.agent_id)
+            .filter(|e| e.session == Some(session.id))
+        {
+            entry.view.agent_stats = Some(stats);
+        }
+    }
+
     /// Marks a session's agent as disconnected, unless a newer stream replaced it.
     pub fn disconnect(&self, session: &Session, now_unix_ms: i64) {
         let mut inner = self.write();

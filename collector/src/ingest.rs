@@ -48,6 +48,17 @@ enum Reply {
     WhenDurable { seq: u64, durable: Durable },
 }
 
+/// An agent's delivery counters, from the wire to the fleet's view.
+pub(crate) fn agent_stats(a: v1::AgentStats) -> gpulse_exposition::AgentStats {
+    gpulse_exposition::AgentStats {
+        batches_dropped: a.batches_dropped,
+        batches_rejected: a.batches_rejected,
+        spool_errors: a.spool_errors,
+        buffered_batches: a.buffered_batches,
+        spool_bytes: a.spool_bytes,
+    }
+}
+
 fn ack(seq: u64) -> v1::CollectorMessage {
     v1::CollectorMessage {
         msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
@@ -204,6 +215,7 @@ impl IngestService {
             }
         };
         let seq = batch.seq;
+        let agent_stats = batch.agent.map(agent_stats);
         let reject = |r: Rejection| {
             self.metrics.reject(r.kind);
             debug!(agent = %session.agent_id, seq, reason = r.kind.as_str(), "refused a batch: {}", r.message);
@@ -228,6 +240,9 @@ impl IngestService {
         let now = now_unix_ms();
         let to_ledger = match self.fleet.apply(session, seq, snapshots, now) {
             Ok(Applied::New { gpu_samples }) => {
+                if let Some(stats) = agent_stats {
+                    self.fleet.set_agent_stats(session, stats);
+                }
                 self.metrics.batches_received.inc();
                 self.metrics.gpu_samples_received.inc_by(gpu_samples as u64);
                 for_ledger

@@ -60,6 +60,13 @@ fn messages() -> Vec<Vec<u8>> {
                 msg: Some(agent_message::Msg::Batch(v1::Batch {
                     seq,
                     snapshots: vec![v1::Snapshot::from(&snapshot)],
+                    agent: Some(v1::AgentStats {
+                        batches_dropped: 3,
+                        batches_rejected: 1,
+                        spool_errors: 2,
+                        buffered_batches: 40,
+                        spool_bytes: 250_000,
+                    }),
                 })),
             }
             .encode_to_vec(),
@@ -435,6 +442,9 @@ proptest! {
                     Err(_) => false,
                     Ok(snapshots) => match fleet.apply(&session, batch.seq, snapshots.clone(), now) {
                         Ok(_) => {
+                            if let Some(a) = batch.agent {
+                                fleet.set_agent_stats(&session, crate::ingest::agent_stats(a));
+                            }
                             account(&snapshots);
                             true
                         }

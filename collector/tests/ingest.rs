@@ -117,7 +117,11 @@ impl Stream {
     async fn send(&mut self, seq: u64, snapshots: Vec<v1::Snapshot>) -> collector_message::Msg {
         self.tx
             .send(v1::AgentMessage {
-                msg: Some(agent_message::Msg::Batch(v1::Batch { seq, snapshots })),
+                msg: Some(agent_message::Msg::Batch(v1::Batch {
+                    seq,
+                    snapshots,
+                    agent: None,
+                })),
             })
             .await
             .unwrap();
@@ -316,6 +320,7 @@ async fn an_oversized_message_is_refused_and_counted() {
         msg: Some(agent_message::Msg::Batch(v1::Batch {
             seq: 1,
             snapshots: big,
+            agent: None,
         })),
     })
     .await
@@ -485,6 +490,19 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
                 }
             }
             fleet.apply(&session, k as u64 + 1, vec![snap], t).unwrap();
+        }
+        // One host's agent lost batches while its collector was away.
+        if i == 3 {
+            fleet.set_agent_stats(
+                &session,
+                gpulse_exposition::AgentStats {
+                    batches_dropped: 12,
+                    batches_rejected: 1,
+                    spool_errors: 0,
+                    buffered_batches: 2,
+                    spool_bytes: 1_048_576,
+                },
+            );
         }
         if i == 4 {
             fleet.disconnect(&session, t0 + 20_000);
@@ -800,6 +818,7 @@ async fn a_killed_collector_keeps_its_ledger_and_counts_nothing_twice() {
             msg: Some(agent_message::Msg::Batch(v1::Batch {
                 seq: 26 + i as u64,
                 snapshots: vec![snap.clone()],
+                agent: None,
             })),
         })
         .await

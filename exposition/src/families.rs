@@ -211,6 +211,17 @@ impl Families {
             &[],
             host.last_seen_unix_ms as f64 / 1000.0,
         );
+        if let Some(st) = &host.agent_stats {
+            for (def, v) in [
+                (&names::AGENT_BATCHES_DROPPED, st.batches_dropped),
+                (&names::AGENT_BATCHES_REJECTED, st.batches_rejected),
+                (&names::AGENT_SPOOL_ERRORS, st.spool_errors),
+                (&names::AGENT_BUFFERED_BATCHES, st.buffered_batches),
+                (&names::AGENT_SPOOL_BYTES, st.spool_bytes),
+            ] {
+                self.push(def, &host_label, &[], v as f64);
+            }
+        }
         if self.options.dcgm.gpulse_gpus() {
             for gpu in &host.gpus {
                 self.add_gpu(&id.agent_id, gpu);

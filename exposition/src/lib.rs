@@ -18,7 +18,9 @@ pub mod names;
 mod view;
 
 pub use families::{ExpositionOptions, HostSource, render_fleet};
-pub use view::{DEFAULT_FINDINGS_READINGS, GpuView, HostView, MAX_FINDINGS_READINGS, UnknownGpu};
+pub use view::{
+    AgentStats, DEFAULT_FINDINGS_READINGS, GpuView, HostView, MAX_FINDINGS_READINGS, UnknownGpu,
+};
 
 /// The fleet's series followed by a registry's (self-metrics), as one scrape.
 pub fn render(

@@ -297,7 +297,7 @@ pub const AGENT_LAST_SEEN: Def = gauge(
 );
 
 /// Every per-host and per-GPU metric, in exposition order.
-pub const FLEET: [Def; 66] = [
+pub const FLEET: [Def; 71] = [
     HOST_INFO,
     HOST_GPU_BACKEND_ERROR,
     AGENT_UP,
@@ -364,6 +364,12 @@ pub const FLEET: [Def; 66] = [
     GPU_MIG_ENABLED,
     GPU_MIG_INSTANCE_INFO,
     GPU_FINDING,
+    // What each agent reports of its own delivery (AGENT_DELIVERY), per host.
+    AGENT_BATCHES_DROPPED,
+    AGENT_BATCHES_REJECTED,
+    AGENT_SPOOL_ERRORS,
+    AGENT_BUFFERED_BATCHES,
+    AGENT_SPOOL_BYTES,
 ];
 
 // Cost, from the collector's ledger: per GPU, labels as the other GPU series.
@@ -513,8 +519,14 @@ pub const AGENT: [Def; 10] = [
 mod tests {
     use super::*;
 
+    /// Every family once: the agent's delivery counters are both its own
+    /// self-metrics and, per host, the collector's.
     fn all() -> impl Iterator<Item = Def> {
-        FLEET.into_iter().chain(COST).chain(COLLECTOR).chain(AGENT)
+        FLEET.into_iter().chain(COST).chain(COLLECTOR).chain(
+            AGENT
+                .into_iter()
+                .filter(|a| !FLEET.iter().any(|f| f.name == a.name)),
+        )
     }
 
     #[test]

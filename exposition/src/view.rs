@@ -42,6 +42,17 @@ impl GpuView {
     }
 }
 
+/// An agent's own delivery counters, as its newest batch reported them (cumulative
+/// since the agent process started; the last two are gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    pub batches_dropped: u64,
+    pub batches_rejected: u64,
+    pub spool_errors: u64,
+    pub buffered_batches: u64,
+    pub spool_bytes: u64,
+}
+
 /// One host: who it is, its GPUs, and whether its agent is connected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostView {
@@ -55,6 +66,9 @@ pub struct HostView {
     pub latest_snapshot_unix_ms: Option<i64>,
     /// Readings kept per GPU for findings; 0: no findings.
     pub findings_readings: usize,
+    /// What the agent says of its own delivery; `None` until a batch says it (and
+    /// always on the agent's local view, whose registry shows its own).
+    pub agent_stats: Option<AgentStats>,
 }
 
 impl HostView {
@@ -74,6 +88,7 @@ impl HostView {
             last_seen_unix_ms: now_unix_ms,
             latest_snapshot_unix_ms: None,
             findings_readings: 0,
+            agent_stats: None,
         }
     }
 
