@@ -30,6 +30,11 @@ fn identity(i: usize) -> HostIdentity {
         agent_id: format!("host-{i:04}"),
         hostname: format!("host-{i:04}.example"),
         boot_id: "boot".into(),
+        provider: gpulse_gpu::ProviderIdentity {
+            provider: gpulse_gpu::Learned::from_config("aws"),
+            instance_type: gpulse_gpu::Learned::from_config("p5.48xlarge"),
+            ..Default::default()
+        },
         ..HostIdentity::default()
     }
 }
@@ -138,5 +143,53 @@ fn render_large_fleet(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_and_apply, render_large_fleet);
+/// The whole /metrics scrape as the collector serves it: the fleet, every GPU's cost
+/// series (priced from the shipped catalogue, totals from the ledger) and the
+/// collector's self-metrics.
+fn scrape_with_cost(c: &mut Criterion) {
+    use gpulse_collector::cost::ledger::Usage;
+    use gpulse_collector::cost::metrics::CostSeries;
+    use gpulse_collector::cost::pricing::Pricing;
+    let fleet = large_fleet(gpulse_exposition::DEFAULT_FINDINGS_READINGS);
+    let pricing = std::sync::Arc::new(
+        Pricing::load(None, &gpulse_collector::config::BareMetalConfig::default()).unwrap(),
+    );
+    let mut totals = std::collections::HashMap::new();
+    gpulse_exposition::HostSource::for_each_host(fleet.as_ref(), &mut |h| {
+        for g in &h.gpus {
+            let usage = Usage {
+                observed_s: 3600.0,
+                busy_s: 3000.0,
+                list_cost: 98.3,
+                ..Usage::default()
+            };
+            totals.insert((h.identity.agent_id.clone(), g.info.uuid.clone()), usage);
+        }
+    });
+    let scrape = gpulse_collector::http::Scrape {
+        fleet,
+        options: ExpositionOptions::default(),
+        registry: Registry::new(),
+        cost: Some(CostSeries::new(
+            pricing,
+            std::sync::Arc::new(std::sync::RwLock::new(totals)),
+        )),
+    };
+    let render = || scrape.render();
+    eprintln!(
+        "scrape with cost for 1,000 hosts x 8 GPUs: {} bytes",
+        render().len()
+    );
+    let mut group = c.benchmark_group("exposition");
+    group.sample_size(10);
+    group.bench_function("scrape_1000_hosts_x_8_gpus_with_cost", |b| b.iter(render));
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_and_apply,
+    render_large_fleet,
+    scrape_with_cost
+);
 criterion_main!(benches);

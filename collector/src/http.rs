@@ -18,18 +18,27 @@ use gpulse_exposition::ExpositionOptions;
 use crate::auth::BearerToken;
 use crate::fleet::Fleet;
 
-/// What a scrape of /metrics shows: the fleet, then the collector's own metrics.
+/// What a scrape of /metrics shows: the fleet, its cost series, then the collector's
+/// own metrics.
 #[derive(Debug, Clone)]
 pub struct Scrape {
     pub fleet: Arc<Fleet>,
     pub options: ExpositionOptions,
     pub registry: Registry,
+    /// `None` where no ledger is kept.
+    pub cost: Option<crate::cost::metrics::CostSeries>,
 }
 
 impl Scrape {
     /// The whole /metrics text.
     pub fn render(&self) -> String {
-        gpulse_exposition::render(&self.fleet, self.options, &self.registry)
+        let mut out = String::with_capacity(64 * 1024);
+        gpulse_exposition::render_fleet(self.fleet.as_ref(), self.options, &mut out);
+        if let Some(cost) = &self.cost {
+            cost.render(self.fleet.as_ref(), &mut out);
+        }
+        gpulse_exposition::append_registry(&self.registry, &mut out);
+        out
     }
 }
 use crate::cost::report::{self, Dim, ParamError, Window};

@@ -45,7 +45,7 @@ use gpulse_proto::v1::ingest_server::IngestServer;
 
 use crate::auth::{AgentTokens, BearerToken, GrpcAuth};
 use crate::config::{CollectorConfig, ConfigError};
-use crate::cost::metrics::CostCollector;
+use crate::cost::metrics::CostSeries;
 use crate::cost::{Cost, CostError};
 use crate::fleet::Fleet;
 use crate::metrics::SelfMetrics;
@@ -190,12 +190,11 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
             dcgm: config.dcgm_compat,
         },
         registry: registry.clone(),
+        cost: Some(CostSeries::new(
+            cost.pricing.clone(),
+            cost.store.totals().clone(),
+        )),
     };
-    registry.register(Box::new(CostCollector::new(
-        fleet.clone(),
-        cost.pricing.clone(),
-        cost.store.totals().clone(),
-    )))?;
 
     let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;
     let http_listener = bind("HTTP", config.http_listen).await?;

@@ -437,7 +437,7 @@ fn golden_text() -> String {
 fn golden_text_with(dcgm: DcgmCompat) -> String {
     use gpulse_collector::config::BareMetalConfig;
     use gpulse_collector::cost::ledger::Ledger;
-    use gpulse_collector::cost::metrics::CostCollector;
+    use gpulse_collector::cost::metrics::CostSeries;
     use gpulse_collector::cost::pricing::Pricing;
     use std::collections::HashMap;
     use std::sync::{Arc, RwLock};
@@ -514,21 +514,16 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
             fleet.connect(id, Vec::new(), t0).unwrap();
         }
     }
-    registry
-        .register(Box::new(CostCollector::new(
-            fleet.clone(),
-            pricing,
-            Arc::new(RwLock::new(totals)),
-        )))
-        .unwrap();
-    gpulse_exposition::render(
-        &fleet,
-        ExpositionOptions {
+    gpulse_collector::http::Scrape {
+        fleet,
+        options: ExpositionOptions {
             nvlink_per_link: true,
             dcgm,
         },
-        &registry,
-    )
+        registry,
+        cost: Some(CostSeries::new(pricing, Arc::new(RwLock::new(totals)))),
+    }
+    .render()
 }
 
 /// Diffs an exposition against a golden file, or writes it with GPULSE_BLESS=1.

@@ -84,8 +84,11 @@ fn write_escaped(buf: &mut String, v: &str) {
     }
 }
 
-/// Series written so far, one text buffer per metric definition, in `defs` order.
-pub(crate) struct Families {
+/// Series written so far, one text buffer per metric definition, in `defs` order:
+/// families written straight into a scrape's text. The fleet's series use it, and so
+/// can others that follow the fleet (the collector's cost series).
+#[derive(Debug)]
+pub struct Families {
     defs: &'static [Def],
     bufs: Vec<String>,
     /// Index of the last definition written: series mostly come in definition order.
@@ -104,7 +107,8 @@ const WATTS_PER_MILLIWATT: f64 = 1e-3;
 const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 
 impl Families {
-    pub(crate) fn new(options: ExpositionOptions, defs: &'static [Def]) -> Families {
+    /// Families for `defs`, written in that order by [`Families::finish`].
+    pub fn new(options: ExpositionOptions, defs: &'static [Def]) -> Families {
         Families {
             defs,
             bufs: vec![String::new(); defs.len()],
@@ -129,8 +133,9 @@ impl Families {
         i
     }
 
-    /// Writes one series: `base` labels, then `extra` ones.
-    pub(crate) fn push(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
+    /// Writes one series: `base` labels, then `extra` ones. `def` must be one of the
+    /// definitions the families were made with.
+    pub fn push(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
         let i = self.index(def);
         let buf = &mut self.bufs[i];
         buf.push_str(def.name);
@@ -151,7 +156,8 @@ impl Families {
         buf.push('\n');
     }
 
-    pub(crate) fn finish(self, out: &mut String) {
+    /// Appends every family with at least one series, with its HELP and TYPE lines.
+    pub fn finish(self, out: &mut String) {
         for (def, buf) in self.defs.iter().zip(self.bufs) {
             if buf.is_empty() {
                 continue;

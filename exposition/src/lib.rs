@@ -17,7 +17,7 @@ mod families;
 pub mod names;
 mod view;
 
-pub use families::{ExpositionOptions, HostSource, render_fleet};
+pub use families::{ExpositionOptions, Families, HostSource, render_fleet};
 pub use view::{
     AgentStats, DEFAULT_FINDINGS_READINGS, GpuView, HostView, MAX_FINDINGS_READINGS, UnknownGpu,
 };
@@ -28,13 +28,18 @@ pub fn render(
     options: ExpositionOptions,
     registry: &prometheus::Registry,
 ) -> String {
-    use prometheus::Encoder;
     let mut out = String::with_capacity(64 * 1024);
     render_fleet(source, options, &mut out);
+    append_registry(registry, &mut out);
+    out
+}
+
+/// Appends a registry's metrics (self-metrics: a few dozen series) in the text format.
+pub fn append_registry(registry: &prometheus::Registry, out: &mut String) {
+    use prometheus::Encoder;
     let mut buf = Vec::new();
     prometheus::TextEncoder::new()
         .encode(&registry.gather(), &mut buf)
         .expect("writing to a Vec cannot fail");
     out.push_str(&String::from_utf8_lossy(&buf));
-    out
 }
