@@ -216,6 +216,8 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // Logs go to stderr: stdout carries what a command prints (JSON, CSV, tables).
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
