@@ -78,6 +78,9 @@ impl Default for ProviderConfig {
 pub struct AgentConfig {
     /// Collector gRPC URL. Default [`DEFAULT_COLLECTOR`].
     pub collector: String,
+    /// Further collectors to fail over to, in order, when the one in use cannot be
+    /// reached or drops the stream (same scheme as `collector`). Default none.
+    pub failover_collectors: Vec<String>,
     /// Simulator spec (`gpus=8,model=h100-sxm,scenario=thermal`); unset: real GPUs through NVML.
     pub simulate: Option<String>,
     /// Capture file to play back instead of reading GPUs (see `gpulse-agent capture`).
@@ -140,6 +143,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             collector: DEFAULT_COLLECTOR.to_string(),
+            failover_collectors: Vec::new(),
             simulate: None,
             replay: None,
             interval: DEFAULT_INTERVAL,
@@ -257,6 +261,27 @@ impl AgentConfig {
                 "collector",
                 format!("{:?} is not a valid URL", self.collector),
             );
+        }
+        for url in &self.failover_collectors {
+            let scheme = if https { "https://" } else { "http://" };
+            if !url.starts_with(scheme) {
+                return invalid(
+                    "failover_collectors",
+                    format!(
+                        "{url:?} must start with {scheme} like collector {:?}: one TLS setting serves them all",
+                        self.collector
+                    ),
+                );
+            }
+            if tonic::transport::Endpoint::from_shared(url.clone()).is_err() {
+                return invalid("failover_collectors", format!("{url:?} is not a valid URL"));
+            }
+            if *url == self.collector {
+                return invalid(
+                    "failover_collectors",
+                    format!("{url:?} is the collector itself"),
+                );
+            }
         }
         if self.interval < MIN_INTERVAL {
             return invalid(
@@ -404,6 +429,21 @@ mod tests {
                     ..AgentConfig::default()
                 },
                 "need an https:// collector URL",
+            ),
+            (
+                AgentConfig {
+                    collector: "https://a:7431".into(),
+                    failover_collectors: vec!["http://b:7431".into()],
+                    ..AgentConfig::default()
+                },
+                "must start with https:// like collector",
+            ),
+            (
+                AgentConfig {
+                    failover_collectors: vec![DEFAULT_COLLECTOR.into()],
+                    ..AgentConfig::default()
+                },
+                "is the collector itself",
             ),
             (
                 AgentConfig {

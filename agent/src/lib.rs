@@ -220,7 +220,9 @@ pub async fn start(
     }));
     let _ = opened_rx.await;
     let uplink_config = UplinkConfig {
-        collector: config.collector.clone(),
+        collectors: std::iter::once(config.collector.clone())
+            .chain(config.failover_collectors.iter().cloned())
+            .collect(),
         connect_timeout: config.connect_timeout,
         backoff_initial: config.backoff_initial,
         backoff_max: config.backoff_max,

@@ -24,6 +24,14 @@ struct Cli {
     /// Collector gRPC URL [default: http://127.0.0.1:7431].
     #[arg(long, env = "GPULSE_AGENT_COLLECTOR")]
     collector: Option<String>,
+    /// A collector to fail over to when the one in use is unreachable; repeat for more,
+    /// tried in order (environment: comma-separated).
+    #[arg(
+        long = "failover-collector",
+        env = "GPULSE_AGENT_FAILOVER_COLLECTORS",
+        value_delimiter = ','
+    )]
+    failover_collectors: Vec<String>,
     /// Simulate GPUs instead of reading NVML, e.g. "gpus=8,model=h100-sxm,scenario=thermal".
     /// Models: h100-sxm, h200, a100, l4. Scenarios: idle, training, thermal, power-cap,
     /// pcie-degraded, lost. Also seed=N and hide=field+field.
@@ -116,6 +124,9 @@ impl Cli {
         };
         if let Some(v) = self.collector {
             c.collector = v;
+        }
+        if !self.failover_collectors.is_empty() {
+            c.failover_collectors = self.failover_collectors;
         }
         if let Some(v) = self.simulate {
             c.simulate = Some(v);

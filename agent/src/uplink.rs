@@ -151,7 +151,9 @@ impl Shared {
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
-    pub collector: String,
+    /// Collector URLs, the primary first: after a connection fails or is lost, the next
+    /// is tried, round the list; the agent stays with whichever accepts it.
+    pub collectors: Vec<String>,
     pub connect_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -185,12 +187,14 @@ pub async fn run(
         config.jitter_seed,
     );
     let mut failures = 0u32;
+    let mut which = 0usize;
     loop {
         if *stop.borrow() {
             return;
         }
         let current = hello.borrow_and_update().clone();
-        match session(&shared, &config, current, &mut hello, &mut stop).await {
+        let collector = config.collectors[which % config.collectors.len()].as_str();
+        match session(&shared, &config, collector, current, &mut hello, &mut stop).await {
             End::Stopped => return,
             End::HelloChanged => continue,
             End::Lost { acked, error } => {
@@ -201,10 +205,13 @@ pub async fn run(
                 }
                 failures += 1;
                 let delay = backoff.next_delay();
+                // Fail over: the next attempt goes to the next collector in the list.
+                which = (which + 1) % config.collectors.len();
+                let next = config.collectors[which].as_str();
                 if failures == 1 {
-                    warn!(collector = %config.collector, %error, retry_in = ?delay, "lost the collector; buffering and retrying");
+                    warn!(%collector, %error, retry_in = ?delay, next, "lost the collector; buffering and retrying");
                 } else {
-                    debug!(collector = %config.collector, %error, retry_in = ?delay, "collector still unreachable");
+                    debug!(%collector, %error, retry_in = ?delay, next, "collector still unreachable");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -218,12 +225,13 @@ pub async fn run(
 async fn session(
     shared: &Shared,
     config: &UplinkConfig,
+    collector: &str,
     hello: v1::Hello,
     hello_rx: &mut watch::Receiver<v1::Hello>,
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let lost = |acked, error: String| End::Lost { acked, error };
-    let endpoint = match crate::tls::endpoint(&config.collector, config.tls.as_ref()) {
+    let endpoint = match crate::tls::endpoint(collector, config.tls.as_ref()) {
         Ok(e) => e.connect_timeout(config.connect_timeout).tcp_nodelay(true),
         Err(e) => return lost(false, e.to_string()),
     };
@@ -270,7 +278,7 @@ async fn session(
     };
     shared.metrics.connects.with_label_values(&["ok"]).inc();
     shared.metrics.connected.set(1);
-    info!(collector = %config.collector, "connected; replaying unacknowledged batches");
+    info!(%collector, "connected; replaying unacknowledged batches");
 
     let mut acked = false;
     let mut last_sent: Option<u64> = None;

@@ -394,6 +394,64 @@ async fn what_an_agent_dropped_shows_at_the_collector() {
     second.shutdown().await;
 }
 
+/// With failover collectors, an agent whose collector is unreachable streams to the
+/// next one, and moves on again when that one goes, taking its unacknowledged
+/// batches with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_between_collectors() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let primary_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let fallback = collector_on("127.0.0.1:0").await;
+    let config = AgentConfig {
+        collector: format!("http://{primary_addr}"),
+        failover_collectors: vec![format!("http://{}", fallback.grpc_addr)],
+        simulate: Some("gpus=1,scenario=training,seed=12".into()),
+        interval: Duration::from_millis(100),
+        agent_id: Some("roamer".into()),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..AgentConfig::default()
+    };
+    let identity = host_identity(&config, &SystemPaths::default());
+    let a = gpulse_agent::start(config.clone(), identity, backend_opener(&config).unwrap())
+        .await
+        .unwrap();
+    eventually("the fallback collector takes the agent", || {
+        value(
+            &fallback.render_metrics(),
+            "gpulse_agent_up{host=\"roamer\"}",
+        ) == Some(1.0)
+            && a.metrics.batches_acked.get() >= 3
+    })
+    .await;
+    assert!(a.metrics.connects.with_label_values(&["error"]).get() >= 1);
+
+    // The fallback goes and the primary comes up: the agent moves back, and what it
+    // buffered in between arrives there.
+    fallback.shutdown().await;
+    eventually("batches pile up with no collector", || {
+        a.metrics.buffered_batches.get() >= 5
+    })
+    .await;
+    let buffered = a.metrics.buffered_batches.get() as f64;
+    let primary = collector_on(&primary_addr.to_string()).await;
+    eventually("the primary drains the buffer", || {
+        a.metrics.connected.get() == 1 && a.metrics.buffered_batches.get() <= 1
+    })
+    .await;
+    let text = primary.render_metrics();
+    assert_eq!(value(&text, "gpulse_agent_up{host=\"roamer\"}"), Some(1.0));
+    let received = value(&text, "gpulse_collector_batches_received_total").unwrap();
+    assert!(
+        received >= buffered,
+        "{received} received, {buffered} were buffered"
+    );
+    assert_eq!(a.metrics.batches_dropped.get(), 0);
+    a.shutdown().await;
+    primary.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_drops_the_oldest_and_counts_it() {
     // Nobody listens on this port: every batch stays unacknowledged.
