@@ -334,8 +334,13 @@ async fn spooled_batches_survive_a_killed_agent() {
             .1
             .batches as u64;
     // Every batch the collector got was acknowledged and left the spool, the killed
-    // agent's first; none came twice and none was refused or dropped.
-    assert_eq!(received, metrics.batches_acked.get(), "{text}");
+    // agent's first, except those whose acknowledgement was still on its way at the
+    // shutdown: they stay spooled. None came twice; none was refused or dropped.
+    let acked = metrics.batches_acked.get();
+    assert!(
+        acked <= received && received <= acked + left,
+        "received {received}, acked {acked}, {left} still spooled: {text}"
+    );
     assert!(received >= recovered + 3);
     assert!(left <= 2, "{left} batches still spooled after the drain");
     assert_eq!(
