@@ -90,10 +90,7 @@ pub fn report(fleet: &dyn HostSource, filter: &Filter, now_unix_ms: i64) -> Find
         hosts += 1;
         for gpu in &host.gpus {
             gpus += 1;
-            let window_seconds = match (gpu.recent.first(), gpu.recent.last()) {
-                (Some(a), Some(b)) => (b.unix_ms - a.unix_ms) as f64 / 1000.0,
-                _ => 0.0,
-            };
+            let window_seconds = gpu.window().seconds();
             for f in gpu.findings() {
                 if filter.min_severity.is_some_and(|min| f.severity < min) {
                     continue;

@@ -30,15 +30,20 @@ pub struct GpuView {
 }
 
 impl GpuView {
+    /// This GPU's recent readings as the diagnosis rules see them.
+    pub fn window(&self) -> GpuWindow<'_> {
+        GpuWindow {
+            info: &self.info,
+            samples: &self.recent,
+        }
+    }
+
     /// What the diagnosis rules find in this GPU's recent readings.
     pub fn findings(&self) -> Vec<Finding> {
         if self.recent.is_empty() {
             return Vec::new();
         }
-        diagnosis::diagnose(&GpuWindow {
-            info: &self.info,
-            samples: &self.recent,
-        })
+        diagnosis::diagnose(&self.window())
     }
 }
 
