@@ -156,8 +156,8 @@ impl Spool {
         let mut recovery = Recovery::default();
         let newest = paths.len().saturating_sub(1);
         let mut last_seq = acked;
-        for (i, (_, path)) in paths.into_iter().enumerate() {
-            let mut segment = scan(&path, i == newest, &mut recovery)?;
+        for (i, (first, path)) in paths.into_iter().enumerate() {
+            let mut segment = scan(&path, first, i == newest, &mut recovery)?;
             // Seqs only grow; anything else is damage (or a file from elsewhere).
             let floor = last_seq;
             segment.records.retain(|r| floor.is_none_or(|f| r.seq > f));
@@ -258,25 +258,22 @@ impl Spool {
         let Some((segment, record)) = self.locate(seq) else {
             return Ok(None);
         };
-        let mut payload = vec![0; record.len as usize];
+        // Header and payload in one read: the CRC sits just before the payload.
+        let mut bytes = vec![0; RECORD_HEADER as usize + record.len as usize];
         segment
             .file
-            .read_exact_at(&mut payload, record.offset)
+            .read_exact_at(&mut bytes, record.offset - RECORD_HEADER)
             .map_err(io(&segment.path))?;
         let damaged = |reason| SpoolError::Damaged {
             path: segment.path.clone(),
             offset: record.offset - RECORD_HEADER,
             reason,
         };
-        let mut header = [0u8; RECORD_HEADER as usize];
-        segment
-            .file
-            .read_exact_at(&mut header, record.offset - RECORD_HEADER)
-            .map_err(io(&segment.path))?;
-        if crc32fast::hash(&payload).to_le_bytes() != header[4..8] {
+        let (header, payload) = bytes.split_at(RECORD_HEADER as usize);
+        if crc32fast::hash(payload).to_le_bytes() != header[4..8] {
             return Err(damaged("checksum mismatch"));
         }
-        let batch = v1::Batch::decode(payload.as_slice()).map_err(|_| damaged("not a batch"))?;
+        let batch = v1::Batch::decode(payload).map_err(|_| damaged("not a batch"))?;
         if batch.seq != seq {
             return Err(damaged("seq differs from the index"));
         }
@@ -368,7 +365,12 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, SpoolError> {
 
 /// Reads a segment's index. The newest segment's torn tail is cut off so appends
 /// continue after its last whole record.
-fn scan(path: &Path, newest: bool, recovery: &mut Recovery) -> Result<Segment, SpoolError> {
+fn scan(
+    path: &Path,
+    first: u64,
+    newest: bool,
+    recovery: &mut Recovery,
+) -> Result<Segment, SpoolError> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -446,11 +448,6 @@ fn scan(path: &Path, newest: bool, recovery: &mut Recovery) -> Result<Segment, S
             sealed = true;
         }
     }
-    let first = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0);
     Ok(Segment {
         path: path.to_path_buf(),
         file,
