@@ -34,6 +34,14 @@ fi
 } > "$OUT/host.txt"
 nvidia-smi -q > "$OUT/nvidia-smi-q.txt" 2>&1 || true
 
+# How NVML itself answers each call the backend uses (NVIDIA's Python binding, when present),
+# idle here and again under load below: the NVML test library is checked against these.
+probe=""
+if python3 -c 'import pynvml' 2>/dev/null; then
+  probe="$(dirname "$0")/nvml-probe.py"
+  python3 "$probe" > "$OUT/nvml-probe-idle.json" 2> "$OUT/nvml-probe.log" || true
+fi
+
 load_pid=""
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   python3 - <<'PY' > "$OUT/load.txt" 2>&1 &
@@ -52,11 +60,20 @@ else
   echo "load: none (no python3 with CUDA torch): idle readings only" >> "$OUT/host.txt"
 fi
 
+# nvidia-smi's own readings beside the capture, every 500 ms, to compare moment by moment.
+nvidia-smi --query-gpu=timestamp,index,utilization.gpu,utilization.memory,clocks.sm,clocks.mem,clocks.max.sm,temperature.gpu,temperature.memory,power.draw,power.limit,memory.used,memory.total,pcie.link.gen.current,pcie.link.width.current,clocks_event_reasons.active --format=csv -lms 500 > "$OUT/nvidia-smi-samples.csv" 2>&1 &
+smi_pid=$!
+if [ -n "$probe" ] && [ -n "$load_pid" ]; then
+  (sleep 5; python3 "$probe" > "$OUT/nvml-probe-busy.json" 2>> "$OUT/nvml-probe.log") &
+fi
+
 "$BIN" capture --duration "$DURATION" --rate 500ms --out "$OUT/capture.gpulse" 2> "$OUT/capture.log"
 rc=$?
 echo "capture rc=$rc" >> "$OUT/host.txt"
 [ "$rc" -eq 0 ] || failed=1
 [ -n "$load_pid" ] && wait "$load_pid"
+kill "$smi_pid" 2>/dev/null
+wait
 
 "$BIN" diagnose --duration "$DIAGNOSE_DURATION" --json > "$OUT/diagnose.json" 2> "$OUT/diagnose.log"
 rc=$?
