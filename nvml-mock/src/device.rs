@@ -27,7 +27,7 @@ pub enum FieldNumber {
     UnsignedLongLong(u64),
     /// An unsigned int labelled NVML_VALUE_TYPE_DOUBLE, as affected drivers send field
     /// 82 ([`Quirk::MemoryTempTypedDouble`]).
-    UnsignedIntTypedDouble(u32),
+    IntTypedDouble(u32),
 }
 
 /// NVIDIA's PCI vendor id.
@@ -403,7 +403,7 @@ impl Gpu<'_> {
             field::MEMORY_TEMP => {
                 let celsius = value(&s.memory_temperature_celsius)?;
                 if self.quirks.has(Quirk::MemoryTempTypedDouble, self.index) {
-                    FieldNumber::UnsignedIntTypedDouble(celsius)
+                    FieldNumber::IntTypedDouble(celsius)
                 } else {
                     ui(celsius)
                 }
@@ -438,7 +438,7 @@ impl Gpu<'_> {
                 fv.value = Value { ullVal: v };
                 fv.nvmlReturn = Ret::SUCCESS.0;
             }
-            Ok(FieldNumber::UnsignedIntTypedDouble(v)) => {
+            Ok(FieldNumber::IntTypedDouble(v)) => {
                 // The integer's bits, the rest of the union zero, under the wrong label.
                 fv.valueType = value_type::DOUBLE;
                 fv.value = Value {

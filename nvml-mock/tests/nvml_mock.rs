@@ -962,7 +962,7 @@ fn nvlink_state_and_error_counters() {
             }
         }
         // An unused slot answers, inactive; past NVML_NVLINK_MAX_LINKS (36) is invalid.
-        assert_eq!(ok(d.link_wrapper_for(18).is_active()), false);
+        assert!(!ok(d.link_wrapper_for(18).is_active()));
         assert!(matches!(
             d.link_wrapper_for(36).is_active(),
             Err(NvmlError::InvalidArg)
