@@ -28,7 +28,8 @@ use crate::nvml_h::{
 };
 #[cfg(not(nvml_mock_legacy))]
 use crate::nvml_h::{
-    FieldValue, GPM_STRUCT_VERSION, GpmMetricsGet, GpmSupport, ProcessInfo, gpm_metric,
+    FieldValue, GPM_STRUCT_VERSION, GpmMetricsGet, GpmSupport, ProcessInfo, TEMPERATURE_V1_VERSION,
+    Temperature, gpm_metric,
 };
 use crate::state::{self, Access};
 
@@ -311,7 +312,7 @@ getter!(fn nvmlDeviceGetMaxMigDeviceCount() -> c_uint, Inventory,
 getter!(fn nvmlDeviceGetNvLinkState(link: c_uint) -> c_uint, Inventory,
     |g| g.nvlink_state(link));
 getter!(fn nvmlDeviceGetSupportedClocksThrottleReasons() -> c_ulonglong, Inventory,
-    |g| g.supported_clocks_event_reasons());
+    |g| g.supported_clocks_throttle_reasons());
 getter!(#[cfg(not(nvml_mock_legacy))]
     fn nvmlDeviceGetSupportedClocksEventReasons() -> c_ulonglong, Inventory,
     |g| g.supported_clocks_event_reasons());
@@ -377,12 +378,31 @@ getter!(fn nvmlDeviceGetClockInfo(clock_type: c_uint) -> c_uint, Reading,
 getter!(fn nvmlDeviceGetApplicationsClock(clock_type: c_uint) -> c_uint, Reading,
     |g| g.applications_clock(clock_type));
 getter!(fn nvmlDeviceGetTemperature(sensor: c_uint) -> c_uint, Reading, |g| g.temperature(sensor));
+/// nvmlTemperature_t: the caller sets `version` and `sensorType`.
+#[cfg(not(nvml_mock_legacy))]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTemperatureV(
+    device: Handle,
+    temperature: *mut Temperature,
+) -> Return {
+    guard(|| {
+        // SAFETY: nvml.h: NULL or a struct for NVML to fill, its version and sensor set.
+        let t = unsafe { inout(temperature) }?;
+        if t.version != TEMPERATURE_V1_VERSION {
+            return Err(Ret::ARGUMENT_VERSION_MISMATCH);
+        }
+        let sensor = t.sensorType;
+        let celsius = state::with_gpu(device.addr(), Access::Reading, |g| g.temperature_v(sensor))?;
+        t.temperature = i32::try_from(celsius).unwrap_or(i32::MAX);
+        Ok(())
+    })
+}
 getter!(fn nvmlDeviceGetPowerUsage() -> c_uint, Reading, |g| g.power_usage());
 getter!(fn nvmlDeviceGetEnforcedPowerLimit() -> c_uint, Reading, |g| g.enforced_power_limit());
 getter!(#[cfg(not(nvml_mock_legacy))]
     fn nvmlDeviceGetTotalEnergyConsumption() -> c_ulonglong, Reading, |g| g.total_energy());
 getter!(fn nvmlDeviceGetCurrentClocksThrottleReasons() -> c_ulonglong, Reading,
-    |g| g.clocks_event_reasons());
+    |g| g.clocks_throttle_reasons());
 getter!(#[cfg(not(nvml_mock_legacy))]
     fn nvmlDeviceGetCurrentClocksEventReasons() -> c_ulonglong, Reading,
     |g| g.clocks_event_reasons());
@@ -584,7 +604,16 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
         }
         // SAFETY: nvml.h: `values_count` entries, their fieldId and scopeId set by the caller.
         let values = unsafe { std::slice::from_raw_parts_mut(values, n) };
-        state::with_gpu(device.addr(), Access::Reading, |g| {
+        // The link count is inventory (read at start-up); anything else is a reading.
+        let access = if values
+            .iter()
+            .all(|v| v.fieldId == crate::nvml_h::field::NVLINK_LINK_COUNT)
+        {
+            Access::Inventory
+        } else {
+            Access::Reading
+        };
+        state::with_gpu(device.addr(), access, |g| {
             values.iter_mut().for_each(|v| g.fill_field_value(v));
             Ok(())
         })
@@ -780,6 +809,20 @@ pub unsafe extern "C" fn gpulse_mock_set_driver_version(version: *const c_char) 
         // SAFETY: as this function's contract says.
         let version = unsafe { in_str(version) }?;
         state::set_driver_version(version)
+    })
+}
+
+/// Makes the library reproduce `quirks` (`name[@gpu]` joined by `+`; NULL: back to the
+/// environment's) until the next [`gpulse_mock_configure`].
+///
+/// # Safety
+/// `quirks` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpulse_mock_set_quirks(quirks: *const c_char) -> c_int {
+    control(|| {
+        // SAFETY: as this function's contract says.
+        let quirks = unsafe { in_str(quirks) }?;
+        state::set_quirks(quirks)
     })
 }
 

@@ -8,7 +8,7 @@
 use std::ffi::CStr;
 
 use gpulse_gpu::health::{GpmActivity, ThrottlePolicy};
-use gpulse_gpu::simulator::GpuModel;
+use gpulse_gpu::simulator::{GpuModel, MAX_MIG_INSTANCES};
 use gpulse_gpu::{DeviceInfo, DeviceSample, Reading};
 
 use crate::nvml_h::{
@@ -17,6 +17,7 @@ use crate::nvml_h::{
     memory_error, memory_location, nvlink_error, perf_policy, retirement_cause, threshold,
     value_type,
 };
+use crate::quirks::{Quirk, Quirks};
 
 /// A field value and the `nvmlValueType_t` it travels as: counters and byte counts as
 /// unsigned long long, temperatures, counts and flags as unsigned int.
@@ -24,6 +25,9 @@ use crate::nvml_h::{
 pub enum FieldNumber {
     UnsignedInt(u32),
     UnsignedLongLong(u64),
+    /// An unsigned int labelled NVML_VALUE_TYPE_DOUBLE, as affected drivers send field
+    /// 82 ([`Quirk::MemoryTempTypedDouble`]).
+    IntTypedDouble(u32),
 }
 
 /// NVIDIA's PCI vendor id.
@@ -42,6 +46,8 @@ pub struct Gpu<'a> {
     pub now_us: u64,
     /// The driver numbers field ids 251-273 the 580.82 way (see [`crate::nvml_h::field`]).
     pub renumbered_fields: bool,
+    /// Real-driver behaviours this host reproduces.
+    pub quirks: &'a Quirks,
 }
 
 fn value<T: Clone>(r: &Reading<T>) -> NvmlResult<T> {
@@ -190,14 +196,19 @@ impl Gpu<'_> {
         Ok((on, on))
     }
 
-    /// nvml.h: zero when MIG is not enabled.
+    /// nvml.h: the maximum number of MIG devices that can exist, zero when MIG is not
+    /// enabled (the H200 probe: 0 with MIG off). Slots without an instance answer
+    /// NOT_FOUND from nvmlDeviceGetMigDeviceHandleByIndex.
     pub fn max_mig_device_count(&self) -> NvmlResult<u32> {
         let on = present(self.info.mig_enabled)?;
-        Ok(if on {
-            self.info.mig_instances.len() as u32
-        } else {
-            0
-        })
+        Ok(if on { MAX_MIG_INSTANCES } else { 0 })
+    }
+
+    fn deprecated(&self) -> NvmlResult<()> {
+        if self.quirks.has(Quirk::Deprecated, self.index) {
+            return Err(Ret::DEPRECATED);
+        }
+        Ok(())
     }
 
     pub fn ecc_mode(&self) -> NvmlResult<(u32, u32)> {
@@ -240,6 +251,7 @@ impl Gpu<'_> {
     }
 
     pub fn applications_clock(&self, clock_type: u32) -> NvmlResult<u32> {
+        self.deprecated()?;
         match clock_type {
             clock::GRAPHICS | clock::SM => value(&self.sample.applications_sm_clock_mhz),
             clock::MEM => value(&self.sample.applications_memory_clock_mhz),
@@ -248,7 +260,14 @@ impl Gpu<'_> {
         }
     }
 
+    /// nvmlDeviceGetTemperature, deprecated in CUDA 13.
     pub fn temperature(&self, sensor: u32) -> NvmlResult<u32> {
+        self.deprecated()?;
+        self.temperature_v(sensor)
+    }
+
+    /// nvmlDeviceGetTemperatureV, its successor.
+    pub fn temperature_v(&self, sensor: u32) -> NvmlResult<u32> {
         if sensor != crate::nvml_h::TEMPERATURE_GPU {
             return Err(Ret::INVALID_ARGUMENT);
         }
@@ -271,8 +290,20 @@ impl Gpu<'_> {
         value(&self.sample.throttle_reasons).map(|r| r.bits())
     }
 
+    /// nvmlDeviceGetCurrentClocksThrottleReasons, deprecated in CUDA 13.
+    pub fn clocks_throttle_reasons(&self) -> NvmlResult<u64> {
+        self.deprecated()?;
+        self.clocks_event_reasons()
+    }
+
     pub fn supported_clocks_event_reasons(&self) -> NvmlResult<u64> {
         value(&self.sample.throttle_reasons).map(|_| crate::nvml_h::CLOCKS_EVENT_REASONS_ALL)
+    }
+
+    /// nvmlDeviceGetSupportedClocksThrottleReasons, deprecated in CUDA 13.
+    pub fn supported_clocks_throttle_reasons(&self) -> NvmlResult<u64> {
+        self.deprecated()?;
+        self.supported_clocks_event_reasons()
     }
 
     pub fn pcie_generation(&self) -> NvmlResult<u32> {
@@ -292,6 +323,14 @@ impl Gpu<'_> {
     }
 
     pub fn violation_status(&self, policy: u32) -> NvmlResult<ViolationTime> {
+        self.deprecated()?;
+        if policy == perf_policy::THERMAL
+            && self
+                .quirks
+                .has(Quirk::ThermalViolationUnsupported, self.index)
+        {
+            return Err(Ret::NOT_SUPPORTED);
+        }
         let policy = match policy {
             perf_policy::POWER => ThrottlePolicy::Power,
             perf_policy::THERMAL => ThrottlePolicy::Thermal,
@@ -361,7 +400,14 @@ impl Gpu<'_> {
             field::CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN => {
                 ull(self.throttle_ns(ThrottlePolicy::BoardLimit)?)
             }
-            field::MEMORY_TEMP => ui(value(&s.memory_temperature_celsius)?),
+            field::MEMORY_TEMP => {
+                let celsius = value(&s.memory_temperature_celsius)?;
+                if self.quirks.has(Quirk::MemoryTempTypedDouble, self.index) {
+                    FieldNumber::IntTypedDouble(celsius)
+                } else {
+                    ui(celsius)
+                }
+            }
             field::TOTAL_ENERGY_CONSUMPTION => ull(value(&s.energy_millijoules)?),
             field::NVLINK_LINK_COUNT => ui(value(&s.nvlinks)?.len() as u32),
             field::PCIE_REPLAY_COUNTER => ull(value(&s.pcie_replays)?),
@@ -392,6 +438,14 @@ impl Gpu<'_> {
                 fv.value = Value { ullVal: v };
                 fv.nvmlReturn = Ret::SUCCESS.0;
             }
+            Ok(FieldNumber::IntTypedDouble(v)) => {
+                // The integer's bits, the rest of the union zero, under the wrong label.
+                fv.valueType = value_type::DOUBLE;
+                fv.value = Value {
+                    ullVal: u64::from(v),
+                };
+                fv.nvmlReturn = Ret::SUCCESS.0;
+            }
             Err(e) => fv.nvmlReturn = e.0,
         }
     }
@@ -416,13 +470,19 @@ impl Gpu<'_> {
         Ok(total / 1024)
     }
 
+    /// A link's state. On a GPU with NVLink, the slots past its links (up to
+    /// NVML_NVLINK_MAX_LINKS) answer too, as disabled: only the link-count field (91)
+    /// says which links exist (DCGM bounds link ids by it). A GPU without NVLink, or
+    /// whose host hides it (the H200 VM probe), answers NOT_SUPPORTED for every slot.
     pub fn nvlink_state(&self, link: u32) -> NvmlResult<u32> {
         if link >= crate::nvml_h::NVLINK_MAX_LINKS {
             return Err(Ret::INVALID_ARGUMENT);
         }
         let links = value(&self.sample.nvlinks)?;
-        let link = present(links.iter().find(|l| l.link == link))?;
-        Ok(enabled(link.active))
+        Ok(links
+            .iter()
+            .find(|l| l.link == link)
+            .map_or(enable_state::DISABLED, |l| enabled(l.active)))
     }
 
     pub fn nvlink_error_counter(&self, link: u32, counter: u32) -> NvmlResult<u64> {
@@ -527,12 +587,15 @@ impl Gpu<'_> {
         last_seen_us: u64,
     ) -> NvmlResult<Vec<ProcessUtilizationSample>> {
         let processes = value(&self.sample.processes)?;
-        if processes.is_empty() || self.now_us <= last_seen_us {
+        if self.now_us <= last_seen_us {
             return Err(Ret::NOT_FOUND);
         }
         let memory = self.sample.memory_utilization_percent.value().unwrap_or(0);
-        Ok(processes
+        // NVML samples only processes that used the GPU since the timestamp: an idle
+        // process is left out, and none at all is NOT_FOUND (the H200 probe, idle).
+        let samples: Vec<_> = processes
             .iter()
+            .filter(|p| p.sm_utilization_percent.unwrap_or(0) > 0)
             .map(|p| ProcessUtilizationSample {
                 pid: p.pid,
                 timeStamp: self.now_us,
@@ -541,7 +604,11 @@ impl Gpu<'_> {
                 encUtil: 0,
                 decUtil: 0,
             })
-            .collect())
+            .collect();
+        if samples.is_empty() {
+            return Err(Ret::NOT_FOUND);
+        }
+        Ok(samples)
     }
 
     pub fn gpm_supported(&self) -> bool {
@@ -616,6 +683,7 @@ mod tests {
             model: sim.spec().model,
             now_us: 1_000_000,
             renumbered_fields: renumbered,
+            quirks: &Quirks::default(),
         });
     }
 
@@ -659,6 +727,11 @@ mod tests {
             assert_eq!(kib(field::SCOPE_ALL_LINKS), sum / 1024);
             assert_eq!(
                 g.field_value(field::NVLINK_THROUGHPUT_DATA_TX, 18).err(),
+                Some(Ret::NOT_SUPPORTED),
+                "an unused link slot"
+            );
+            assert_eq!(
+                g.field_value(field::NVLINK_THROUGHPUT_DATA_TX, 36).err(),
                 Some(Ret::INVALID_ARGUMENT)
             );
         });

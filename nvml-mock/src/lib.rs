@@ -26,6 +26,8 @@
 mod abi;
 mod device;
 mod nvml_h;
+mod quirks;
 mod state;
 
-pub use state::{DEFAULT_SPEC, ENV_DRIVER, ENV_SPEC, EPOCH_UNIX_MS, STEP_MS};
+pub use quirks::{Quirk, Quirks};
+pub use state::{DEFAULT_SPEC, ENV_DRIVER, ENV_QUIRKS, ENV_SPEC, EPOCH_UNIX_MS, STEP_MS};

@@ -23,6 +23,8 @@ impl Ret {
     pub const TIMEOUT: Ret = Ret(10);
     pub const GPU_IS_LOST: Ret = Ret(15);
     pub const ARGUMENT_VERSION_MISMATCH: Ret = Ret(25);
+    /// nvml.h (CUDA 13): "The requested functionality has been deprecated".
+    pub const DEPRECATED: Ret = Ret(26);
     pub const UNKNOWN: Ret = Ret(999);
 
     /// nvmlErrorString's text for this code.
@@ -108,8 +110,9 @@ pub mod nvlink_error {
     pub const DL_ECC_DATA: u32 = 4;
 }
 
-/// nvml.h NVML_NVLINK_MAX_LINKS.
-pub const NVLINK_MAX_LINKS: u32 = 18;
+/// nvml.h NVML_NVLINK_MAX_LINKS: 18 up to CUDA 13.2, 36 from the 13.3 header on (the
+/// binding of the H200 probe says 36, and that driver answers for all 36 slots).
+pub const NVLINK_MAX_LINKS: u32 = 36;
 
 /// `nvmlMemoryErrorType_t`.
 pub mod memory_error {
@@ -174,6 +177,7 @@ pub const CLOCKS_EVENT_REASONS_ALL: u64 = 0x1ff;
 
 /// `nvmlValueType_t`.
 pub mod value_type {
+    pub const DOUBLE: u32 = 0;
     pub const UNSIGNED_INT: u32 = 1;
     pub const UNSIGNED_LONG_LONG: u32 = 3;
 }
@@ -287,6 +291,18 @@ pub union Value {
     pub usVal: u16,
 }
 
+/// `nvmlTemperature_t` (nvmlTemperature_v1_t), for nvmlDeviceGetTemperatureV.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Temperature {
+    pub version: u32,
+    pub sensorType: u32,
+    pub temperature: i32,
+}
+
+/// nvmlTemperature_v1: NVML_STRUCT_VERSION(Temperature, 1).
+pub const TEMPERATURE_V1_VERSION: u32 = (size_of::<Temperature>() as u32) | (1 << 24);
+
 /// `nvmlFieldValue_t`.
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -378,6 +394,7 @@ const _: () = assert!(size_of::<PciInfo>() == 16 + 5 * 4 + 32);
 const _: () = assert!(size_of::<MemoryV2>() == 40);
 const _: () = assert!(size_of::<Utilization>() == 8);
 const _: () = assert!(size_of::<ViolationTime>() == 16);
+const _: () = assert!(size_of::<Temperature>() == 12);
 const _: () = assert!(size_of::<Value>() == 8);
 const _: () = assert!(size_of::<FieldValue>() == 40);
 const _: () = assert!(size_of::<ProcessInfo>() == 24);

@@ -14,11 +14,14 @@ use gpulse_gpu::{DeviceSample, DeviceState, GpuBackend, Reading};
 
 use crate::device::Gpu;
 use crate::nvml_h::{NvmlResult, Ret, event_type};
+use crate::quirks::{Quirk, Quirks};
 
 /// Environment variable holding the simulator spec, in `--simulate` syntax.
 pub const ENV_SPEC: &str = "GPULSE_NVML_MOCK";
 /// Environment variable overriding the driver version the library reports.
 pub const ENV_DRIVER: &str = "GPULSE_NVML_MOCK_DRIVER";
+/// Environment variable naming the real-driver quirks to reproduce (see [`Quirks`]).
+pub const ENV_QUIRKS: &str = "GPULSE_NVML_MOCK_QUIRKS";
 /// The spec used when [`ENV_SPEC`] is unset: two GPUs of the simulator's default model
 /// and scenario (H100 SXM, training).
 pub const DEFAULT_SPEC: &str = "gpus=2";
@@ -41,6 +44,7 @@ pub enum Access {
 struct Host {
     sim: Simulator,
     driver_version: String,
+    quirks: Quirks,
     /// Readings taken so far: 1 after configuration, +1 per step.
     steps: u64,
     latest: Vec<DeviceSample>,
@@ -51,7 +55,7 @@ struct Host {
 }
 
 impl Host {
-    fn new(spec: SimSpec, driver_version: Option<String>) -> Host {
+    fn new(spec: SimSpec, driver_version: Option<String>, quirks: Quirks) -> Host {
         let sim = Simulator::new(spec);
         let driver_version = driver_version
             .or_else(|| sim.inventory().first().map(|d| d.driver_version.clone()))
@@ -59,6 +63,7 @@ impl Host {
         let mut host = Host {
             sim,
             driver_version,
+            quirks,
             steps: 0,
             latest: Vec::new(),
             round_first: None,
@@ -70,7 +75,9 @@ impl Host {
 
     fn from_spec(spec: &str) -> Result<Host, String> {
         let spec: SimSpec = spec.parse().map_err(|e| format!("{e}"))?;
-        Ok(Host::new(spec, std::env::var(ENV_DRIVER).ok()))
+        let quirks = Quirks::parse(&std::env::var(ENV_QUIRKS).unwrap_or_default())
+            .map_err(|e| format!("{ENV_QUIRKS}: {e}"))?;
+        Ok(Host::new(spec, std::env::var(ENV_DRIVER).ok(), quirks))
     }
 
     fn from_env() -> Result<Host, String> {
@@ -115,6 +122,7 @@ impl Host {
             model: self.sim.spec().model,
             now_us: u64::try_from(self.now_unix_ms()).unwrap_or(0) * 1000,
             renumbered_fields: renumbers_field_ids(&self.driver_version),
+            quirks: &self.quirks,
         })
     }
 }
@@ -261,6 +269,9 @@ pub fn mig_handle(device: usize, k: u32) -> NvmlResult<usize> {
     let host = state.initialised()?;
     let index = index_of(device, host)?;
     let instances = host.sim.inventory()[index].mig_instances.len();
+    if k >= gpulse_gpu::simulator::MAX_MIG_INSTANCES {
+        return Err(Ret::INVALID_ARGUMENT);
+    }
     if k as usize >= instances {
         return Err(Ret::NOT_FOUND);
     }
@@ -325,11 +336,18 @@ pub fn event_set_create() -> NvmlResult<usize> {
 }
 
 pub fn register_events(device: usize, types: u64, set: usize) -> NvmlResult<()> {
-    let (index, supported) = with_gpu(device, Access::Inventory, |g| {
-        Ok((g.index, g.supported_event_types()))
+    let (index, supported, fails) = with_gpu(device, Access::Inventory, |g| {
+        Ok((
+            g.index,
+            g.supported_event_types(),
+            g.quirks.has(Quirk::EventRegistrationFails, g.index),
+        ))
     })?;
     if types & !supported != 0 {
         return Err(Ret::NOT_SUPPORTED);
+    }
+    if fails {
+        return Err(Ret::UNKNOWN);
     }
     let mut state = lock();
     let set = state
@@ -475,6 +493,18 @@ pub fn set_driver_version(version: Option<&str>) -> Result<(), String> {
                 .unwrap_or_default()
         }),
     };
+    Ok(())
+}
+
+/// Reproduces `quirks` (see [`Quirks`]; `None`: the environment's) until the next
+/// [`configure`].
+pub fn set_quirks(quirks: Option<&str>) -> Result<(), String> {
+    let quirks = match quirks {
+        Some(q) => Quirks::parse(q)?,
+        None => Quirks::parse(&std::env::var(ENV_QUIRKS).unwrap_or_default())?,
+    };
+    let mut state = lock();
+    state.host_or_env()?.quirks = quirks;
     Ok(())
 }
 

@@ -129,6 +129,15 @@ impl MockLib {
         assert_eq!(unsafe { set(ptr) }, 0);
     }
 
+    /// Reproduces real-driver quirks until the next configure (`name[@gpu]+...`).
+    fn set_quirks(&self, quirks: &str) {
+        let quirks = CString::new(quirks).expect("no NUL");
+        let set =
+            self.symbol::<unsafe extern "C" fn(*const c_char) -> c_int>("gpulse_mock_set_quirks");
+        // SAFETY: a NUL-terminated string that outlives the call.
+        assert_eq!(unsafe { set(quirks.as_ptr()) }, 0);
+    }
+
     fn advance(&self, steps: u32) {
         let advance = self.symbol::<extern "C" fn(c_uint) -> c_int>("gpulse_mock_advance");
         assert_eq!(advance(steps), 0);
@@ -231,17 +240,20 @@ fn inventory_as_backend_reads(d: &DeviceInfo) -> DeviceInfo {
 /// cannot answer (an old driver's missing functions): the backend must report them
 /// unsupported.
 fn assert_backend_matches(lib: &MockLib, spec: &str, missing: &[Field]) -> Vec<Vec<DeviceSample>> {
-    assert_backend_matches_with(lib, spec, missing, &|_| {})
+    assert_backend_matches_with(lib, spec, "", missing, &|_| {})
 }
 
 /// As [`assert_backend_matches`], with `adjust` applied to each expected reading.
+/// `quirks` are the real-driver behaviours the library reproduces meanwhile.
 fn assert_backend_matches_with(
     lib: &MockLib,
     spec: &str,
+    quirks: &str,
     missing: &[Field],
     adjust: &dyn Fn(&mut DeviceSample),
 ) -> Vec<Vec<DeviceSample>> {
     let mut reference = configured(lib, spec);
+    lib.set_quirks(quirks);
     let mut backend = lib.backend();
     let got: Vec<_> = backend
         .inventory()
@@ -347,6 +359,7 @@ fn an_old_driver_without_newer_functions_opens_and_reports_them_unsupported() {
     assert_backend_matches_with(
         legacy(),
         "gpus=2,scenario=training",
+        "",
         &[
             Field::Energy,
             Field::MemoryTemperature,
@@ -637,10 +650,24 @@ fn the_inventory_through_nvml_wrapper() {
                 other => panic!("a new architecture {other}: map it in src/device.rs"),
             };
             assert_eq!(ok(d.architecture()), arch);
-            let links = (0..18)
+            // Every slot up to NVML_NVLINK_MAX_LINKS answers on a GPU with NVLink;
+            // the link-count field says how many links exist.
+            let answering = (0..36)
                 .filter(|l| d.link_wrapper_for(*l).is_active().is_ok())
                 .count();
-            assert_eq!(Some(links as u32), info.nvlink_count);
+            let count = match d
+                .field_values_for(&[FieldId(NVML_FI_DEV_NVLINK_LINK_COUNT)])
+                .expect("field values")
+                .remove(0)
+            {
+                Ok(FieldValueSample {
+                    value: Ok(SampleValue::U32(n)),
+                    ..
+                }) => n,
+                _ => 0,
+            };
+            assert_eq!(Some(count), info.nvlink_count);
+            assert_eq!(answering, if count > 0 { 36 } else { 0 });
             assert!(d.supported_throttle_reasons().is_ok_and(|r| r.is_all()));
             assert!(
                 d.supported_event_types()
@@ -883,8 +910,13 @@ fn field_values_with_nvml_wrapper_and_with_per_link_scopes() {
     assert_eq!(ull(&raw[2 * links.len()]), total / 1024);
     assert_eq!(
         raw_field(&d, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 18).nvmlReturn,
+        NOT_SUPPORTED,
+        "no link 18 on an H100"
+    );
+    assert_eq!(
+        raw_field(&d, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 36).nvmlReturn,
         INVALID_ARGUMENT,
-        "no link 18"
+        "past NVML_NVLINK_MAX_LINKS"
     );
     drop(nvml);
 
@@ -929,8 +961,10 @@ fn nvlink_state_and_error_counters() {
                 );
             }
         }
+        // An unused slot answers, inactive; past NVML_NVLINK_MAX_LINKS (36) is invalid.
+        assert!(!ok(d.link_wrapper_for(18).is_active()));
         assert!(matches!(
-            d.link_wrapper_for(18).is_active(),
+            d.link_wrapper_for(36).is_active(),
             Err(NvmlError::InvalidArg)
         ));
     }
@@ -1438,5 +1472,495 @@ fn mig_instances_are_listed_and_whole_gpu_utilisation_is_unsupported() {
             round[0].sm_clock_mhz.value().is_some(),
             "the rest still reads"
         );
+    }
+}
+
+// Real-driver behaviours: each test fails against a backend that ignores the behaviour.
+
+/// Diagnoses `rounds` readings of every GPU the backend reads; the kinds found.
+fn backend_findings(
+    backend: &mut NvmlBackend,
+    rounds: usize,
+) -> Vec<gpulse_gpu::diagnosis::FindingKind> {
+    use gpulse_gpu::diagnosis::{GpuWindow, Timed, diagnose};
+    let mut per_gpu: Vec<Vec<Timed>> = vec![Vec::new(); backend.inventory().len()];
+    for t in 0..rounds {
+        let unix_ms = t as i64 * STEP_MS;
+        for (i, sample) in backend.sample(unix_ms).into_iter().enumerate() {
+            per_gpu[i].push(Timed { unix_ms, sample });
+        }
+    }
+    let inventory = backend.inventory().to_vec();
+    let mut kinds: Vec<_> = inventory
+        .iter()
+        .zip(&per_gpu)
+        .flat_map(|(info, samples)| diagnose(&GpuWindow { info, samples }))
+        .map(|f| f.kind)
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// Link ids come from the link-count field, not from which slots answer: an A100 has 12
+/// links though all 36 slots answer, and a MIG GPU's links reading inactive is no fault.
+#[test]
+fn links_are_bounded_by_the_link_count_and_mig_links_are_not_down() {
+    use gpulse_gpu::diagnosis::FindingKind;
+    let _serial = serial();
+    for spec in [
+        "gpus=2,model=a100,scenario=training",
+        "gpus=2,model=a100,scenario=training,mig=3",
+        "gpus=2,model=h100-sxm,scenario=training,mig=2",
+    ] {
+        let reference = configured(mock(), spec);
+        let mut backend = mock().backend();
+        let want = reference.sim.inventory()[0].nvlink_count;
+        assert_eq!(backend.inventory()[0].nvlink_count, want, "{spec}");
+        let links = value(&backend.sample(0)[0].nvlinks);
+        assert_eq!(Some(links.len() as u32), want, "{spec}");
+        let kinds = backend_findings(&mut backend, 10);
+        assert!(
+            !kinds.contains(&FindingKind::NvlinkDown),
+            "{spec}: {kinds:?}"
+        );
+    }
+    // A VM that hides NVLink (the H200 probe: every slot NOT_SUPPORTED): no links.
+    configured(mock(), "gpus=1,model=h200,hide=nvlink");
+    let mut backend = mock().backend();
+    assert_eq!(backend.inventory()[0].nvlink_count, Some(0));
+    assert!(backend.sample(0)[0].nvlinks.is_unsupported());
+}
+
+/// nvml.h: violation status for the thermal policy is not supported on some GPUs while
+/// the other policies answer; its field (75) still gives the thermal time.
+#[test]
+fn thermal_time_comes_from_its_field_where_violation_status_lacks_it() {
+    let _serial = serial();
+    let rounds = assert_backend_matches_with(
+        mock(),
+        "gpus=2,scenario=thermal",
+        "thermal-violation-unsupported@1",
+        &[],
+        &|_| {},
+    );
+    let thermal = value(&rounds[3][1].throttle_time).get(ThrottlePolicy::Thermal);
+    assert!(thermal.is_some_and(|ns| ns > 0), "{thermal:?}");
+}
+
+/// Field 82 labelled double while holding an integer (DCGM's nvbug 4300930 workaround):
+/// read as the integer, not as a denormal 0 °C; the H200 driver's uint label too.
+#[test]
+fn memory_temperature_typed_double_is_read_as_the_integer() {
+    let _serial = serial();
+    let rounds = assert_backend_matches_with(
+        mock(),
+        "gpus=2,model=h200,scenario=thermal",
+        "memory-temp-double@0",
+        &[],
+        &|_| {},
+    );
+    for round in &rounds {
+        assert!(round[0].memory_temperature_celsius.value().unwrap_or(0) > 20);
+        assert_eq!(
+            round[0].memory_temperature_celsius.value().is_some(),
+            round[1].memory_temperature_celsius.value().is_some()
+        );
+    }
+    let nvml = mock().nvml();
+    let d = nvml.device_by_index(0).expect("GPU 0");
+    assert_eq!(
+        raw_field(&d, NVML_FI_DEV_MEMORY_TEMP, 0).valueType,
+        0,
+        "double"
+    );
+    let d = nvml.device_by_index(1).expect("GPU 1");
+    assert_eq!(
+        raw_field(&d, NVML_FI_DEV_MEMORY_TEMP, 0).valueType,
+        1,
+        "uint"
+    );
+}
+
+/// NVML samples only processes that used the GPU since the timestamp: a process that
+/// goes idle drops out of the samples, and its utilisation is 0, not its last value.
+#[test]
+fn a_process_that_goes_idle_reads_zero_not_its_last_utilisation() {
+    let _serial = serial();
+    configured(mock(), "gpus=1,scenario=training,seed=5");
+    let mut backend = mock().backend();
+    let busy = value(&backend.sample(0)[0].processes);
+    assert!(busy[0].sm_utilization_percent > Some(50), "{busy:?}");
+    backend.sample(0);
+    // The same process (same seed, same pid), now idle.
+    mock().configure("gpus=1,scenario=idle-held,seed=5");
+    mock().advance(5);
+    let idle = value(&backend.sample(0)[0].processes);
+    assert_eq!(idle[0].pid, busy[0].pid);
+    assert_eq!(idle[0].sm_utilization_percent, Some(0));
+}
+
+/// A GPU whose XID registration fails must not unwatch the GPUs registered before it.
+#[test]
+fn a_failed_xid_registration_leaves_the_other_gpus_watched() {
+    let _serial = serial();
+    let mut reference = configured(mock(), "gpus=3,scenario=xid");
+    mock().set_quirks("event-registration-fails@1");
+    let mut backend = mock().backend();
+    for round in 1..=4 {
+        if round > 1 {
+            reference.step();
+        }
+        let samples = backend.sample(0);
+        assert!(
+            samples[1].xid_errors.is_unsupported(),
+            "GPU 1 is not watched"
+        );
+    }
+    let uuid = |i: usize| reference.sim.inventory()[i].uuid.clone();
+    assert_eq!(backend.xid_counts(&uuid(1)), None);
+    for gpu in [0, 2] {
+        let want = value(&reference.gpu(gpu).xid_errors);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = backend.xid_counts(&uuid(gpu)).expect("watched");
+            if got == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GPU {gpu}: XID counts {got:?}, want {want:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Functions CUDA 13 deprecated answer NVML_ERROR_DEPRECATED once removed: the backend
+/// reads their successors (temperature, clock-event reasons, field values for the
+/// throttled time) and reports what has none (applications clocks) unsupported.
+#[test]
+fn deprecated_functions_give_way_to_their_successors() {
+    use gpulse_gpu::health::ThrottleTimeSource;
+    let _serial = serial();
+    assert_backend_matches_with(
+        mock(),
+        "gpus=2,scenario=thermal",
+        "deprecated",
+        &[],
+        &|want| {
+            want.mark(Field::ApplicationsClocks, FieldStatus::Unsupported);
+            if let Reading::Value(t) = &mut want.throttle_time {
+                t.source = ThrottleTimeSource::FieldValues;
+            }
+        },
+    );
+}
+
+/// nvmlDeviceGetMaxMigDeviceCount is the most instances there can be; empty slots
+/// answer NOT_FOUND and the backend lists only the instances that exist.
+#[test]
+fn mig_slots_beyond_the_instances_answer_not_found() {
+    let _serial = serial();
+    let reference = configured(mock(), "gpus=1,model=h200,mig=2");
+    let nvml = mock().nvml();
+    let d = nvml.device_by_index(0).expect("GPU 0");
+    assert_eq!(ok(d.mig_device_count()), 7);
+    assert!(d.mig_device_by_index(1).is_ok());
+    assert!(matches!(d.mig_device_by_index(2), Err(NvmlError::NotFound)));
+    drop(nvml);
+    let backend = mock().backend();
+    assert_eq!(
+        backend.inventory()[0].mig_instances,
+        reference.sim.inventory()[0].mig_instances
+    );
+}
+
+/// Every scenario through the library, with MIG on: the same findings as without,
+/// apart from what link states and asynchronous XIDs cannot show alike.
+#[test]
+fn every_scenario_through_the_library_is_diagnosed_the_same_with_mig_on() {
+    use gpulse_gpu::diagnosis::FindingKind;
+    let _serial = serial();
+    for (scenario, _) in Scenario::NAMES {
+        let kinds = |spec: &str| -> Vec<FindingKind> {
+            configured(mock(), spec);
+            backend_findings(&mut mock().backend(), 12)
+                .into_iter()
+                .filter(|k| !matches!(k, FindingKind::NvlinkDown | FindingKind::Xid))
+                .collect()
+        };
+        let plain = kinds(&format!("gpus=2,scenario={scenario},seed=4"));
+        let mig = kinds(&format!("gpus=2,scenario={scenario},seed=4,mig=3"));
+        assert_eq!(mig, plain, "{scenario} with mig=3");
+    }
+}
+
+/// The nvmlReturn_t of a wrapper call, for comparing with a capture.
+fn code<T>(r: &Result<T, NvmlError>) -> u64 {
+    match r {
+        Ok(_) => 0,
+        Err(NvmlError::InvalidArg) => 2,
+        Err(NvmlError::NotSupported) => 3,
+        Err(NvmlError::NotFound) => 6,
+        Err(NvmlError::UnexpectedVariant(c)) => u64::from(*c),
+        Err(e) => panic!("an answer the capture never holds: {e:?}"),
+    }
+}
+
+/// The committed probe of a real H200 (driver 580.159.04, in a VM that hides NVLink)
+/// against the library configured as that GPU: every call and field id the backend
+/// uses answers with the same return code, so the library cannot drift from the driver.
+#[test]
+fn the_library_answers_like_the_captured_h200_on_driver_580() {
+    let _serial = serial();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../gpu/fixtures/captures/h200-matmul-2026-12-01");
+    for (file, scenario) in [
+        ("nvml-probe-idle.json", "idle"),
+        ("nvml-probe-busy.json", "training"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("the committed probe");
+        let probe: serde_json::Value = serde_json::from_str(&text).expect("probe JSON");
+        let real = &probe["devices"][0];
+        let want = |v: &serde_json::Value| -> u64 {
+            if v.get("ok").is_some() {
+                0
+            } else {
+                v["code"].as_u64().unwrap_or_else(|| panic!("{file}: {v}"))
+            }
+        };
+        configured(
+            mock(),
+            &format!("gpus=1,model=h200,scenario={scenario},hide=nvlink"),
+        );
+        let driver = probe["driver"]["ok"].as_str().expect("the driver version");
+        mock().set_driver_version(Some(driver));
+        let nvml = mock().nvml();
+        assert_eq!(
+            ok(nvml.sys_nvml_version()),
+            probe["nvml"]["ok"].as_str().expect("the NVML version")
+        );
+        let d = nvml.device_by_index(0).expect("GPU 0");
+        let mismatches = std::cell::RefCell::new(Vec::new());
+        let check = |what: String, real: &serde_json::Value, got: u64| {
+            if want(real) != got {
+                mismatches
+                    .borrow_mut()
+                    .push(format!("{what}: driver {}, library {got}", want(real)));
+            }
+        };
+        for (key, got) in [
+            (
+                "nvmlDeviceGetUtilizationRates",
+                code(&d.utilization_rates()),
+            ),
+            ("nvmlDeviceGetPowerUsage", code(&d.power_usage())),
+            (
+                "nvmlDeviceGetEnforcedPowerLimit",
+                code(&d.enforced_power_limit()),
+            ),
+            (
+                "nvmlDeviceGetTotalEnergyConsumption",
+                code(&d.total_energy_consumption()),
+            ),
+            (
+                "nvmlDeviceGetCurrentClocksThrottleReasons",
+                code(&d.current_throttle_reasons()),
+            ),
+            (
+                "nvmlDeviceGetSupportedClocksThrottleReasons",
+                code(&d.supported_throttle_reasons()),
+            ),
+            (
+                "nvmlDeviceGetCurrPcieLinkGeneration",
+                code(&d.current_pcie_link_gen()),
+            ),
+            (
+                "nvmlDeviceGetCurrPcieLinkWidth",
+                code(&d.current_pcie_link_width()),
+            ),
+            (
+                "nvmlDeviceGetMaxPcieLinkGeneration",
+                code(&d.max_pcie_link_gen()),
+            ),
+            (
+                "nvmlDeviceGetMaxPcieLinkWidth",
+                code(&d.max_pcie_link_width()),
+            ),
+            (
+                "nvmlDeviceGetPcieReplayCounter",
+                code(&d.pcie_replay_counter()),
+            ),
+            (
+                "nvmlDeviceGetPowerManagementDefaultLimit",
+                code(&d.power_management_limit_default()),
+            ),
+            (
+                "nvmlDeviceGetMaxMigDeviceCount",
+                code(&d.mig_device_count()),
+            ),
+            ("nvmlDeviceGetMigMode", code(&d.mig_mode())),
+            ("nvmlDeviceGetEccMode", code(&d.is_ecc_enabled())),
+            ("nvmlDeviceGetArchitecture", code(&d.architecture())),
+            (
+                "nvmlDeviceGetComputeRunningProcesses",
+                code(&d.running_compute_processes()),
+            ),
+            ("nvmlDeviceGetMemoryInfo", code(&d.memory_info())),
+            ("nvmlGpmQueryDeviceSupport", code(&d.gpm_support())),
+            (
+                "retired_pages",
+                code(&d.retired_pages(RetirementCause::MultipleSingleBitEccErrors)),
+            ),
+            (
+                "process_utilization_since_0",
+                code(&d.process_utilization_stats(0)),
+            ),
+            (
+                "process_utilization_since_now",
+                code(&d.process_utilization_stats(u64::MAX / 2)),
+            ),
+        ] {
+            check(key.to_string(), &real[key], got);
+        }
+        assert_eq!(ok(d.mig_device_count()), 0, "MIG off: 0, as the driver");
+        check(
+            "temperature".into(),
+            &real["temperature"]["gpu"],
+            code(&d.temperature(TemperatureSensor::Gpu)),
+        );
+        for (name, clock) in [
+            ("graphics", Clock::Graphics),
+            ("sm", Clock::SM),
+            ("mem", Clock::Memory),
+        ] {
+            check(
+                format!("clock {name}"),
+                &real["clock_info"][name],
+                code(&d.clock_info(clock)),
+            );
+            check(
+                format!("max clock {name}"),
+                &real["max_clock_info"][name],
+                code(&d.max_clock_info(clock)),
+            );
+            check(
+                format!("applications clock {name}"),
+                &real["applications_clock"][name],
+                code(&d.applications_clock(clock)),
+            );
+        }
+        for (k, threshold) in [
+            (0, TemperatureThreshold::Shutdown),
+            (1, TemperatureThreshold::Slowdown),
+            (2, TemperatureThreshold::MemoryMax),
+            (3, TemperatureThreshold::GpuMax),
+        ] {
+            check(
+                format!("threshold {k}"),
+                &real["temperature_thresholds"][k.to_string()],
+                code(&d.temperature_threshold(threshold)),
+            );
+        }
+        for (k, policy) in [
+            (0, PerformancePolicy::Power),
+            (1, PerformancePolicy::Thermal),
+            (2, PerformancePolicy::SyncBoost),
+            (3, PerformancePolicy::BoardLimit),
+            (4, PerformancePolicy::LowUtilization),
+            (5, PerformancePolicy::Reliability),
+            (10, PerformancePolicy::TotalAppClocks),
+            (11, PerformancePolicy::TotalBaseClocks),
+        ] {
+            check(
+                format!("violation status {k}"),
+                &real["violation_status"][k.to_string()],
+                code(&d.violation_status(policy)),
+            );
+        }
+        for (k, (error, counter)) in [
+            ("0/0", (MemoryError::Corrected, EccCounter::Volatile)),
+            ("0/1", (MemoryError::Corrected, EccCounter::Aggregate)),
+            ("1/0", (MemoryError::Uncorrected, EccCounter::Volatile)),
+            ("1/1", (MemoryError::Uncorrected, EccCounter::Aggregate)),
+        ] {
+            check(
+                format!("ecc {k}"),
+                &real["ecc_errors"][k],
+                code(&d.total_ecc_errors(error, counter)),
+            );
+        }
+        for link in 0..36u32 {
+            let l = d.link_wrapper_for(link);
+            let slot = &real["nvlink"][link.to_string()];
+            check(
+                format!("nvlink {link} state"),
+                &slot["state"],
+                code(&l.is_active()),
+            );
+            check(
+                format!("nvlink {link} replay errors"),
+                &slot["replay_errors"],
+                code(&l.error_counter(ErrorCounter::DlReplay)),
+            );
+        }
+        // The field ids the backend reads, in this driver's (580.82+) numbering.
+        let fields = real["fields"].as_object().expect("fields");
+        let by_id = |id: u32| {
+            fields
+                .iter()
+                .find(|(k, _)| k.split(':').next() == Some(&id.to_string()))
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("field {id} in the probe"))
+        };
+        for id in [
+            74, 75, 76, 77, 78, 79, 80, 81, 82, 91, 142, 143, 144, 145, 197, 198, 269, 270, 271,
+        ] {
+            let got = raw_field(&d, id, 0);
+            let real = by_id(id);
+            if real["return"].as_u64() != Some(u64::from(got.nvmlReturn)) {
+                mismatches.borrow_mut().push(format!(
+                    "field {id}: driver {}, library {}",
+                    real["return"], got.nvmlReturn
+                ));
+            }
+            if id == 82 && real["valueType"].as_u64() != Some(u64::from(got.valueType)) {
+                mismatches
+                    .borrow_mut()
+                    .push(format!("field 82 type: driver {}", real["valueType"]));
+            }
+        }
+        let scoped = real["fields_scoped"].as_object().expect("scoped fields");
+        for (key, real) in scoped {
+            let Some((id, scope)) = key
+                .split_once(':')
+                .and_then(|(id, rest)| Some((id.parse::<u32>().ok()?, rest.rsplit_once('@')?.1)))
+            else {
+                continue;
+            };
+            if ![138, 139].contains(&id) {
+                continue;
+            }
+            let scope: u32 = scope.parse().expect("a scope id");
+            let got = raw_field(&d, id, scope).nvmlReturn;
+            if real["return"].as_u64() != Some(u64::from(got)) {
+                mismatches.borrow_mut().push(format!(
+                    "field {key}: driver {}, library {got}",
+                    real["return"]
+                ));
+            }
+        }
+        let registered = nvml.create_event_set().and_then(|set| {
+            d.register_events(EventTypes::CRITICAL_XID_ERROR, set)
+                .map_err(|e| e.error)
+        });
+        check(
+            "register_xid".into(),
+            &real["register_xid"],
+            code(&registered),
+        );
+        let mismatches = mismatches.into_inner();
+        assert!(mismatches.is_empty(), "{file}: {mismatches:#?}");
     }
 }

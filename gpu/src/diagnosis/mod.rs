@@ -6,7 +6,7 @@ mod rules;
 mod window;
 
 pub use rules::diagnose;
-pub use window::{GpuWindow, Timed};
+pub use window::{Activity, GpuWindow, Timed};
 
 /// How urgent a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,6 +2,7 @@
 
 use super::window::GpuWindow;
 use super::{Finding, FindingKind, Severity};
+use crate::simulator::ModelSpec;
 use crate::{DeviceState, Field, FieldStatus, ThrottleReasons};
 
 /// Share of busy readings a throttle reason must hold to be reported: a blip is noise.
@@ -269,9 +270,15 @@ fn pcie(w: &GpuWindow<'_>) -> Vec<Finding> {
             .is_some_and(|(x, m)| x < m);
         g || x
     };
-    let share = w.busy_share(below);
+    // A link trains down when idle: only readings known busy count here.
+    let busy = w.surely_busy().count();
+    let share = if busy == 0 {
+        0.0
+    } else {
+        w.surely_busy().filter(|s| below(s)).count() as f64 / busy as f64
+    };
     if share >= SUSTAINED_SHARE
-        && let Some(s) = w.busy().find(|s| below(s))
+        && let Some(s) = w.surely_busy().find(|s| below(s))
     {
         out.push(finding(
             w,
@@ -314,9 +321,12 @@ fn nvlink(w: &GpuWindow<'_>) -> Vec<Finding> {
     let Some(links) = last.nvlinks.get() else {
         return out;
     };
+    // NVML reads the links of a MIG-enabled GPU as inactive (DCGM treats them as
+    // disabled, not down): no finding from their state.
+    let mig = w.info.mig_enabled == Some(true);
     let down: Vec<String> = links
         .iter()
-        .filter(|l| !l.active)
+        .filter(|l| !l.active && !mig)
         .map(|l| l.link.to_string())
         .collect();
     if !down.is_empty() {
@@ -496,7 +506,9 @@ fn memory_health(w: &GpuWindow<'_>) -> Vec<Finding> {
 
 fn idle_while_held(w: &GpuWindow<'_>) -> Option<Finding> {
     let answering = w.answering().count();
-    if answering == 0 || w.busy_count() > 0 {
+    // Only a GPU known idle in every reading: unknown (MIG without per-process
+    // figures) is not idle.
+    if answering == 0 || !w.always_idle() {
         return None;
     }
     let last = w.answering().last()?;
@@ -530,9 +542,18 @@ fn idle_while_held(w: &GpuWindow<'_>) -> Option<Finding> {
 
 fn hidden_fields(w: &GpuWindow<'_>) -> Option<Finding> {
     let last = w.answering().last()?;
+    let mig = w.info.mig_enabled == Some(true);
+    // NVLink counts as hidden only on a model known to have it (an SXM part in a VM
+    // that hides it, as the H200 capture shows); a PCIe card or an unknown model with
+    // no links hides nothing.
+    let has_nvlink =
+        ModelSpec::by_nvml_name(&w.info.model).is_some_and(|(_, m)| m.nvlink_count > 0);
     let hidden: Vec<&str> = last
         .fields_with(FieldStatus::Unsupported)
         .filter(|f| !matches!(f, Field::RetiredPages | Field::Gpm))
+        .filter(|f| *f != Field::NvLink || has_nvlink)
+        // Under MIG, whole-GPU utilisation is not supported by design, not hidden.
+        .filter(|f| !(mig && matches!(f, Field::GpuUtilization | Field::MemoryUtilization)))
         .map(Field::name)
         .collect();
     (!hidden.is_empty()).then(|| {
@@ -664,6 +685,36 @@ mod tests {
                 "{spec}: expected {expected:?}, got {got:?}"
             );
         }
+    }
+
+    /// MIG changes what NVML answers (no whole-GPU utilisation, links read inactive),
+    /// not what the GPU is doing: every scenario gives the same findings with MIG on,
+    /// except the link-down finding, which link states cannot show under MIG.
+    #[test]
+    fn every_scenario_is_diagnosed_the_same_with_mig_on() {
+        for (scenario, _) in crate::simulator::Scenario::NAMES {
+            let without_link_state = |spec: &str| -> Vec<_> {
+                kinds(spec)
+                    .into_iter()
+                    .filter(|(k, _)| *k != FindingKind::NvlinkDown)
+                    .collect()
+            };
+            let plain = without_link_state(&format!("gpus=2,scenario={scenario}"));
+            let mig = kinds(&format!("gpus=2,scenario={scenario},mig=3"));
+            assert_eq!(mig, plain, "{scenario} with mig=3");
+        }
+    }
+
+    #[test]
+    fn no_hidden_nvlink_claim_for_a_model_without_it() {
+        assert_eq!(kinds("gpus=1,model=l4,scenario=training"), []);
+        let hidden = findings("gpus=1,model=h200,scenario=training,hide=nvlink");
+        assert!(
+            hidden
+                .iter()
+                .any(|f| f.kind == FindingKind::HiddenFields && f.evidence[0].contains("nvlink")),
+            "{hidden:?}"
+        );
     }
 
     #[test]

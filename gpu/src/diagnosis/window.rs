@@ -2,6 +2,16 @@
 
 use crate::{DeviceInfo, DeviceSample, DeviceState};
 
+/// What a reading says the GPU was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    Busy,
+    Idle,
+    /// Nothing read says: whole-GPU utilisation unsupported (MIG) and no per-process
+    /// figures.
+    Unknown,
+}
+
 /// A reading and when it was taken (ms since the Unix epoch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timed {
@@ -30,16 +40,63 @@ impl<'a> GpuWindow<'a> {
             .filter(|s| s.state == DeviceState::Ok)
     }
 
-    pub(crate) fn is_busy(s: &DeviceSample) -> bool {
-        s.gpu_utilization_percent
-            .value()
-            .is_some_and(|u| u >= BUSY_UTILIZATION_PERCENT)
-            || s.gpm.value().is_some_and(|g| g.sm_active >= BUSY_SM_ACTIVE)
+    /// Whether a reading shows the GPU working. Whole-GPU utilisation (or GPM) says so
+    /// where it answers. A GPU in MIG mode answers neither (NVML: not supported), and
+    /// that is not idleness: then the processes on its instances say it, busy when one
+    /// used the SMs since the last reading, idle when none runs or all were at 0 %, and
+    /// unknown when they run without utilisation figures.
+    pub fn activity(s: &DeviceSample) -> Activity {
+        if let Some(u) = s.gpu_utilization_percent.value() {
+            let gpm_busy = s.gpm.value().is_some_and(|g| g.sm_active >= BUSY_SM_ACTIVE);
+            return if u >= BUSY_UTILIZATION_PERCENT || gpm_busy {
+                Activity::Busy
+            } else {
+                Activity::Idle
+            };
+        }
+        if let Some(g) = s.gpm.value() {
+            return if g.sm_active >= BUSY_SM_ACTIVE {
+                Activity::Busy
+            } else {
+                Activity::Idle
+            };
+        }
+        let Some(procs) = s.processes.get() else {
+            return Activity::Unknown;
+        };
+        if procs
+            .iter()
+            .any(|p| p.sm_utilization_percent.is_some_and(|u| u > 0))
+        {
+            Activity::Busy
+        } else if procs.iter().all(|p| p.sm_utilization_percent == Some(0)) {
+            Activity::Idle
+        } else {
+            Activity::Unknown
+        }
     }
 
-    /// Readings in which the GPU was busy.
+    pub(crate) fn is_busy(s: &DeviceSample) -> bool {
+        Self::activity(s) == Activity::Busy
+    }
+
+    /// Readings in which the GPU was busy, or may have been (activity unknown): what
+    /// the throttling rules judge, as clock-event reasons and temperatures are whole-GPU
+    /// readings that answer under MIG too.
     pub fn busy(&self) -> impl Iterator<Item = &'a DeviceSample> + 'a {
+        self.answering()
+            .filter(|s| Self::activity(s) != Activity::Idle)
+    }
+
+    /// Readings in which the GPU was known to be busy.
+    pub fn surely_busy(&self) -> impl Iterator<Item = &'a DeviceSample> + 'a {
         self.answering().filter(|s| Self::is_busy(s))
+    }
+
+    /// Whether every answering reading shows the GPU idle (none unknown).
+    pub fn always_idle(&self) -> bool {
+        self.answering()
+            .all(|s| Self::activity(s) == Activity::Idle)
     }
 
     pub fn busy_count(&self) -> usize {

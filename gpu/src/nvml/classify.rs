@@ -16,9 +16,16 @@ pub enum ReadOutcome {
     Failed,
 }
 
+/// nvml.h (CUDA 13) NVML_ERROR_DEPRECATED: what a function CUDA 13 deprecated answers
+/// once a driver has removed it. nvml-wrapper 0.13 predates it and reports
+/// `UnexpectedVariant(26)`.
+pub const NVML_ERROR_DEPRECATED: u32 = 26;
+
 /// Classifies an NVML error.
 pub fn classify(err: &NvmlError) -> ReadOutcome {
     match err {
+        // A removed function is as absent as a missing symbol.
+        NvmlError::UnexpectedVariant(NVML_ERROR_DEPRECATED) => ReadOutcome::Unsupported,
         // Not on this GPU, not in this driver (old driver: symbol missing), or hidden by
         // the host (virtualised GPUs often refuse with NoPermission).
         NvmlError::NotSupported
@@ -62,6 +69,7 @@ mod tests {
             NvmlError::FunctionNotFound,
             NvmlError::FailedToLoadSymbol("nvmlDeviceGetTotalEnergyConsumption".into()),
             NvmlError::NoPermission,
+            NvmlError::UnexpectedVariant(NVML_ERROR_DEPRECATED),
         ] {
             assert_eq!(classify(&e), ReadOutcome::Unsupported, "{e:?}");
         }
@@ -78,6 +86,7 @@ mod tests {
             NvmlError::Timeout,
             NvmlError::Unknown,
             NvmlError::InsufficientSize(None),
+            NvmlError::UnexpectedVariant(27),
         ] {
             assert_eq!(classify(&e), ReadOutcome::Failed, "{e:?}");
         }

@@ -22,8 +22,10 @@ use tracing::{info, warn};
 use crate::workload::ProcReader;
 use crate::{BackendError, DeviceInfo, DeviceSample, DeviceState, GpuBackend};
 
-/// nvml.h NVML_NVLINK_MAX_LINKS: the most NVLink links a GPU can have.
-const NVLINK_MAX_LINKS: u32 = 18;
+/// nvml.h NVML_NVLINK_MAX_LINKS: the most NVLink links a GPU can have. 18 up to the
+/// CUDA 13.2 header (and nvml-wrapper-sys 0.10), 36 from 13.3 on (the H200 probe's
+/// binding); link ids come from the link-count field, bounded by this.
+const NVLINK_MAX_LINKS: u32 = 36;
 
 /// Real GPUs through NVML.
 pub struct NvmlBackend {
@@ -121,9 +123,7 @@ fn describe(
             ..DeviceInfo::default()
         };
     };
-    let nvlink_count = (0..NVLINK_MAX_LINKS)
-        .filter(|&link| device.link_wrapper_for(link).is_active().is_ok())
-        .count() as u32;
+    let nvlink_count = read::existing_links(device).len() as u32;
     let mig_enabled = opt(device.mig_mode().map(|m| m.current == 1));
     DeviceInfo {
         index,

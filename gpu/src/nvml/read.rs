@@ -38,12 +38,21 @@ mod field {
     // In KiB (nvml.h: "NVLink throughput counters field values ... in KiB").
     pub const NVLINK_TX: u32 = 138;
     pub const NVLINK_RX: u32 = 139;
-    // Cumulative clock-event (throttle) time in ns, newer drivers.
-    pub const EVENT_SW_POWER_CAP: u32 = 74;
-    pub const EVENT_SYNC_BOOST: u32 = 76;
-    pub const EVENT_SW_THERMAL: u32 = 251;
-    pub const EVENT_HW_THERMAL: u32 = 252;
-    pub const EVENT_HW_POWER_BRAKE: u32 = 253;
+    /// NVML_FI_DEV_NVLINK_LINK_COUNT: the links the GPU has (DCGM bounds link ids by it).
+    pub const NVLINK_LINK_COUNT: u32 = 91;
+    /// NVML_FI_DEV_PERF_POLICY_POWER .. _TOTAL_BASE_CLOCKS (74-81): the throttled time,
+    /// ns, of each nvmlPerfPolicyType_t, in the enum's order (POWER, THERMAL,
+    /// SYNC_BOOST, BOARD_LIMIT, LOW_UTILIZATION, RELIABILITY, TOTAL_APP_CLOCKS,
+    /// TOTAL_BASE_CLOCKS). The header keeps these ids when it renumbers 251-273, and
+    /// CUDA 13 names them as what replaces nvmlDeviceGetViolationStatus.
+    pub const PERF_POLICY_POWER: u32 = 74;
+    pub const PERF_POLICY_THERMAL: u32 = 75;
+    pub const PERF_POLICY_SYNC_BOOST: u32 = 76;
+    pub const PERF_POLICY_BOARD_LIMIT: u32 = 77;
+    pub const PERF_POLICY_LOW_UTILIZATION: u32 = 78;
+    pub const PERF_POLICY_RELIABILITY: u32 = 79;
+    pub const PERF_POLICY_TOTAL_APP_CLOCKS: u32 = 80;
+    pub const PERF_POLICY_TOTAL_BASE_CLOCKS: u32 = 81;
 }
 
 /// What the backend remembers about a GPU between readings.
@@ -55,8 +64,6 @@ pub(crate) struct GpuState {
     gpm_supported: Option<bool>,
     /// Timestamp of the newest process-utilisation sample seen (NVML's own clock, µs).
     process_ts: Option<u64>,
-    /// Last known SM utilisation per pid: NotFound means "nothing new", not "zero".
-    process_sm: HashMap<u32, u32>,
     integrator: FlagIntegrator,
 }
 
@@ -83,8 +90,9 @@ fn as_u64(v: &SampleValue) -> Option<u64> {
         SampleValue::U64(x) => Some(*x),
         SampleValue::U32(x) => Some(u64::from(*x)),
         SampleValue::I64(x) => u64::try_from(*x).ok(),
-        SampleValue::F64(x) if x.is_finite() && *x >= 0.0 => Some(*x as u64),
-        SampleValue::F64(_) => None,
+        // Some drivers label integer fields (memory temperature) double: see
+        // raw::integer_from_double.
+        SampleValue::F64(x) => raw::integer_from_double(*x),
     }
 }
 
@@ -135,8 +143,14 @@ pub(crate) fn read_gpu(
     let i = info.index;
     let read = |r| reading(r, i, &lost);
     let utilization = reading(device.utilization_rates(), i, &lost).map(|u| (u.gpu, u.memory));
-    let reasons = reading(device.current_throttle_reasons(), i, &lost)
-        .map(|r| ThrottleReasons::from_bits_retain(r.bits()));
+    let reasons = reading(
+        newer_or_older(raw::clocks_event_reasons(nvml, device), || {
+            device.current_throttle_reasons().map(|r| r.bits())
+        }),
+        i,
+        &lost,
+    )
+    .map(ThrottleReasons::from_bits_retain);
     let memory = reading(device.memory_info(), i, &lost).map(|m| m.used);
     let values = fields(
         device,
@@ -171,7 +185,9 @@ pub(crate) fn read_gpu(
         memory_utilization_percent: utilization.map(|u| u.1),
         sm_clock_mhz: read(device.clock_info(Clock::SM)),
         memory_clock_mhz: read(device.clock_info(Clock::Memory)),
-        temperature_celsius: read(device.temperature(TemperatureSensor::Gpu)),
+        temperature_celsius: read(newer_or_older(raw::gpu_temperature_v(nvml, device), || {
+            device.temperature(TemperatureSensor::Gpu)
+        })),
         power_usage_milliwatts: read(device.power_usage()),
         power_limit_milliwatts: read(device.enforced_power_limit()),
         energy_millijoules: reading(device.total_energy_consumption(), i, &lost),
@@ -212,8 +228,68 @@ pub(crate) fn read_gpu(
     sample
 }
 
-/// Violation counters if the driver keeps them, else the clock-event-reason field
-/// values, else the flags integrated over time.
+/// The newer call's answer, or the older call's where the driver lacks the newer one
+/// (an old driver: symbol missing) or does not support it; a driver that removed the
+/// older one answers it NVML_ERROR_DEPRECATED, read as unsupported.
+fn newer_or_older<T>(
+    newer: Result<T, NvmlError>,
+    older: impl FnOnce() -> Result<T, NvmlError>,
+) -> Result<T, NvmlError> {
+    match newer {
+        Err(e) if classify(&e) == ReadOutcome::Unsupported => older(),
+        other => other,
+    }
+}
+
+/// Each throttle policy, its nvml-wrapper name and the field nvml.h documents for it.
+const POLICIES: [(ThrottlePolicy, PerformancePolicy, u32); 8] = [
+    (
+        ThrottlePolicy::Power,
+        PerformancePolicy::Power,
+        field::PERF_POLICY_POWER,
+    ),
+    (
+        ThrottlePolicy::Thermal,
+        PerformancePolicy::Thermal,
+        field::PERF_POLICY_THERMAL,
+    ),
+    (
+        ThrottlePolicy::SyncBoost,
+        PerformancePolicy::SyncBoost,
+        field::PERF_POLICY_SYNC_BOOST,
+    ),
+    (
+        ThrottlePolicy::BoardLimit,
+        PerformancePolicy::BoardLimit,
+        field::PERF_POLICY_BOARD_LIMIT,
+    ),
+    (
+        ThrottlePolicy::LowUtilization,
+        PerformancePolicy::LowUtilization,
+        field::PERF_POLICY_LOW_UTILIZATION,
+    ),
+    (
+        ThrottlePolicy::Reliability,
+        PerformancePolicy::Reliability,
+        field::PERF_POLICY_RELIABILITY,
+    ),
+    (
+        ThrottlePolicy::TotalAppClocks,
+        PerformancePolicy::TotalAppClocks,
+        field::PERF_POLICY_TOTAL_APP_CLOCKS,
+    ),
+    (
+        ThrottlePolicy::TotalBaseClocks,
+        PerformancePolicy::TotalBaseClocks,
+        field::PERF_POLICY_TOTAL_BASE_CLOCKS,
+    ),
+];
+
+/// Throttled time per policy: the violation counter where the driver answers it, else
+/// that policy's field value (nvml.h: violation status for the thermal policy is not
+/// supported on some GPUs while the others answer; CUDA 13 deprecates the call
+/// altogether); the flags integrated over time where neither answers for any policy.
+/// The source is the violation counters when any policy came from them.
 fn throttle_time(
     device: &Device<'_>,
     state: &mut GpuState,
@@ -221,29 +297,10 @@ fn throttle_time(
     now_unix_ms: i64,
     lost: &Cell<bool>,
 ) -> Reading<ThrottleTime> {
-    let policies = [
-        (ThrottlePolicy::Power, PerformancePolicy::Power),
-        (ThrottlePolicy::Thermal, PerformancePolicy::Thermal),
-        (ThrottlePolicy::SyncBoost, PerformancePolicy::SyncBoost),
-        (ThrottlePolicy::BoardLimit, PerformancePolicy::BoardLimit),
-        (
-            ThrottlePolicy::LowUtilization,
-            PerformancePolicy::LowUtilization,
-        ),
-        (ThrottlePolicy::Reliability, PerformancePolicy::Reliability),
-        (
-            ThrottlePolicy::TotalAppClocks,
-            PerformancePolicy::TotalAppClocks,
-        ),
-        (
-            ThrottlePolicy::TotalBaseClocks,
-            PerformancePolicy::TotalBaseClocks,
-        ),
-    ];
-    let violation: Vec<(ThrottlePolicy, u64)> = policies
+    let violation: Vec<Option<u64>> = POLICIES
         .iter()
-        .filter_map(|(ours, theirs)| match device.violation_status(*theirs) {
-            Ok(v) => Some((*ours, v.violation_time)),
+        .map(|(_, theirs, _)| match device.violation_status(*theirs) {
+            Ok(v) => Some(v.violation_time),
             Err(e) => {
                 if classify(&e) == ReadOutcome::GpuLost {
                     lost.set(true);
@@ -252,41 +309,37 @@ fn throttle_time(
             }
         })
         .collect();
-    if !violation.is_empty() {
+    let missing: Vec<u32> = POLICIES
+        .iter()
+        .zip(&violation)
+        .filter(|(_, v)| v.is_none())
+        .map(|((_, _, id), _)| *id)
+        .collect();
+    let from_fields = fields(device, &missing, 0, lost);
+    let mut by_field = missing.iter().zip(&from_fields);
+    let mut any_violation = false;
+    let nanoseconds: Vec<(ThrottlePolicy, u64)> = POLICIES
+        .iter()
+        .zip(&violation)
+        .filter_map(|((ours, _, _), v)| match v {
+            Some(ns) => {
+                any_violation = true;
+                Some((*ours, *ns))
+            }
+            None => by_field
+                .next()
+                .and_then(|(_, r)| r.value())
+                .map(|ns| (*ours, ns)),
+        })
+        .collect();
+    if !nanoseconds.is_empty() {
         return Reading::Value(ThrottleTime {
-            source: ThrottleTimeSource::ViolationStatus,
-            nanoseconds: violation,
-        });
-    }
-    let ids = [
-        field::EVENT_SW_POWER_CAP,
-        field::EVENT_SYNC_BOOST,
-        field::EVENT_SW_THERMAL,
-        field::EVENT_HW_THERMAL,
-        field::EVENT_HW_POWER_BRAKE,
-    ];
-    let v = fields(device, &ids, 0, lost);
-    if v.iter().any(|r| r.value().is_some()) {
-        let get = |k: usize| v[k].value();
-        let mut ns = Vec::new();
-        if let Some(p) = get(0) {
-            ns.push((ThrottlePolicy::Power, p));
-        }
-        if let Some(s) = get(1) {
-            ns.push((ThrottlePolicy::SyncBoost, s));
-        }
-        if get(2).is_some() || get(3).is_some() {
-            ns.push((
-                ThrottlePolicy::Thermal,
-                get(2).unwrap_or(0) + get(3).unwrap_or(0),
-            ));
-        }
-        if let Some(b) = get(4) {
-            ns.push((ThrottlePolicy::BoardLimit, b));
-        }
-        return Reading::Value(ThrottleTime {
-            source: ThrottleTimeSource::FieldValues,
-            nanoseconds: ns,
+            source: if any_violation {
+                ThrottleTimeSource::ViolationStatus
+            } else {
+                ThrottleTimeSource::FieldValues
+            },
+            nanoseconds,
         });
     }
     match reasons {
@@ -304,11 +357,7 @@ fn nvlinks(
 ) -> Reading<Vec<NvLinkSample>> {
     let links = state
         .links
-        .get_or_insert_with(|| {
-            (0..super::NVLINK_MAX_LINKS)
-                .filter(|l| device.link_wrapper_for(*l).is_active().is_ok())
-                .collect()
-        })
+        .get_or_insert_with(|| existing_links(device))
         .clone();
     if links.is_empty() {
         return Reading::Unsupported;
@@ -342,6 +391,40 @@ fn nvlinks(
         })
         .collect();
     Reading::Value(out)
+}
+
+/// The NVLink links a GPU has. The link-count field (91) says how many, as DCGM bounds
+/// link ids by it: nvmlDeviceGetNvLinkState answers for every slot up to
+/// NVML_NVLINK_MAX_LINKS on some drivers, unused ones as inactive. Where the field is
+/// not supported, the links answering their state up to the last active one (slots past
+/// it are taken as unused); where nothing answers (no NVLink, or a VM that hides it, as
+/// the H200 probe shows), none.
+pub(crate) fn existing_links(device: &Device<'_>) -> Vec<u32> {
+    let lost = Cell::new(false);
+    let count = fields(device, &[field::NVLINK_LINK_COUNT], 0, &lost)[0].value();
+    if let Some(count) = count {
+        let count = u32::try_from(count)
+            .unwrap_or(0)
+            .min(super::NVLINK_MAX_LINKS);
+        return (0..count).collect();
+    }
+    let states: Vec<(u32, bool)> = (0..super::NVLINK_MAX_LINKS)
+        .filter_map(|l| {
+            device
+                .link_wrapper_for(l)
+                .is_active()
+                .ok()
+                .map(|active| (l, active))
+        })
+        .collect();
+    let Some(last_active) = states.iter().rev().find(|(_, a)| *a).map(|(l, _)| *l) else {
+        return Vec::new();
+    };
+    states
+        .into_iter()
+        .map(|(l, _)| l)
+        .filter(|l| *l <= last_active)
+        .collect()
 }
 
 fn retired_pages(device: &Device<'_>, lost: &Cell<bool>) -> Reading<RetiredPages> {
@@ -433,20 +516,24 @@ fn processes(
         Reading::Unsupported => return Reading::Unsupported,
         Reading::Failed => return Reading::Failed,
     };
-    match device.process_utilization_stats(state.process_ts) {
+    // NVML samples only the processes that used the GPU since the timestamp, and
+    // answers NOT_FOUND when none did: a running process without a sample was idle
+    // (0 %), not "as last time". Any other failure leaves the utilisation unknown.
+    let sm: Option<HashMap<u32, u32>> = match device.process_utilization_stats(state.process_ts) {
         Ok(samples) => {
+            let mut sm = HashMap::new();
             for s in samples {
                 state.process_ts = Some(state.process_ts.unwrap_or(0).max(s.timestamp));
-                state.process_sm.insert(s.pid, s.sm_util);
+                sm.insert(s.pid, s.sm_util);
             }
+            Some(sm)
         }
-        // NotFound: no new samples since the last timestamp; the last values stand.
-        Err(NvmlError::NotFound) => {}
-        Err(e) => debug!(error = %e, "no per-process utilisation"),
-    }
-    state
-        .process_sm
-        .retain(|pid, _| running.iter().any(|p| p.pid == *pid));
+        Err(NvmlError::NotFound) => Some(HashMap::new()),
+        Err(e) => {
+            debug!(error = %e, "no per-process utilisation");
+            None
+        }
+    };
     Reading::Value(
         running
             .iter()
@@ -458,7 +545,9 @@ fn processes(
                         UsedGpuMemory::Used(b) => Some(b),
                         UsedGpuMemory::Unavailable => None,
                     },
-                    sm_utilization_percent: state.process_sm.get(&p.pid).copied(),
+                    sm_utilization_percent: sm
+                        .as_ref()
+                        .map(|sm| sm.get(&p.pid).copied().unwrap_or(0)),
                     workload_kind,
                     workload,
                 }
@@ -467,12 +556,20 @@ fn processes(
     )
 }
 
-/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is the
-/// number of slots; empty ones answer NOT_FOUND and are skipped.
+/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is the most
+/// that can exist (nvml.h), not how many do; empty slots answer NOT_FOUND and are
+/// skipped.
 pub(crate) fn mig_instances(nvml: &Nvml, device: &Device<'_>) -> Vec<MigInstance> {
     let count = device.mig_device_count().unwrap_or(0);
     (0..count)
-        .filter_map(|k| device.mig_device_by_index(k).ok())
+        .filter_map(|k| match device.mig_device_by_index(k) {
+            Ok(m) => Some(m),
+            Err(NvmlError::NotFound) => None,
+            Err(e) => {
+                debug!(slot = k, error = %e, "MIG device slot did not answer");
+                None
+            }
+        })
         .map(|m| {
             let (gpu_instance_id, compute_instance_id) = raw::mig_instance_ids(nvml, &m);
             MigInstance {

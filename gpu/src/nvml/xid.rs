@@ -50,6 +50,18 @@ impl XidCounts {
     }
 }
 
+/// The XID code of an event. nvml-wrapper turns 999 into `Unknown`; it is still an XID
+/// the driver raised (nvml.h: "999 - Unknown"), so it is counted under 999.
+fn xid_code(e: XidError) -> u64 {
+    match e {
+        XidError::Value(code) => code,
+        XidError::Unknown => XID_UNKNOWN,
+    }
+}
+
+/// nvml.h: eventData 999 for an XID the driver cannot name.
+const XID_UNKNOWN: u64 = 999;
+
 /// The event thread; stops when dropped.
 #[derive(Debug)]
 pub struct Watcher {
@@ -74,45 +86,52 @@ impl Watcher {
         inventory: &[DeviceInfo],
         counts: Arc<XidCounts>,
     ) -> Option<Watcher> {
-        let mut set = match nvml.create_event_set() {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(error = %e, "no NVML event set: XID events are not watched");
-                return None;
-            }
-        };
-        for (device, info) in devices.iter().zip(inventory) {
-            let Some(device) = device else { continue };
-            let supported = device
-                .supported_event_types()
-                .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
-            if !supported {
-                continue;
-            }
-            set = match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
-                Ok(s) => {
-                    counts
-                        .registered
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(info.uuid.clone());
-                    s
-                }
+        // A failed registration frees the whole set (nvml-wrapper releases it on any
+        // error, as nvml.h asks after NVML_ERROR_UNKNOWN), so the GPUs registered
+        // before it are unwatched too: start again on a fresh set without the GPU that
+        // failed, until every GPU left registers. At most one retry per GPU.
+        let candidates: Vec<(&Device<'static>, &DeviceInfo)> = devices
+            .iter()
+            .zip(inventory)
+            .filter_map(|(d, info)| d.as_ref().map(|d| (d, info)))
+            .filter(|(d, _)| {
+                d.supported_event_types()
+                    .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR))
+            })
+            .collect();
+        let mut excluded: HashSet<String> = HashSet::new();
+        let set = 'attempt: loop {
+            let mut set = match nvml.create_event_set() {
+                Ok(s) => s,
                 Err(e) => {
-                    warn!(uuid = %info.uuid, error = %e.error, "cannot watch XID events of this GPU");
-                    // A failed registration consumes the set: start a fresh one.
-                    nvml.create_event_set().ok()?
+                    debug!(error = %e, "no NVML event set: XID events are not watched");
+                    return None;
                 }
             };
-        }
-        if counts
-            .registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
+            for (device, info) in &candidates {
+                if excluded.contains(&info.uuid) {
+                    continue;
+                }
+                set = match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(uuid = %info.uuid, error = %e.error, "cannot watch XID events of this GPU");
+                        excluded.insert(info.uuid.clone());
+                        continue 'attempt;
+                    }
+                };
+            }
+            break set;
+        };
+        let watched: HashSet<String> = candidates
+            .iter()
+            .map(|(_, info)| info.uuid.clone())
+            .filter(|uuid| !excluded.contains(uuid))
+            .collect();
+        if watched.is_empty() {
             return None;
         }
+        *counts.registered.lock().unwrap_or_else(|p| p.into_inner()) = watched;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
@@ -122,7 +141,7 @@ impl Watcher {
                 while !thread_stop.load(Ordering::Relaxed) {
                     match set.wait(WAIT_MS) {
                         Ok(event) => {
-                            if let Some(XidError::Value(code)) = event.event_data
+                            if let Some(code) = event.event_data.map(xid_code)
                                 && let Ok(uuid) = event.device.uuid()
                             {
                                 warn!(%uuid, xid = code, "XID error");
@@ -147,5 +166,16 @@ impl Watcher {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_xid_is_counted_as_999() {
+        assert_eq!(xid_code(XidError::Unknown), 999);
+        assert_eq!(xid_code(XidError::Value(79)), 79);
     }
 }

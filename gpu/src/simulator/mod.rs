@@ -7,7 +7,7 @@ mod spec;
 
 pub use models::{GpuModel, ModelSpec};
 pub use scenario::Scenario;
-pub use spec::{DEFAULT_GPUS, MAX_GPUS, SimSpec};
+pub use spec::{DEFAULT_GPUS, MAX_GPUS, MAX_MIG_INSTANCES, SimSpec};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -192,6 +192,7 @@ impl Simulator {
     fn sample_gpu(&mut self, index: usize, now_unix_ms: i64) -> DeviceSample {
         let m = self.model;
         let scenario = self.spec.scenario;
+        let mig = self.spec.mig > 0;
         let uuid = self.inventory[index].uuid.clone();
         let last_gpu = index + 1 == self.gpus.len();
         let g = &mut self.gpus[index];
@@ -342,7 +343,9 @@ impl Simulator {
         let ticks = g.ticks;
         for l in &mut g.nvlinks {
             let down = scenario == Scenario::NvlinkErrors && l.link == 3;
-            l.active = !down;
+            // NVML reads the links of a MIG-enabled GPU as inactive (a known NVML bug;
+            // DCGM treats such links as disabled); traffic still flows.
+            l.active = !down && !mig;
             if !down {
                 // Whole KiB: NVML counts NVLink traffic in KiB.
                 let bytes = (link_rate * step as f64 / 1000.0) as u64 / 1024 * 1024;
