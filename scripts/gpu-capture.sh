@@ -80,6 +80,18 @@ rc=$?
 echo "diagnose rc=$rc (0 ok, 2 critical finding, 1 error)" >> "$OUT/host.txt"
 [ "$rc" -le 2 ] && [ "$rc" -ne 1 ] || failed=1
 "$BIN" diagnose --duration "$DIAGNOSE_DURATION" > "$OUT/diagnose.txt" 2>> "$OUT/diagnose.log"
+
+# The agent's own /metrics on this host, as Prometheus would scrape it (no collector
+# needed: batches wait unacknowledged while it serves its local page).
+port=${METRICS_PORT:-19457}
+"$BIN" --collector http://127.0.0.1:9 --interval 1s --http-listen "127.0.0.1:$port" 2> "$OUT/agent.log" &
+agent_pid=$!
+sleep 4
+python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+  "http://127.0.0.1:$port/metrics" > "$OUT/agent-metrics.txt" 2>> "$OUT/agent.log" || failed=1
+kill "$agent_pid" 2>/dev/null
+wait "$agent_pid" 2>/dev/null
+
 if [ -s "$OUT/capture.gpulse" ]; then
   "$BIN" diagnose --replay "$OUT/capture.gpulse" --duration "$DIAGNOSE_DURATION" --rate 100ms > "$OUT/replay-diagnose.txt" 2>&1
 fi

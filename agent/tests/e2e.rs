@@ -834,6 +834,7 @@ fn the_gpu_capture_script_runs_against_nvml() {
         .env("OUT", &out_dir)
         .env("DURATION", "2s")
         .env("DIAGNOSE_DURATION", "1s")
+        .env("METRICS_PORT", free_port().to_string())
         .env("GPULSE_AGENT_NVML_LIBRARY", nvml_test_library())
         .env(
             "GPULSE_NVML_MOCK",
@@ -884,6 +885,23 @@ fn the_gpu_capture_script_runs_against_nvml() {
         let text = std::fs::read_to_string(out_dir.join(file)).unwrap();
         assert!(text.contains("thermal"), "{file}: {text}");
     }
+
+    // The agent's own /metrics on the host: lint-clean, with every GPU in it.
+    let metrics = std::fs::read_to_string(out_dir.join("agent-metrics.txt")).unwrap();
+    promtool_check(&metrics);
+    for info in &cap.inventory {
+        assert!(
+            metrics.contains(&format!("uuid=\"{}\"", info.uuid)),
+            "GPU {} missing from the agent's /metrics",
+            info.uuid
+        );
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// A certificate authority for tests, issuing server and client certificates.
