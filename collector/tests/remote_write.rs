@@ -214,18 +214,20 @@ fn gaps(receiver: &Receiver, selector: &str) -> Vec<(i64, usize)> {
 async fn an_outage_within_the_queue_loses_nothing_and_beyond_it_drops_are_counted() {
     let mut receiver = Receiver::victoria_metrics();
     let roomy = start(config(&receiver), DcgmCompat::Off).await;
-    // A queue smaller than one push: during the outage every push drops samples.
+    let _a = agent(&roomy, "roomy-host", "gpus=2,scenario=training,seed=4").await;
+    // A queue of one and a half pushes (as many samples as /metrics has series): during
+    // the outage every push drops samples.
+    let per_push = parse_exposition(&roomy.render_metrics()).len();
     let tight = start(
         RemoteWriteConfig {
             name: Some("tight".into()),
-            queue_capacity: 50,
+            queue_capacity: per_push * 3 / 2,
             ..config(&receiver)
         },
         DcgmCompat::Off,
     )
     .await;
-    let _a = agent(&roomy, "roomy-host", "gpus=2,scenario=training,seed=4").await;
-    let _b = agent(&tight, "tight-host", "gpus=2,scenario=training,seed=5").await;
+    let _b = agent(&tight, "tight-host", "gpus=2,scenario=training,seed=4").await;
     let up = |host: &str| format!("gpulse_agent_up{{host=\"{host}\"}}");
     for host in ["roomy-host", "tight-host"] {
         eventually("first samples", Duration::from_secs(30), || {

@@ -163,10 +163,15 @@ impl Receiver {
         format!("http://{}/api/v1/write", self.addr)
     }
 
-    /// Stops the process (SIGKILL, as a crash would), keeping its data.
+    /// Stops the process (SIGTERM: it flushes what it holds in memory), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let term = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            if !term.is_ok_and(|s| s.success()) {
+                let _ = c.kill();
+            }
             let _ = c.wait();
         }
     }
