@@ -187,6 +187,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The endpoints, in configuration order, and the tasks that feed and send them.
+pub type Started = (Vec<Arc<Endpoint>>, Vec<JoinHandle<()>>);
+
 /// Builds every endpoint's client and starts its sender, and one snapshot task per
 /// distinct interval. The tasks end when `stop` turns true.
 pub fn start(
@@ -194,7 +197,7 @@ pub fn start(
     scrape: Scrape,
     registry: &Registry,
     stop: watch::Receiver<bool>,
-) -> Result<(Vec<Arc<Endpoint>>, Vec<JoinHandle<()>>), RemoteWriteError> {
+) -> Result<Started, RemoteWriteError> {
     let labels: Vec<String> = configs
         .iter()
         .enumerate()
@@ -323,7 +326,7 @@ async fn send_loop(e: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
                     e.metrics.failed.inc_by(n);
                     // One line when trouble starts, then one per 20 attempts: the
                     // counters carry the rest.
-                    if attempt % 20 == 0 {
+                    if attempt.is_multiple_of(20) {
                         warn!(endpoint = %e.label, attempt, samples = n, error = %why,
                             "remote write failed; retrying with backoff");
                     }
