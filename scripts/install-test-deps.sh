@@ -3,7 +3,8 @@
 # - Debian's prometheus (promtool lints the exposition and unit-tests the rules; the
 #   prometheus server scrapes a running collector end to end) and
 #   prometheus-alertmanager (amtool checks the example config; the server receives the
-#   alerts a simulated fleet fires),
+#   alerts a simulated fleet fires; Prometheus also receives the collector's remote write),
+# - victoria-metrics (a remote-write receiver the collector's tests push to and query),
 # - chromium (renders the cost report page headless in a test),
 # - cargo-deb 3 (builds the .deb packages that a test installs with dpkg; the test
 #   packages the debug binaries, which cargo-deb 3 accepts with a warning),
@@ -19,6 +20,7 @@ command -v prometheus >/dev/null 2>&1 || apt_need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || apt_need+=(prometheus-alertmanager)
 command -v amtool >/dev/null 2>&1 || apt_need+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
+command -v victoria-metrics >/dev/null 2>&1 || apt_need+=(victoria-metrics)
 command -v systemd-analyze >/dev/null 2>&1 || apt_need+=(systemd)
 command -v python3 >/dev/null 2>&1 || apt_need+=(python3 python3-pip)
 mapfile -t apt_need < <(printf '%s\n' "${apt_need[@]}" | sort -u | sed '/^$/d')
@@ -42,7 +44,7 @@ if [ ${#apt_need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+    systemctl disable --now prometheus prometheus-alertmanager victoria-metrics >/dev/null 2>&1 || true
   fi
 fi
 
@@ -58,6 +60,7 @@ fi
 
 command -v promtool >/dev/null
 command -v prometheus >/dev/null
+command -v victoria-metrics >/dev/null
 command -v prometheus-alertmanager >/dev/null
 command -v amtool >/dev/null
 cargo deb --version | grep -q '^cargo-deb 3\.'

@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use gpulse_exposition::dcgm::DcgmCompat;
 
+use crate::remote_write::config::RemoteWriteConfig;
+
 /// Default gRPC address agents connect to. Loopback: listening wider is a decision.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7431";
 /// Default HTTP address for /metrics, /healthz, /readyz.
@@ -314,6 +316,10 @@ pub struct CollectorConfig {
     pub limits: Limits,
     pub ledger: LedgerConfig,
     pub bare_metal: BareMetalConfig,
+    /// Receivers the collector pushes its series to with Prometheus remote write 1.0,
+    /// one `[[remote_write]]` table each (docs/remote-write.md). Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<RemoteWriteConfig>,
 }
 
 fn serialize_dcgm_compat<S: Serializer>(v: &DcgmCompat, s: S) -> Result<S::Ok, S::Error> {
@@ -347,6 +353,7 @@ impl Default for CollectorConfig {
             limits: Limits::default(),
             ledger: LedgerConfig::default(),
             bare_metal: BareMetalConfig::default(),
+            remote_write: Vec::new(),
         }
     }
 }
@@ -367,6 +374,12 @@ pub enum ConfigError {
     #[error("invalid setting {setting}: {reason}")]
     Invalid {
         setting: &'static str,
+        reason: String,
+    },
+    #[error("invalid setting remote_write[{index}].{key}: {reason}")]
+    RemoteWrite {
+        index: usize,
+        key: &'static str,
         reason: String,
     },
 }
@@ -460,6 +473,21 @@ impl CollectorConfig {
                 "ledger.commit_max_batches/ledger.queue",
                 "must be at least 1",
             );
+        }
+        let mut labels = std::collections::BTreeSet::new();
+        for (index, rw) in self.remote_write.iter().enumerate() {
+            rw.check()
+                .map_err(|(key, reason)| ConfigError::RemoteWrite { index, key, reason })?;
+            if !labels.insert(rw.label(index)) {
+                return Err(ConfigError::RemoteWrite {
+                    index,
+                    key: "name",
+                    reason: format!(
+                        "{:?} names another endpoint too: give each its own name",
+                        rw.label(index)
+                    ),
+                });
+            }
         }
         if let Err(e) = self.bare_metal.check() {
             return invalid("bare_metal", &e.to_string());
@@ -670,6 +698,55 @@ mod tests {
                 .unwrap_err()
                 .contains("require")
         );
+    }
+
+    #[test]
+    fn remote_write_tables_read_and_bad_ones_name_the_key() {
+        let c = parse(
+            "[[remote_write]]\nurl = \"http://127.0.0.1:8428/api/v1/write\"\n\
+             [[remote_write]]\nurl = \"https://mimir/api/v1/push\"\nname = \"mimir\"\n\
+             interval = \"30s\"\n[remote_write.tls]\nca_file = \"/etc/ca.pem\"\n\
+             [remote_write.basic_auth]\nusername = \"u\"\npassword_file = \"/p\"",
+        )
+        .unwrap();
+        assert_eq!(c.remote_write.len(), 2);
+        assert_eq!(
+            c.remote_write[0].interval,
+            crate::remote_write::config::DEFAULT_INTERVAL
+        );
+        assert_eq!(c.remote_write[1].interval, Duration::from_secs(30));
+        c.validate().unwrap();
+        for (text, needle) in [
+            (
+                "[[remote_write]]\nurl = \"x\"\nqueue = 3",
+                "unknown field `queue`",
+            ),
+            ("[[remote_write]]\nname = \"a\"", "missing field `url`"),
+            (
+                "[[remote_write]]\nurl = \"http://a/w\"\n[remote_write.tls]\nverify = false",
+                "unknown field `verify`",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        for (text, needle) in [
+            (
+                "[[remote_write]]\nurl = \"victoria:8428/api/v1/write\"",
+                "remote_write[0].url: invalid format: give the receiver's full write URL",
+            ),
+            (
+                "[[remote_write]]\nurl = \"http://a/w\"\n[[remote_write]]\nurl = \"http://b/w\"\nname = \"0\"",
+                "remote_write[1].name",
+            ),
+            (
+                "[[remote_write]]\nurl = \"http://a/w\"\nmax_samples_per_send = 0",
+                "remote_write[0].max_samples_per_send",
+            ),
+        ] {
+            let err = parse(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

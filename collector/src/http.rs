@@ -40,6 +40,15 @@ impl Scrape {
         gpulse_exposition::append_registry(&self.registry, &mut out);
         out
     }
+
+    /// The same series as [`Scrape::render`], as remote-write samples.
+    pub fn write_samples(&self, out: &mut crate::remote_write::wire::SnapshotBuilder) {
+        gpulse_exposition::write_fleet(self.fleet.as_ref(), self.options, out);
+        if let Some(cost) = &self.cost {
+            cost.write(self.fleet.as_ref(), out);
+        }
+        out.add_registry(&self.registry);
+    }
 }
 use crate::cost::report::{self, Dim, ParamError, Window};
 use crate::cost::{page, store};

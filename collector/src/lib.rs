@@ -5,7 +5,8 @@
 //! an embedded store and reports on it ([`cost`]), and serves /metrics, /healthz,
 //! /readyz, the report API and page ([`http`]). Agents and scrapers authenticate with
 //! bearer tokens or client certificates ([`auth`]); both listeners can serve TLS
-//! ([`tls`]). [`start`] binds and runs everything;
+//! ([`tls`]). It can also push the same series to remote-write receivers
+//! ([`remote_write`]). [`start`] binds and runs everything;
 //! the `gpulse-collector` binary is a thin command line over it.
 //!
 //! It does not read GPUs (it links no NVML code) and keeps no telemetry history: the
@@ -23,6 +24,7 @@ pub mod ingest;
 pub mod metrics;
 #[cfg(test)]
 mod mutation_tests;
+pub mod remote_write;
 pub mod tls;
 pub mod validate;
 
@@ -78,6 +80,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Cost(#[from] CostError),
+    #[error(transparent)]
+    RemoteWrite(#[from] remote_write::RemoteWriteError),
 }
 
 /// The example configuration file, generated from the defaults.
@@ -88,7 +92,20 @@ pub fn example_config() -> String {
          # Generated from the code's defaults; see README.md for what each one means.\n\
          # Unset by default: auth_token_file = \"/etc/gpulse/token\", agent_tokens_file = \"/etc/gpulse/agent-tokens\",\n\
          # tls_cert_file = \"/etc/gpulse/tls/tls.crt\", tls_key_file = \"/etc/gpulse/tls/tls.key\",\n\
-         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\"\n\n{body}"
+         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\"\n\
+         # Remote write (docs/remote-write.md), none by default; one table per receiver:\n\
+         # [[remote_write]]\n\
+         # url = \"https://mimir.example.com/api/v1/push\"\n\
+         # name = \"mimir\"\n\
+         # bearer_token_file = \"/etc/gpulse/mimir-token\"\n\
+         # interval = \"{interval}\"\n\
+         # queue_capacity = {capacity}\n\
+         # max_samples_per_send = {per_send}\n\
+         # timeout = \"{timeout}\"\n\n{body}",
+        interval = humantime::format_duration(remote_write::config::DEFAULT_INTERVAL),
+        capacity = remote_write::config::DEFAULT_QUEUE_CAPACITY,
+        per_send = remote_write::config::DEFAULT_MAX_SAMPLES_PER_SEND,
+        timeout = humantime::format_duration(remote_write::config::DEFAULT_TIMEOUT),
     )
 }
 
@@ -105,6 +122,8 @@ pub struct RunningCollector {
     pub cost: Cost,
     /// The certificate both listeners serve, when TLS is on.
     pub tls: Option<ServerTls>,
+    /// The remote-write endpoints, in configuration order.
+    pub remote_write: Vec<Arc<remote_write::Endpoint>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -334,7 +353,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     let expiry = config.agent_expiry;
     let expiry_fleet = fleet.clone();
     let expiry_metrics = metrics.clone();
-    let mut expiry_stop = stop_rx;
+    let mut expiry_stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         // Check often enough that series go within a tenth of the expiry, at most every 5 s.
         let period = (expiry / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -355,6 +374,18 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         }
     }));
 
+    let (remote_write, pushers) = if config.remote_write.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        remote_write::start(
+            &config.remote_write,
+            scrape.clone(),
+            &registry,
+            stop_rx.clone(),
+        )?
+    };
+    tasks.extend(pushers);
+
     ready.store(true, Ordering::Release);
     info!(grpc = %grpc_addr, http = %http_addr, tls = tls.is_some(), mutual_tls = config.mutual_tls(), "collector serving");
     Ok(RunningCollector {
@@ -366,6 +397,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         scrape,
         cost,
         tls,
+        remote_write,
         stop,
         tasks,
     })

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use gpulse_collector::config::{CollectorConfig, HttpClientAuth};
 use gpulse_collector::cost::report::{self, Dim, Window};
 use gpulse_collector::cost::store;
+use gpulse_collector::remote_write::RemoteWriteConfig;
 use gpulse_exposition::dcgm::DcgmCompat;
 
 /// Receives GPU telemetry from gpulse agents over gRPC and serves it to Prometheus.
@@ -60,6 +61,15 @@ struct Cli {
     /// Also or instead expose GPUs under dcgm-exporter's names: off, also, only [default: off].
     #[arg(long, env = "GPULSE_COLLECTOR_DCGM_COMPAT")]
     dcgm_compat: Option<DcgmCompat>,
+    /// Push every series to this Prometheus remote-write URL too, with default settings
+    /// (repeatable; the environment variable takes a comma-separated list). Added to
+    /// the config file's [[remote_write]] tables.
+    #[arg(
+        long = "remote-write-url",
+        env = "GPULSE_COLLECTOR_REMOTE_WRITE_URL",
+        value_delimiter = ','
+    )]
+    remote_write_url: Vec<String>,
     /// Print an example configuration file with every default, then exit.
     #[arg(long)]
     print_example_config: bool,
@@ -129,6 +139,12 @@ impl Cli {
         if let Some(v) = self.dcgm_compat {
             c.dcgm_compat = v;
         }
+        c.remote_write.extend(
+            self.remote_write_url
+                .into_iter()
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| RemoteWriteConfig::new(u.trim())),
+        );
         Ok(c)
     }
 }

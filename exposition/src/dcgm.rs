@@ -13,12 +13,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use gpulse_gpu::health::{NvLinkSample, ThrottlePolicy};
-use gpulse_gpu::{DeviceSample, DeviceState};
+use std::collections::HashMap;
 
-use crate::families::Families;
-use crate::names::{Def, counter, gauge};
-use crate::{GpuView, HostView};
+use gpulse_gpu::{DeviceSample, ThrottleReasons};
+
+use crate::families::{GpuContext, Labels, SeriesSink};
+use crate::names::{self, Def, counter, gauge};
 
 /// Which names the fleet's GPUs are exposed under (collector setting `dcgm_compat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -256,113 +256,265 @@ pub const DRAM_ACTIVE: Def = gauge(
     "Ratio of cycles the device memory interface is active sending or receiving data.",
 );
 
+/// How a DCGM value comes from gpulse's series of the same GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// The gpulse series' value in DCGM's unit.
+    Value(Convert),
+    /// Only the gpulse series whose label `.0` is `.1`, in DCGM's unit.
+    Select(&'static str, &'static str, Convert),
+    /// dcgm-exporter's free framebuffer: total minus used (gpulse has no free memory).
+    FreeMemory,
+    /// The active reasons of `gpulse_gpu_throttle_active` as DCGM's bitmask.
+    ReasonBits,
+    /// The newest XID code (a gauge): from the GPU's context, not a series, since
+    /// gpulse counts XIDs by code instead.
+    LastXid,
+}
+
+/// A unit change from gpulse's base units to dcgm-exporter's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convert {
+    Same,
+    /// Hertz to MHz.
+    Mega,
+    /// Ratio to percent (NVML reports whole percents).
+    Percent,
+    /// Joules to millijoules (NVML reports whole millijoules).
+    Milli,
+    /// Seconds to nanoseconds (NVML reports whole nanoseconds).
+    Nano,
+    /// Bytes to MiB.
+    Mebi,
+}
+
+const BYTES_PER_MIB: f64 = 1024.0 * 1024.0;
+
+impl Convert {
+    /// NVML's integers come back exactly: gpulse divided them once, and rounding
+    /// undoes the last-bit error of multiplying back (exact below 2^51 units).
+    pub fn apply(self, v: f64) -> f64 {
+        match self {
+            Convert::Same => v,
+            Convert::Mega => v / 1e6,
+            Convert::Percent => (v * 100.0).round(),
+            Convert::Milli => (v * 1e3).round(),
+            Convert::Nano => (v * 1e9).round(),
+            Convert::Mebi => v / BYTES_PER_MIB,
+        }
+    }
+}
+
 /// One DCGM metric and the gpulse metric its value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
     pub dcgm: Def,
     /// The gpulse metric carrying the same reading.
     pub gpulse: &'static str,
+    pub rule: Rule,
 }
 
-const fn map(dcgm: Def, gpulse: &'static str) -> Mapping {
-    Mapping { dcgm, gpulse }
+const fn map(dcgm: Def, gpulse: &'static str, rule: Rule) -> Mapping {
+    Mapping { dcgm, gpulse, rule }
 }
 
-/// Every DCGM metric of the view, in exposition order, with its gpulse source.
-pub const MAPPINGS: [Mapping; 51] = [
-    map(SM_CLOCK, "gpulse_gpu_sm_clock_hertz"),
-    map(MEM_CLOCK, "gpulse_gpu_memory_clock_hertz"),
-    map(MAX_SM_CLOCK, "gpulse_gpu_sm_clock_max_hertz"),
-    map(MAX_MEM_CLOCK, "gpulse_gpu_memory_clock_max_hertz"),
-    map(APP_SM_CLOCK, "gpulse_gpu_applications_sm_clock_hertz"),
-    map(APP_MEM_CLOCK, "gpulse_gpu_applications_memory_clock_hertz"),
-    map(GPU_TEMP, "gpulse_gpu_temperature_celsius"),
-    map(MEMORY_TEMP, "gpulse_gpu_memory_temperature_celsius"),
-    map(SLOWDOWN_TEMP, "gpulse_gpu_slowdown_temperature_celsius"),
-    map(SHUTDOWN_TEMP, "gpulse_gpu_shutdown_temperature_celsius"),
-    map(MEM_MAX_OP_TEMP, "gpulse_gpu_memory_max_temperature_celsius"),
+const fn same(dcgm: Def, gpulse: &'static str) -> Mapping {
+    map(dcgm, gpulse, Rule::Value(Convert::Same))
+}
+
+const fn conv(dcgm: Def, gpulse: &'static str, c: Convert) -> Mapping {
+    map(dcgm, gpulse, Rule::Value(c))
+}
+
+const fn pick(
+    dcgm: Def,
+    gpulse: &'static str,
+    label: &'static str,
+    value: &'static str,
+) -> Mapping {
+    map(dcgm, gpulse, Rule::Select(label, value, Convert::Same))
+}
+
+const THROTTLE: &str = "gpulse_gpu_throttle_seconds_total";
+const NVLINK_ERRORS: &str = "gpulse_gpu_nvlink_errors_total";
+
+const fn violation(dcgm: Def, reason: &'static str) -> Mapping {
     map(
+        dcgm,
+        THROTTLE,
+        Rule::Select("reason", reason, Convert::Nano),
+    )
+}
+
+/// Every DCGM metric of the view, in exposition order, with its gpulse source: the
+/// whole view is this renaming of gpulse's series.
+pub const MAPPINGS: [Mapping; 51] = [
+    conv(SM_CLOCK, "gpulse_gpu_sm_clock_hertz", Convert::Mega),
+    conv(MEM_CLOCK, "gpulse_gpu_memory_clock_hertz", Convert::Mega),
+    conv(MAX_SM_CLOCK, "gpulse_gpu_sm_clock_max_hertz", Convert::Mega),
+    conv(
+        MAX_MEM_CLOCK,
+        "gpulse_gpu_memory_clock_max_hertz",
+        Convert::Mega,
+    ),
+    conv(
+        APP_SM_CLOCK,
+        "gpulse_gpu_applications_sm_clock_hertz",
+        Convert::Mega,
+    ),
+    conv(
+        APP_MEM_CLOCK,
+        "gpulse_gpu_applications_memory_clock_hertz",
+        Convert::Mega,
+    ),
+    same(GPU_TEMP, "gpulse_gpu_temperature_celsius"),
+    same(MEMORY_TEMP, "gpulse_gpu_memory_temperature_celsius"),
+    same(SLOWDOWN_TEMP, "gpulse_gpu_slowdown_temperature_celsius"),
+    same(SHUTDOWN_TEMP, "gpulse_gpu_shutdown_temperature_celsius"),
+    same(MEM_MAX_OP_TEMP, "gpulse_gpu_memory_max_temperature_celsius"),
+    same(
         GPU_MAX_OP_TEMP,
         "gpulse_gpu_max_operating_temperature_celsius",
     ),
-    map(POWER_USAGE, "gpulse_gpu_power_usage_watts"),
-    map(ENFORCED_POWER_LIMIT, "gpulse_gpu_power_limit_watts"),
-    map(POWER_MGMT_LIMIT_DEF, "gpulse_gpu_power_default_limit_watts"),
-    map(TOTAL_ENERGY_CONSUMPTION, "gpulse_gpu_energy_joules_total"),
-    map(GPU_UTIL, "gpulse_gpu_utilization_ratio"),
-    map(MEM_COPY_UTIL, "gpulse_gpu_memory_utilization_ratio"),
-    map(FB_TOTAL, "gpulse_gpu_memory_total_bytes"),
-    map(FB_FREE, "gpulse_gpu_memory_total_bytes"),
-    map(FB_USED, "gpulse_gpu_memory_used_bytes"),
-    map(CLOCKS_EVENT_REASONS, "gpulse_gpu_throttle_active"),
-    map(POWER_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(THERMAL_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(SYNC_BOOST_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(BOARD_LIMIT_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(LOW_UTIL_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(RELIABILITY_VIOLATION, "gpulse_gpu_throttle_seconds_total"),
-    map(
-        TOTAL_APP_CLOCKS_VIOLATION,
-        "gpulse_gpu_throttle_seconds_total",
+    same(POWER_USAGE, "gpulse_gpu_power_usage_watts"),
+    same(ENFORCED_POWER_LIMIT, "gpulse_gpu_power_limit_watts"),
+    same(POWER_MGMT_LIMIT_DEF, "gpulse_gpu_power_default_limit_watts"),
+    conv(
+        TOTAL_ENERGY_CONSUMPTION,
+        "gpulse_gpu_energy_joules_total",
+        Convert::Milli,
     ),
-    map(
-        TOTAL_BASE_CLOCKS_VIOLATION,
-        "gpulse_gpu_throttle_seconds_total",
+    conv(GPU_UTIL, "gpulse_gpu_utilization_ratio", Convert::Percent),
+    conv(
+        MEM_COPY_UTIL,
+        "gpulse_gpu_memory_utilization_ratio",
+        Convert::Percent,
     ),
-    map(PCIE_LINK_GEN, "gpulse_gpu_pcie_link_generation"),
-    map(PCIE_LINK_WIDTH, "gpulse_gpu_pcie_link_width_lanes"),
-    map(PCIE_MAX_LINK_GEN, "gpulse_gpu_pcie_link_max_generation"),
-    map(PCIE_MAX_LINK_WIDTH, "gpulse_gpu_pcie_link_max_width_lanes"),
-    map(PCIE_REPLAY_COUNTER, "gpulse_gpu_pcie_replays_total"),
+    conv(FB_TOTAL, "gpulse_gpu_memory_total_bytes", Convert::Mebi),
+    map(FB_FREE, "gpulse_gpu_memory_total_bytes", Rule::FreeMemory),
+    conv(FB_USED, "gpulse_gpu_memory_used_bytes", Convert::Mebi),
     map(
+        CLOCKS_EVENT_REASONS,
+        "gpulse_gpu_throttle_active",
+        Rule::ReasonBits,
+    ),
+    violation(POWER_VIOLATION, "power"),
+    violation(THERMAL_VIOLATION, "thermal"),
+    violation(SYNC_BOOST_VIOLATION, "sync_boost"),
+    violation(BOARD_LIMIT_VIOLATION, "board_limit"),
+    violation(LOW_UTIL_VIOLATION, "low_utilization"),
+    violation(RELIABILITY_VIOLATION, "reliability"),
+    violation(TOTAL_APP_CLOCKS_VIOLATION, "total_app_clocks"),
+    violation(TOTAL_BASE_CLOCKS_VIOLATION, "total_base_clocks"),
+    same(PCIE_LINK_GEN, "gpulse_gpu_pcie_link_generation"),
+    same(PCIE_LINK_WIDTH, "gpulse_gpu_pcie_link_width_lanes"),
+    same(PCIE_MAX_LINK_GEN, "gpulse_gpu_pcie_link_max_generation"),
+    same(PCIE_MAX_LINK_WIDTH, "gpulse_gpu_pcie_link_max_width_lanes"),
+    same(PCIE_REPLAY_COUNTER, "gpulse_gpu_pcie_replays_total"),
+    pick(
         NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
-        "gpulse_gpu_nvlink_errors_total",
+        NVLINK_ERRORS,
+        "type",
+        "crc_flit",
     ),
-    map(
+    pick(
         NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
-        "gpulse_gpu_nvlink_errors_total",
+        NVLINK_ERRORS,
+        "type",
+        "crc_data",
     ),
-    map(
+    pick(
         NVLINK_REPLAY_ERROR_COUNT_TOTAL,
-        "gpulse_gpu_nvlink_errors_total",
+        NVLINK_ERRORS,
+        "type",
+        "replay",
     ),
-    map(
+    pick(
         NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
-        "gpulse_gpu_nvlink_errors_total",
+        NVLINK_ERRORS,
+        "type",
+        "recovery",
     ),
-    map(XID_ERRORS, "gpulse_gpu_xid_errors_total"),
-    map(ECC_SBE_AGG_TOTAL, "gpulse_gpu_ecc_errors_total"),
-    map(ECC_DBE_AGG_TOTAL, "gpulse_gpu_ecc_errors_total"),
-    map(ECC_CURRENT, "gpulse_gpu_ecc_enabled"),
-    map(RETIRED_SBE, "gpulse_gpu_retired_pages"),
-    map(RETIRED_DBE, "gpulse_gpu_retired_pages"),
-    map(RETIRED_PENDING, "gpulse_gpu_retired_pages_pending"),
-    map(UNCORRECTABLE_REMAPPED_ROWS, "gpulse_gpu_remapped_rows"),
-    map(CORRECTABLE_REMAPPED_ROWS, "gpulse_gpu_remapped_rows"),
-    map(ROW_REMAP_FAILURE, "gpulse_gpu_row_remap_failed"),
-    map(ROW_REMAP_PENDING, "gpulse_gpu_row_remap_pending"),
-    map(MIG_MODE, "gpulse_gpu_mig_enabled"),
+    map(XID_ERRORS, "gpulse_gpu_xid_errors_total", Rule::LastXid),
+    pick(
+        ECC_SBE_AGG_TOTAL,
+        "gpulse_gpu_ecc_errors_total",
+        "type",
+        "corrected",
+    ),
+    pick(
+        ECC_DBE_AGG_TOTAL,
+        "gpulse_gpu_ecc_errors_total",
+        "type",
+        "uncorrected",
+    ),
+    same(ECC_CURRENT, "gpulse_gpu_ecc_enabled"),
+    pick(
+        RETIRED_SBE,
+        "gpulse_gpu_retired_pages",
+        "cause",
+        "single_bit_ecc",
+    ),
+    pick(
+        RETIRED_DBE,
+        "gpulse_gpu_retired_pages",
+        "cause",
+        "double_bit_ecc",
+    ),
+    same(RETIRED_PENDING, "gpulse_gpu_retired_pages_pending"),
+    pick(
+        UNCORRECTABLE_REMAPPED_ROWS,
+        "gpulse_gpu_remapped_rows",
+        "type",
+        "uncorrectable",
+    ),
+    pick(
+        CORRECTABLE_REMAPPED_ROWS,
+        "gpulse_gpu_remapped_rows",
+        "type",
+        "correctable",
+    ),
+    same(ROW_REMAP_FAILURE, "gpulse_gpu_row_remap_failed"),
+    same(ROW_REMAP_PENDING, "gpulse_gpu_row_remap_pending"),
+    same(MIG_MODE, "gpulse_gpu_mig_enabled"),
 ];
 
 /// The profiling ratios, listed apart: they come from GPM (Hopper and later), except
 /// GR_ENGINE_ACTIVE, which is NVML's utilisation as a ratio.
 pub const PROF_MAPPINGS: [Mapping; 5] = [
-    map(GR_ENGINE_ACTIVE, "gpulse_gpu_utilization_ratio"),
-    map(SM_ACTIVE, "gpulse_gpu_sm_active_ratio"),
-    map(SM_OCCUPANCY, "gpulse_gpu_sm_occupancy_ratio"),
-    map(PIPE_TENSOR_ACTIVE, "gpulse_gpu_tensor_active_ratio"),
-    map(DRAM_ACTIVE, "gpulse_gpu_dram_active_ratio"),
+    same(GR_ENGINE_ACTIVE, "gpulse_gpu_utilization_ratio"),
+    same(SM_ACTIVE, "gpulse_gpu_sm_active_ratio"),
+    same(SM_OCCUPANCY, "gpulse_gpu_sm_occupancy_ratio"),
+    same(PIPE_TENSOR_ACTIVE, "gpulse_gpu_tensor_active_ratio"),
+    same(DRAM_ACTIVE, "gpulse_gpu_dram_active_ratio"),
 ];
+
+fn all_mappings() -> impl Iterator<Item = &'static Mapping> {
+    MAPPINGS.iter().chain(PROF_MAPPINGS.iter())
+}
 
 /// Every DCGM metric definition, in exposition order.
 pub fn defs() -> &'static [Def] {
     static DEFS: std::sync::OnceLock<Vec<Def>> = std::sync::OnceLock::new();
-    DEFS.get_or_init(|| {
-        MAPPINGS
-            .iter()
-            .chain(PROF_MAPPINGS.iter())
-            .map(|m| m.dcgm)
-            .collect()
+    DEFS.get_or_init(|| all_mappings().map(|m| m.dcgm).collect())
+}
+
+/// gpulse's fleet families, then DCGM's: one text writer for both views.
+pub(crate) fn fleet_and_dcgm_defs() -> &'static [Def] {
+    static DEFS: std::sync::OnceLock<Vec<Def>> = std::sync::OnceLock::new();
+    DEFS.get_or_init(|| names::FLEET.iter().chain(defs()).copied().collect())
+}
+
+/// The mappings fed by each gpulse metric.
+fn by_source() -> &'static HashMap<&'static str, Vec<&'static Mapping>> {
+    static BY: std::sync::OnceLock<HashMap<&'static str, Vec<&'static Mapping>>> =
+        std::sync::OnceLock::new();
+    BY.get_or_init(|| {
+        let mut by: HashMap<&'static str, Vec<&'static Mapping>> = HashMap::new();
+        for m in all_mappings() {
+            by.entry(m.gpulse).or_default().push(m);
+        }
+        by
     })
 }
 
@@ -379,181 +531,152 @@ pub const LABEL_HOSTNAME_LOWER: &str = "hostname";
 /// dcgm-exporter's default counters carry the driver version as a label field.
 pub const LABEL_DRIVER_VERSION: &str = "DCGM_FI_DRIVER_VERSION";
 
-const BYTES_PER_MIB: f64 = 1024.0 * 1024.0;
-const WATTS_PER_MILLIWATT: f64 = 1e-3;
+const LABEL_NAMES: [&str; 8] = [
+    LABEL_GPU,
+    LABEL_UUID,
+    LABEL_PCI_BUS_ID,
+    LABEL_DEVICE,
+    LABEL_MODEL_NAME,
+    LABEL_HOSTNAME,
+    LABEL_HOSTNAME_LOWER,
+    LABEL_DRIVER_VERSION,
+];
 
-/// Adds the DCGM view of one host's answering GPUs.
-pub(crate) fn add_host(out: &mut Families, host: &HostView) {
-    for gpu in &host.gpus {
-        add_gpu(out, &host.identity.agent_id, gpu);
-    }
+/// The GPU whose series are being renamed, and what the derived values need.
+#[derive(Debug, Default)]
+struct Current {
+    /// Values of [`LABEL_NAMES`].
+    labels: [String; 8],
+    answering: bool,
+    last_xid: Option<u64>,
+    total_bytes: Option<f64>,
+    used_bytes: Option<f64>,
+    reasons: Option<u64>,
 }
 
-fn add_gpu(out: &mut Families, host: &str, gpu: &GpuView) {
-    // DCGM reads nothing from a GPU that fell off the bus, and neither does this view.
-    let Some(s) = gpu.latest.as_ref().filter(|s| s.state != DeviceState::Lost) else {
-        return;
-    };
-    let d = &gpu.info;
-    let index = d.index.to_string();
-    // The device node, as dcgm-exporter names it: /dev/nvidia<minor>, minor = index.
-    let device = format!("nvidia{index}");
-    let base = [
-        (LABEL_GPU, index.as_str()),
-        (LABEL_UUID, d.uuid.as_str()),
-        (LABEL_PCI_BUS_ID, d.pci_bus_id.as_str()),
-        (LABEL_DEVICE, device.as_str()),
-        (LABEL_MODEL_NAME, d.model.as_str()),
-        (LABEL_HOSTNAME, host),
-        (LABEL_HOSTNAME_LOWER, host),
-        (LABEL_DRIVER_VERSION, d.driver_version.as_str()),
-    ];
-    let mut put = |def: &Def, value: Option<f64>| {
-        if let Some(v) = value {
-            out.push(def, &base, &[], v);
-        }
-    };
-    let u32f = |v: Option<u32>| v.map(f64::from);
-    let flag = |v: Option<bool>| v.map(|b| f64::from(u8::from(b)));
+/// A sink that passes series on and adds the DCGM view of them: gpulse's per-GPU
+/// series renamed (and, with `only`, gpulse's own withheld).
+#[derive(Debug)]
+pub(crate) struct WithDcgm<'a, S> {
+    out: &'a mut S,
+    gpulse_gpus: bool,
+    current: Option<Current>,
+}
 
-    put(&SM_CLOCK, u32f(s.sm_clock_mhz.value()));
-    put(&MEM_CLOCK, u32f(s.memory_clock_mhz.value()));
-    put(&MAX_SM_CLOCK, u32f(d.max_sm_clock_mhz));
-    put(&MAX_MEM_CLOCK, u32f(d.max_memory_clock_mhz));
-    put(&APP_SM_CLOCK, u32f(s.applications_sm_clock_mhz.value()));
-    put(
-        &APP_MEM_CLOCK,
-        u32f(s.applications_memory_clock_mhz.value()),
-    );
-    put(&GPU_TEMP, u32f(s.temperature_celsius.value()));
-    put(&MEMORY_TEMP, u32f(s.memory_temperature_celsius.value()));
-    put(&SLOWDOWN_TEMP, u32f(d.slowdown_temperature_celsius));
-    put(&SHUTDOWN_TEMP, u32f(d.shutdown_temperature_celsius));
-    put(&MEM_MAX_OP_TEMP, u32f(d.memory_max_temperature_celsius));
-    put(
-        &GPU_MAX_OP_TEMP,
-        u32f(d.gpu_max_operating_temperature_celsius),
-    );
-    let watts = |mw: Option<u32>| mw.map(|v| f64::from(v) * WATTS_PER_MILLIWATT);
-    put(&POWER_USAGE, watts(s.power_usage_milliwatts.value()));
-    put(
-        &ENFORCED_POWER_LIMIT,
-        watts(s.power_limit_milliwatts.value()),
-    );
-    put(
-        &POWER_MGMT_LIMIT_DEF,
-        watts(d.default_power_limit_milliwatts),
-    );
-    put(
-        &TOTAL_ENERGY_CONSUMPTION,
-        s.energy_millijoules.value().map(|v| v as f64),
-    );
-    put(&GPU_UTIL, u32f(s.gpu_utilization_percent.value()));
-    put(&MEM_COPY_UTIL, u32f(s.memory_utilization_percent.value()));
-    let mib = |b: u64| b as f64 / BYTES_PER_MIB;
-    let used = s.memory_used_bytes.value();
-    put(&FB_TOTAL, d.memory_total_bytes.map(mib));
-    // NVML's free excludes memory the driver reserves; gpulse does not carry the
-    // reserved amount, so free here is total minus used (docs/dcgm-compat.md).
-    put(
-        &FB_FREE,
-        d.memory_total_bytes
-            .zip(used)
-            .map(|(t, u)| mib(t.saturating_sub(u))),
-    );
-    put(&FB_USED, used.map(mib));
-    put(
-        &CLOCKS_EVENT_REASONS,
-        s.throttle_reasons.value().map(|r| r.bits() as f64),
-    );
-    if let Some(t) = s.throttle_time.get() {
-        for (policy, def) in [
-            (ThrottlePolicy::Power, &POWER_VIOLATION),
-            (ThrottlePolicy::Thermal, &THERMAL_VIOLATION),
-            (ThrottlePolicy::SyncBoost, &SYNC_BOOST_VIOLATION),
-            (ThrottlePolicy::BoardLimit, &BOARD_LIMIT_VIOLATION),
-            (ThrottlePolicy::LowUtilization, &LOW_UTIL_VIOLATION),
-            (ThrottlePolicy::Reliability, &RELIABILITY_VIOLATION),
-            (ThrottlePolicy::TotalAppClocks, &TOTAL_APP_CLOCKS_VIOLATION),
-            (
-                ThrottlePolicy::TotalBaseClocks,
-                &TOTAL_BASE_CLOCKS_VIOLATION,
-            ),
-        ] {
-            put(def, t.get(policy).map(|ns| ns as f64));
+impl<'a, S: SeriesSink> WithDcgm<'a, S> {
+    pub(crate) fn new(out: &'a mut S, compat: DcgmCompat) -> Self {
+        WithDcgm {
+            out,
+            gpulse_gpus: compat.gpulse_gpus(),
+            current: None,
         }
     }
-    put(&PCIE_LINK_GEN, u32f(s.pcie_generation.value()));
-    put(&PCIE_LINK_WIDTH, u32f(s.pcie_width.value()));
-    put(&PCIE_MAX_LINK_GEN, u32f(d.max_pcie_generation));
-    put(&PCIE_MAX_LINK_WIDTH, u32f(d.max_pcie_width));
-    put(
-        &PCIE_REPLAY_COUNTER,
-        s.pcie_replays.value().map(|v| v as f64),
-    );
-    add_nvlink(&mut put, s);
-    if s.xid_errors.get().is_some() {
-        // 0 until the first XID, as DCGM reports a GPU that has had none.
-        put(&XID_ERRORS, Some(gpu.last_xid.unwrap_or(0) as f64));
-    }
-    put(
-        &ECC_SBE_AGG_TOTAL,
-        s.ecc_corrected_errors.value().map(|v| v as f64),
-    );
-    put(
-        &ECC_DBE_AGG_TOTAL,
-        s.ecc_uncorrected_errors.value().map(|v| v as f64),
-    );
-    put(&ECC_CURRENT, flag(d.ecc_enabled));
-    if let Some(r) = s.retired_pages.value() {
-        put(&RETIRED_SBE, Some(f64::from(r.single_bit_ecc)));
-        put(&RETIRED_DBE, Some(f64::from(r.double_bit_ecc)));
-        put(&RETIRED_PENDING, flag(Some(r.pending)));
-    }
-    if let Some(r) = s.remapped_rows.value() {
+
+    /// Writes what waits for the end of a GPU: values made of several series.
+    fn flush(&mut self) {
+        let Some(c) = self.current.take() else { return };
+        if !c.answering {
+            return;
+        }
+        let labels = labels(&c.labels);
+        let mut put = |def: &Def, v: Option<f64>| {
+            if let Some(v) = v {
+                self.out.series(def, &labels, &[], v);
+            }
+        };
         put(
-            &UNCORRECTABLE_REMAPPED_ROWS,
-            Some(f64::from(r.uncorrectable)),
+            &FB_FREE,
+            c.total_bytes
+                .zip(c.used_bytes)
+                .map(|(t, u)| Convert::Mebi.apply((t - u).max(0.0))),
         );
-        put(&CORRECTABLE_REMAPPED_ROWS, Some(f64::from(r.correctable)));
-        put(&ROW_REMAP_FAILURE, flag(Some(r.failure)));
-        put(&ROW_REMAP_PENDING, flag(Some(r.pending)));
+        put(&CLOCKS_EVENT_REASONS, c.reasons.map(|r| r as f64));
+        put(&XID_ERRORS, c.last_xid.map(|x| x as f64));
     }
-    put(&MIG_MODE, flag(d.mig_enabled));
-    put(
-        &GR_ENGINE_ACTIVE,
-        s.gpu_utilization_percent
-            .value()
-            .map(|v| f64::from(v) / 100.0),
-    );
-    if let Some(g) = s.gpm.value() {
-        put(&SM_ACTIVE, Some(g.sm_active));
-        put(&SM_OCCUPANCY, Some(g.sm_occupancy));
-        put(&PIPE_TENSOR_ACTIVE, Some(g.tensor_active));
-        put(&DRAM_ACTIVE, Some(g.dram_active));
+
+    pub(crate) fn finish(mut self) {
+        self.flush();
     }
 }
 
-/// DCGM's NVLink error totals are per GPU, over all its links.
-fn add_nvlink(put: &mut impl FnMut(&Def, Option<f64>), s: &DeviceSample) {
-    let Some(links) = s.nvlinks.get() else { return };
-    let total = |f: fn(&NvLinkSample) -> Option<u64>| {
-        let values: Vec<u64> = links.iter().filter_map(f).collect();
-        (!values.is_empty()).then(|| values.iter().sum::<u64>() as f64)
-    };
-    put(
-        &NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
-        total(|l| l.crc_flit_errors),
-    );
-    put(
-        &NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
-        total(|l| l.crc_data_errors),
-    );
-    put(&NVLINK_REPLAY_ERROR_COUNT_TOTAL, total(|l| l.replay_errors));
-    put(
-        &NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
-        total(|l| l.recovery_errors),
-    );
+fn labels(values: &[String; 8]) -> [(&'static str, &str); 8] {
+    std::array::from_fn(|i| (LABEL_NAMES[i], values[i].as_str()))
+}
+
+impl<S: SeriesSink> SeriesSink for WithDcgm<'_, S> {
+    fn gpu(&mut self, gpu: &GpuContext<'_>) {
+        self.flush();
+        self.out.gpu(gpu);
+        let index = gpu.index.to_string();
+        // The device node, as dcgm-exporter names it: /dev/nvidia<minor>, minor = index.
+        let device = format!("nvidia{index}");
+        self.current = Some(Current {
+            labels: [
+                index,
+                gpu.uuid.to_string(),
+                gpu.pci_bus_id.to_string(),
+                device,
+                gpu.model.to_string(),
+                gpu.host.to_string(),
+                gpu.host.to_string(),
+                gpu.driver_version.to_string(),
+            ],
+            // DCGM reads nothing from a GPU that fell off the bus, nor does this view.
+            answering: gpu.answering,
+            last_xid: gpu.last_xid,
+            ..Current::default()
+        });
+    }
+
+    fn series(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
+        let gpu_series = def.name.starts_with("gpulse_gpu_");
+        if self.gpulse_gpus || !gpu_series {
+            self.out.series(def, base, extra, value);
+        }
+        if !gpu_series {
+            return;
+        }
+        let Some(c) = self.current.as_mut().filter(|c| c.answering) else {
+            return;
+        };
+        if def.name == names::GPU_MEMORY_USED.name {
+            c.used_bytes = Some(value);
+        }
+        let Some(mappings) = by_source().get(def.name) else {
+            return;
+        };
+        let labels = labels(&c.labels);
+        for m in mappings {
+            let v = match m.rule {
+                Rule::Value(conv) => Some(conv.apply(value)),
+                Rule::Select(k, want, conv) => extra
+                    .iter()
+                    .any(|(n, v)| *n == k && *v == want)
+                    .then(|| conv.apply(value)),
+                Rule::FreeMemory => {
+                    c.total_bytes = Some(value);
+                    None
+                }
+                Rule::ReasonBits => {
+                    let bits = c.reasons.get_or_insert(0);
+                    if value != 0.0 {
+                        let reason = extra.iter().find(|(n, _)| *n == "reason").map(|(_, v)| *v);
+                        if let Some((flag, _)) = ThrottleReasons::NAMED
+                            .iter()
+                            .find(|(_, n)| Some(*n) == reason)
+                        {
+                            *bits |= flag.bits();
+                        }
+                    }
+                    None
+                }
+                Rule::LastXid => None,
+            };
+            if let Some(v) = v {
+                self.out.series(&m.dcgm, &labels, &[], v);
+            }
+        }
+    }
 }
 
 /// The XID code that arrived most recently, comparing a GPU's cumulative XID counts
@@ -576,7 +699,6 @@ pub(crate) fn newest_xid(before: Option<&DeviceSample>, after: &DeviceSample) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names;
 
     #[test]
     fn every_mapping_names_a_gpulse_metric_and_a_unique_dcgm_one() {

@@ -32,27 +32,64 @@ pub struct ExpositionOptions {
     pub dcgm: DcgmCompat,
 }
 
+/// Where series go: the Prometheus text ([`Families`]), remote-write samples, or a
+/// renaming of them (the DCGM view). The mapping from readings to series
+/// ([`write_host`]) is written once and feeds every sink.
+pub trait SeriesSink {
+    /// One series of family `def`: `base` labels, then `extra` ones.
+    fn series(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64);
+
+    /// The GPU whose series follow, before the first of them. Views that rename a
+    /// GPU's series need its identity; plain outputs ignore it.
+    fn gpu(&mut self, _gpu: &GpuContext<'_>) {}
+}
+
+/// What a view needs to know of a GPU beyond its series.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuContext<'a> {
+    /// The host's agent id.
+    pub host: &'a str,
+    pub index: u32,
+    pub uuid: &'a str,
+    pub model: &'a str,
+    pub pci_bus_id: &'a str,
+    pub driver_version: &'a str,
+    /// It has a reading and is not lost.
+    pub answering: bool,
+    /// The newest XID code (0 before the first); `None` when XIDs are not read.
+    pub last_xid: Option<u64>,
+}
+
 /// Writes every host of `source` in the Prometheus text format (0.0.4).
 ///
 /// The text is written directly rather than through `prometheus::proto` values: a
 /// large fleet has hundreds of thousands of series, and building a label-pair object
 /// per label per series dominated the scrape (see docs/benchmarks.md).
 pub fn render_fleet(source: &dyn HostSource, options: ExpositionOptions, out: &mut String) {
-    let mut families = Families::new(options, &names::FLEET);
-    let mut dcgm = options
-        .dcgm
-        .dcgm()
-        .then(|| Families::new(options, dcgm::defs()));
-    source.for_each_host(&mut |host| {
-        families.add_host(host);
-        if let Some(d) = &mut dcgm {
-            dcgm::add_host(d, host);
-        }
-    });
+    let defs: &'static [Def] = if options.dcgm.dcgm() {
+        dcgm::fleet_and_dcgm_defs()
+    } else {
+        &names::FLEET
+    };
+    let mut families = Families::new(defs);
+    write_fleet(source, options, &mut families);
     families.finish(out);
-    if let Some(d) = dcgm {
-        d.finish(out);
+}
+
+/// Writes every host of `source` into `sink`: gpulse's series, and the DCGM view's
+/// when `options` ask for it (instead of gpulse's per-GPU series with `only`).
+pub fn write_fleet<S: SeriesSink>(
+    source: &dyn HostSource,
+    options: ExpositionOptions,
+    sink: &mut S,
+) {
+    if !options.dcgm.dcgm() {
+        source.for_each_host(&mut |host| write_host(sink, host, options));
+        return;
     }
+    let mut views = dcgm::WithDcgm::new(sink, options.dcgm);
+    source.for_each_host(&mut |host| write_host(&mut views, host, options));
+    views.finish();
 }
 
 /// Writes `value` as the text format wants it.
@@ -93,10 +130,10 @@ pub struct Families {
     bufs: Vec<String>,
     /// Index of the last definition written: series mostly come in definition order.
     hint: usize,
-    options: ExpositionOptions,
 }
 
-type Labels<'a> = [(&'a str, &'a str)];
+/// Label pairs, name then value.
+pub type Labels<'a> = [(&'a str, &'a str)];
 
 /// Reads one counter of an NVLink link.
 type LinkCounter = fn(&gpulse_gpu::health::NvLinkSample) -> Option<u64>;
@@ -108,12 +145,11 @@ const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 
 impl Families {
     /// Families for `defs`, written in that order by [`Families::finish`].
-    pub fn new(options: ExpositionOptions, defs: &'static [Def]) -> Families {
+    pub fn new(defs: &'static [Def]) -> Families {
         Families {
             defs,
             bufs: vec![String::new(); defs.len()],
             hint: 0,
-            options,
         }
     }
 
@@ -174,445 +210,473 @@ impl Families {
             out.push_str(&buf);
         }
     }
+}
 
-    fn add_host(&mut self, host: &HostView) {
-        let id = &host.identity;
-        let host_label = [(names::LABEL_HOST, id.agent_id.as_str())];
-        let p = &id.provider;
-        let label_keys: Vec<String> = id.labels.keys().map(|k| format!("label_{k}")).collect();
-        let mut info: Vec<(&str, &str)> = vec![
-            ("hostname", &id.hostname),
-            ("provider", &p.provider.value),
-            ("region", &p.region.value),
-            ("zone", &p.zone.value),
-            ("instance_type", &p.instance_type.value),
-            ("agent_version", &id.agent_version),
-            ("os", &id.facts.os),
-            ("kernel", &id.facts.kernel),
-        ];
-        info.extend(
-            label_keys
-                .iter()
-                .map(String::as_str)
-                .zip(id.labels.values().map(String::as_str)),
-        );
-        self.push(&names::HOST_INFO, &host_label, &info, 1.0);
-        if !id.gpu_backend_error.is_empty() {
-            self.push(
-                &names::HOST_GPU_BACKEND_ERROR,
-                &host_label,
-                &[("reason", &id.gpu_backend_error)],
-                1.0,
-            );
-        }
-        self.push(
-            &names::AGENT_UP,
-            &host_label,
-            &[],
-            f64::from(u8::from(host.connected)),
-        );
-        self.push(
-            &names::AGENT_LAST_SEEN,
-            &host_label,
-            &[],
-            host.last_seen_unix_ms as f64 / 1000.0,
-        );
-        if let Some(st) = &host.agent_stats {
-            for (def, v) in [
-                (&names::AGENT_BATCHES_DROPPED, st.batches_dropped),
-                (&names::AGENT_BATCHES_REJECTED, st.batches_rejected),
-                (&names::AGENT_SPOOL_ERRORS, st.spool_errors),
-                (&names::AGENT_BUFFERED_BATCHES, st.buffered_batches),
-                (&names::AGENT_SPOOL_BYTES, st.spool_bytes),
-            ] {
-                self.push(def, &host_label, &[], v as f64);
-            }
-        }
-        if self.options.dcgm.gpulse_gpus() {
-            for gpu in &host.gpus {
-                self.add_gpu(&id.agent_id, gpu);
-            }
-        }
-        // Which fields the host hides, once per host rather than per GPU: a provider
-        // hides a field on all its GPUs, and per-GPU series would multiply the cost.
-        let answering: Vec<_> = host
-            .gpus
+impl SeriesSink for Families {
+    fn series(&mut self, def: &Def, base: &Labels<'_>, extra: &Labels<'_>, value: f64) {
+        self.push(def, base, extra, value);
+    }
+}
+
+/// Writes one host's series: identity, agent, each GPU and which fields it hides.
+pub fn write_host<S: SeriesSink>(sink: &mut S, host: &HostView, options: ExpositionOptions) {
+    let id = &host.identity;
+    let host_label = [(names::LABEL_HOST, id.agent_id.as_str())];
+    let p = &id.provider;
+    let label_keys: Vec<String> = id.labels.keys().map(|k| format!("label_{k}")).collect();
+    let mut info: Vec<(&str, &str)> = vec![
+        ("hostname", &id.hostname),
+        ("provider", &p.provider.value),
+        ("region", &p.region.value),
+        ("zone", &p.zone.value),
+        ("instance_type", &p.instance_type.value),
+        ("agent_version", &id.agent_version),
+        ("os", &id.facts.os),
+        ("kernel", &id.facts.kernel),
+    ];
+    info.extend(
+        label_keys
             .iter()
-            .filter_map(|g| g.latest.as_ref())
-            .filter(|s| s.state != DeviceState::Lost)
-            .collect();
-        if !answering.is_empty() && self.options.dcgm.gpulse_gpus() {
-            for field in Field::ALL {
-                let supported = answering
-                    .iter()
-                    .all(|s| s.field_status(field) != FieldStatus::Unsupported);
-                self.push(
-                    &names::GPU_FIELD_SUPPORTED,
-                    &host_label,
-                    &[("field", field.name())],
-                    f64::from(u8::from(supported)),
-                );
-            }
+            .map(String::as_str)
+            .zip(id.labels.values().map(String::as_str)),
+    );
+    sink.series(&names::HOST_INFO, &host_label, &info, 1.0);
+    if !id.gpu_backend_error.is_empty() {
+        sink.series(
+            &names::HOST_GPU_BACKEND_ERROR,
+            &host_label,
+            &[("reason", &id.gpu_backend_error)],
+            1.0,
+        );
+    }
+    sink.series(
+        &names::AGENT_UP,
+        &host_label,
+        &[],
+        f64::from(u8::from(host.connected)),
+    );
+    sink.series(
+        &names::AGENT_LAST_SEEN,
+        &host_label,
+        &[],
+        host.last_seen_unix_ms as f64 / 1000.0,
+    );
+    if let Some(st) = &host.agent_stats {
+        for (def, v) in [
+            (&names::AGENT_BATCHES_DROPPED, st.batches_dropped),
+            (&names::AGENT_BATCHES_REJECTED, st.batches_rejected),
+            (&names::AGENT_SPOOL_ERRORS, st.spool_errors),
+            (&names::AGENT_BUFFERED_BATCHES, st.buffered_batches),
+            (&names::AGENT_SPOOL_BYTES, st.spool_bytes),
+        ] {
+            sink.series(def, &host_label, &[], v as f64);
         }
     }
+    for gpu in &host.gpus {
+        write_gpu(sink, &id.agent_id, gpu, options);
+    }
+    // Which fields the host hides, once per host rather than per GPU: a provider
+    // hides a field on all its GPUs, and per-GPU series would multiply the cost.
+    let answering: Vec<_> = host
+        .gpus
+        .iter()
+        .filter_map(|g| g.latest.as_ref())
+        .filter(|s| s.state != DeviceState::Lost)
+        .collect();
+    if !answering.is_empty() {
+        for field in Field::ALL {
+            let supported = answering
+                .iter()
+                .all(|s| s.field_status(field) != FieldStatus::Unsupported);
+            sink.series(
+                &names::GPU_FIELD_SUPPORTED,
+                &host_label,
+                &[("field", field.name())],
+                f64::from(u8::from(supported)),
+            );
+        }
+    }
+}
 
-    fn add_gpu(&mut self, host: &str, gpu: &GpuView) {
-        let d = &gpu.info;
-        let index = d.index.to_string();
-        let base = [
-            (names::LABEL_HOST, host),
-            (names::LABEL_GPU, index.as_str()),
-            (names::LABEL_UUID, d.uuid.as_str()),
-            (names::LABEL_MODEL, d.model.as_str()),
-        ];
-        self.push(
-            &names::GPU_INFO,
+fn write_gpu<S: SeriesSink>(sink: &mut S, host: &str, gpu: &GpuView, options: ExpositionOptions) {
+    let d = &gpu.info;
+    let latest = gpu.latest.as_ref();
+    let lost = latest.is_some_and(|s| s.state == DeviceState::Lost);
+    sink.gpu(&GpuContext {
+        host,
+        index: d.index,
+        uuid: &d.uuid,
+        model: &d.model,
+        pci_bus_id: &d.pci_bus_id,
+        driver_version: &d.driver_version,
+        answering: latest.is_some() && !lost,
+        last_xid: latest
+            .and_then(|s| s.xid_errors.get())
+            .map(|_| gpu.last_xid.unwrap_or(0)),
+    });
+    let index = d.index.to_string();
+    let base = [
+        (names::LABEL_HOST, host),
+        (names::LABEL_GPU, index.as_str()),
+        (names::LABEL_UUID, d.uuid.as_str()),
+        (names::LABEL_MODEL, d.model.as_str()),
+    ];
+    sink.series(
+        &names::GPU_INFO,
+        &base,
+        &[
+            ("pci_bus_id", &d.pci_bus_id),
+            ("driver_version", &d.driver_version),
+            ("vbios_version", &d.vbios_version),
+            ("architecture", &d.architecture),
+        ],
+        1.0,
+    );
+    for m in &d.mig_instances {
+        let gi = m.gpu_instance_id.map(|v| v.to_string()).unwrap_or_default();
+        let ci = m
+            .compute_instance_id
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        sink.series(
+            &names::GPU_MIG_INSTANCE_INFO,
             &base,
             &[
-                ("pci_bus_id", &d.pci_bus_id),
-                ("driver_version", &d.driver_version),
-                ("vbios_version", &d.vbios_version),
-                ("architecture", &d.architecture),
+                ("mig_uuid", &m.uuid),
+                ("gpu_instance", &gi),
+                ("compute_instance", &ci),
             ],
             1.0,
         );
-        for m in &d.mig_instances {
-            let gi = m.gpu_instance_id.map(|v| v.to_string()).unwrap_or_default();
-            let ci = m
-                .compute_instance_id
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            self.push(
-                &names::GPU_MIG_INSTANCE_INFO,
-                &base,
-                &[
-                    ("mig_uuid", &m.uuid),
-                    ("gpu_instance", &gi),
-                    ("compute_instance", &ci),
-                ],
-                1.0,
-            );
-        }
-        let hz = |v: u32| f64::from(v) * HZ_PER_MHZ;
-        let watts = |v: u32| f64::from(v) * WATTS_PER_MILLIWATT;
-        let flag = |b: bool| f64::from(u8::from(b));
-        let inventory = [
-            (
-                &names::GPU_MEMORY_TOTAL,
-                d.memory_total_bytes.map(|v| v as f64),
-            ),
-            (&names::GPU_SM_CLOCK_MAX, d.max_sm_clock_mhz.map(hz)),
-            (&names::GPU_MEMORY_CLOCK_MAX, d.max_memory_clock_mhz.map(hz)),
-            (
-                &names::GPU_POWER_DEFAULT_LIMIT,
-                d.default_power_limit_milliwatts.map(watts),
-            ),
-            (
-                &names::GPU_SLOWDOWN_TEMPERATURE,
-                d.slowdown_temperature_celsius.map(f64::from),
-            ),
-            (
-                &names::GPU_SHUTDOWN_TEMPERATURE,
-                d.shutdown_temperature_celsius.map(f64::from),
-            ),
-            (
-                &names::GPU_PCIE_MAX_GENERATION,
-                d.max_pcie_generation.map(f64::from),
-            ),
-            (&names::GPU_PCIE_MAX_WIDTH, d.max_pcie_width.map(f64::from)),
-            (
-                &names::GPU_GRAPHICS_CLOCK_MAX,
-                d.max_graphics_clock_mhz.map(hz),
-            ),
-            (
-                &names::GPU_MEMORY_MAX_TEMPERATURE,
-                d.memory_max_temperature_celsius.map(f64::from),
-            ),
-            (
-                &names::GPU_MAX_OPERATING_TEMPERATURE,
-                d.gpu_max_operating_temperature_celsius.map(f64::from),
-            ),
-            (&names::GPU_ECC_ENABLED, d.ecc_enabled.map(flag)),
-            (&names::GPU_MIG_ENABLED, d.mig_enabled.map(flag)),
-        ];
-        for (def, value) in inventory {
-            if let Some(v) = value {
-                self.push(def, &base, &[], v);
-            }
-        }
-        // From the recent readings: a lost GPU has findings too.
-        for f in gpu.findings() {
-            self.push(
-                &names::GPU_FINDING,
-                &base,
-                &[("kind", f.kind.name()), ("severity", f.severity.name())],
-                1.0,
-            );
-        }
-        let Some(s) = &gpu.latest else { return };
-        let lost = s.state == DeviceState::Lost;
-        self.push(&names::GPU_LOST, &base, &[], flag(lost));
-        if lost {
-            // A lost GPU says nothing about its fields: no values, no support claims.
-            return;
-        }
-        let ratio = |v: u32| f64::from(v) / 100.0;
-        let readings = [
-            (
-                &names::GPU_UTILIZATION,
-                s.gpu_utilization_percent.value().map(ratio),
-            ),
-            (
-                &names::GPU_MEMORY_UTILIZATION,
-                s.memory_utilization_percent.value().map(ratio),
-            ),
-            (&names::GPU_SM_CLOCK, s.sm_clock_mhz.value().map(hz)),
-            (&names::GPU_MEMORY_CLOCK, s.memory_clock_mhz.value().map(hz)),
-            (
-                &names::GPU_TEMPERATURE,
-                s.temperature_celsius.value().map(f64::from),
-            ),
-            (
-                &names::GPU_POWER_USAGE,
-                s.power_usage_milliwatts.value().map(watts),
-            ),
-            (
-                &names::GPU_POWER_LIMIT,
-                s.power_limit_milliwatts.value().map(watts),
-            ),
-            (
-                &names::GPU_ENERGY,
-                s.energy_millijoules
-                    .value()
-                    .map(|v| v as f64 * JOULES_PER_MILLIJOULE),
-            ),
-            (
-                &names::GPU_MEMORY_USED,
-                s.memory_used_bytes.value().map(|v| v as f64),
-            ),
-            (
-                &names::GPU_PCIE_GENERATION,
-                s.pcie_generation.value().map(f64::from),
-            ),
-            (&names::GPU_PCIE_WIDTH, s.pcie_width.value().map(f64::from)),
-            (
-                &names::GPU_PCIE_REPLAYS,
-                s.pcie_replays.value().map(|v| v as f64),
-            ),
-            (
-                &names::GPU_GRAPHICS_CLOCK,
-                s.graphics_clock_mhz.value().map(hz),
-            ),
-            (
-                &names::GPU_APPLICATIONS_SM_CLOCK,
-                s.applications_sm_clock_mhz.value().map(hz),
-            ),
-            (
-                &names::GPU_APPLICATIONS_MEMORY_CLOCK,
-                s.applications_memory_clock_mhz.value().map(hz),
-            ),
-            (
-                &names::GPU_MEMORY_TEMPERATURE,
-                s.memory_temperature_celsius.value().map(f64::from),
-            ),
-            (
-                &names::GPU_PCIE_TRANSMIT,
-                s.pcie_tx_bytes.value().map(|v| v as f64),
-            ),
-            (
-                &names::GPU_PCIE_RECEIVE,
-                s.pcie_rx_bytes.value().map(|v| v as f64),
-            ),
-            (&names::GPU_SM_ACTIVE, s.gpm.value().map(|g| g.sm_active)),
-            (
-                &names::GPU_SM_OCCUPANCY,
-                s.gpm.value().map(|g| g.sm_occupancy),
-            ),
-            (
-                &names::GPU_TENSOR_ACTIVE,
-                s.gpm.value().map(|g| g.tensor_active),
-            ),
-            (
-                &names::GPU_DRAM_ACTIVE,
-                s.gpm.value().map(|g| g.dram_active),
-            ),
-            (
-                &names::GPU_PROCESSES,
-                s.processes.get().map(|p| p.len() as f64),
-            ),
-        ];
-        for (def, value) in readings {
-            if let Some(v) = value {
-                self.push(def, &base, &[], v);
-            }
-        }
-        if let Some(reasons) = s.throttle_reasons.value() {
-            for (f, name) in ThrottleReasons::NAMED {
-                self.push(
-                    &names::GPU_THROTTLE_ACTIVE,
-                    &base,
-                    &[("reason", name)],
-                    flag(reasons.contains(f)),
-                );
-            }
-        }
-        self.add_health(&base, s);
     }
+    let hz = |v: u32| f64::from(v) * HZ_PER_MHZ;
+    let watts = |v: u32| f64::from(v) * WATTS_PER_MILLIWATT;
+    let flag = |b: bool| f64::from(u8::from(b));
+    let inventory = [
+        (
+            &names::GPU_MEMORY_TOTAL,
+            d.memory_total_bytes.map(|v| v as f64),
+        ),
+        (&names::GPU_SM_CLOCK_MAX, d.max_sm_clock_mhz.map(hz)),
+        (&names::GPU_MEMORY_CLOCK_MAX, d.max_memory_clock_mhz.map(hz)),
+        (
+            &names::GPU_POWER_DEFAULT_LIMIT,
+            d.default_power_limit_milliwatts.map(watts),
+        ),
+        (
+            &names::GPU_SLOWDOWN_TEMPERATURE,
+            d.slowdown_temperature_celsius.map(f64::from),
+        ),
+        (
+            &names::GPU_SHUTDOWN_TEMPERATURE,
+            d.shutdown_temperature_celsius.map(f64::from),
+        ),
+        (
+            &names::GPU_PCIE_MAX_GENERATION,
+            d.max_pcie_generation.map(f64::from),
+        ),
+        (&names::GPU_PCIE_MAX_WIDTH, d.max_pcie_width.map(f64::from)),
+        (
+            &names::GPU_GRAPHICS_CLOCK_MAX,
+            d.max_graphics_clock_mhz.map(hz),
+        ),
+        (
+            &names::GPU_MEMORY_MAX_TEMPERATURE,
+            d.memory_max_temperature_celsius.map(f64::from),
+        ),
+        (
+            &names::GPU_MAX_OPERATING_TEMPERATURE,
+            d.gpu_max_operating_temperature_celsius.map(f64::from),
+        ),
+        (&names::GPU_ECC_ENABLED, d.ecc_enabled.map(flag)),
+        (&names::GPU_MIG_ENABLED, d.mig_enabled.map(flag)),
+    ];
+    for (def, value) in inventory {
+        if let Some(v) = value {
+            sink.series(def, &base, &[], v);
+        }
+    }
+    // From the recent readings: a lost GPU has findings too.
+    for f in gpu.findings() {
+        sink.series(
+            &names::GPU_FINDING,
+            &base,
+            &[("kind", f.kind.name()), ("severity", f.severity.name())],
+            1.0,
+        );
+    }
+    let Some(s) = latest else { return };
+    sink.series(&names::GPU_LOST, &base, &[], flag(lost));
+    if lost {
+        // A lost GPU says nothing about its fields: no values, no support claims.
+        return;
+    }
+    let ratio = |v: u32| f64::from(v) / 100.0;
+    let readings = [
+        (
+            &names::GPU_UTILIZATION,
+            s.gpu_utilization_percent.value().map(ratio),
+        ),
+        (
+            &names::GPU_MEMORY_UTILIZATION,
+            s.memory_utilization_percent.value().map(ratio),
+        ),
+        (&names::GPU_SM_CLOCK, s.sm_clock_mhz.value().map(hz)),
+        (&names::GPU_MEMORY_CLOCK, s.memory_clock_mhz.value().map(hz)),
+        (
+            &names::GPU_TEMPERATURE,
+            s.temperature_celsius.value().map(f64::from),
+        ),
+        (
+            &names::GPU_POWER_USAGE,
+            s.power_usage_milliwatts.value().map(watts),
+        ),
+        (
+            &names::GPU_POWER_LIMIT,
+            s.power_limit_milliwatts.value().map(watts),
+        ),
+        (
+            &names::GPU_ENERGY,
+            s.energy_millijoules
+                .value()
+                .map(|v| v as f64 * JOULES_PER_MILLIJOULE),
+        ),
+        (
+            &names::GPU_MEMORY_USED,
+            s.memory_used_bytes.value().map(|v| v as f64),
+        ),
+        (
+            &names::GPU_PCIE_GENERATION,
+            s.pcie_generation.value().map(f64::from),
+        ),
+        (&names::GPU_PCIE_WIDTH, s.pcie_width.value().map(f64::from)),
+        (
+            &names::GPU_PCIE_REPLAYS,
+            s.pcie_replays.value().map(|v| v as f64),
+        ),
+        (
+            &names::GPU_GRAPHICS_CLOCK,
+            s.graphics_clock_mhz.value().map(hz),
+        ),
+        (
+            &names::GPU_APPLICATIONS_SM_CLOCK,
+            s.applications_sm_clock_mhz.value().map(hz),
+        ),
+        (
+            &names::GPU_APPLICATIONS_MEMORY_CLOCK,
+            s.applications_memory_clock_mhz.value().map(hz),
+        ),
+        (
+            &names::GPU_MEMORY_TEMPERATURE,
+            s.memory_temperature_celsius.value().map(f64::from),
+        ),
+        (
+            &names::GPU_PCIE_TRANSMIT,
+            s.pcie_tx_bytes.value().map(|v| v as f64),
+        ),
+        (
+            &names::GPU_PCIE_RECEIVE,
+            s.pcie_rx_bytes.value().map(|v| v as f64),
+        ),
+        (&names::GPU_SM_ACTIVE, s.gpm.value().map(|g| g.sm_active)),
+        (
+            &names::GPU_SM_OCCUPANCY,
+            s.gpm.value().map(|g| g.sm_occupancy),
+        ),
+        (
+            &names::GPU_TENSOR_ACTIVE,
+            s.gpm.value().map(|g| g.tensor_active),
+        ),
+        (
+            &names::GPU_DRAM_ACTIVE,
+            s.gpm.value().map(|g| g.dram_active),
+        ),
+        (
+            &names::GPU_PROCESSES,
+            s.processes.get().map(|p| p.len() as f64),
+        ),
+    ];
+    for (def, value) in readings {
+        if let Some(v) = value {
+            sink.series(def, &base, &[], v);
+        }
+    }
+    if let Some(reasons) = s.throttle_reasons.value() {
+        for (f, name) in ThrottleReasons::NAMED {
+            sink.series(
+                &names::GPU_THROTTLE_ACTIVE,
+                &base,
+                &[("reason", name)],
+                flag(reasons.contains(f)),
+            );
+        }
+    }
+    write_health(sink, &base, s, options);
+}
 
-    /// Throttle time, interconnect, memory health, XID and processes of one GPU.
-    fn add_health(&mut self, base: &Labels<'_>, s: &DeviceSample) {
-        let flag = |b: bool| f64::from(u8::from(b));
-        if let Some(t) = s.throttle_time.get() {
-            self.push(
-                &names::GPU_THROTTLE_TIME_INFO,
+/// Throttle time, interconnect, memory health, XID and processes of one GPU.
+fn write_health<S: SeriesSink>(
+    sink: &mut S,
+    base: &Labels<'_>,
+    s: &DeviceSample,
+    options: ExpositionOptions,
+) {
+    let flag = |b: bool| f64::from(u8::from(b));
+    if let Some(t) = s.throttle_time.get() {
+        sink.series(
+            &names::GPU_THROTTLE_TIME_INFO,
+            base,
+            &[("source", t.source.name())],
+            1.0,
+        );
+        for (policy, ns) in &t.nanoseconds {
+            sink.series(
+                &names::GPU_THROTTLE_SECONDS,
                 base,
-                &[("source", t.source.name())],
-                1.0,
+                &[("reason", policy.name())],
+                *ns as f64 / 1e9,
             );
-            for (policy, ns) in &t.nanoseconds {
-                self.push(
-                    &names::GPU_THROTTLE_SECONDS,
+        }
+    }
+    if let Some(links) = s.nvlinks.get() {
+        write_nvlinks(sink, base, links, options);
+    }
+    for (kind, value) in [
+        ("corrected", s.ecc_corrected_errors.value()),
+        ("uncorrected", s.ecc_uncorrected_errors.value()),
+    ] {
+        if let Some(v) = value {
+            sink.series(&names::GPU_ECC_ERRORS, base, &[("type", kind)], v as f64);
+        }
+    }
+    if let Some(r) = s.remapped_rows.value() {
+        sink.series(
+            &names::GPU_REMAPPED_ROWS,
+            base,
+            &[("type", "correctable")],
+            f64::from(r.correctable),
+        );
+        sink.series(
+            &names::GPU_REMAPPED_ROWS,
+            base,
+            &[("type", "uncorrectable")],
+            f64::from(r.uncorrectable),
+        );
+        sink.series(&names::GPU_ROW_REMAP_PENDING, base, &[], flag(r.pending));
+        sink.series(&names::GPU_ROW_REMAP_FAILED, base, &[], flag(r.failure));
+    }
+    if let Some(r) = s.retired_pages.value() {
+        sink.series(
+            &names::GPU_RETIRED_PAGES,
+            base,
+            &[("cause", "single_bit_ecc")],
+            f64::from(r.single_bit_ecc),
+        );
+        sink.series(
+            &names::GPU_RETIRED_PAGES,
+            base,
+            &[("cause", "double_bit_ecc")],
+            f64::from(r.double_bit_ecc),
+        );
+        sink.series(
+            &names::GPU_RETIRED_PAGES_PENDING,
+            base,
+            &[],
+            flag(r.pending),
+        );
+    }
+    if let Some(xids) = s.xid_errors.get() {
+        for (xid, count) in xids {
+            sink.series(
+                &names::GPU_XID_ERRORS,
+                base,
+                &[("xid", &xid.to_string())],
+                *count as f64,
+            );
+        }
+    }
+    if let Some(procs) = s.processes.get() {
+        for p in procs {
+            let pid = p.pid.to_string();
+            let labels = [
+                ("pid", pid.as_str()),
+                ("workload_kind", p.workload_kind.name()),
+                ("workload", p.workload.as_str()),
+            ];
+            if let Some(m) = p.used_memory_bytes {
+                sink.series(&names::GPU_PROCESS_MEMORY_USED, base, &labels, m as f64);
+            }
+            if let Some(u) = p.sm_utilization_percent {
+                sink.series(
+                    &names::GPU_PROCESS_SM_UTILIZATION,
                     base,
-                    &[("reason", policy.name())],
-                    *ns as f64 / 1e9,
+                    &labels,
+                    f64::from(u) / 100.0,
                 );
-            }
-        }
-        if let Some(links) = s.nvlinks.get() {
-            self.add_nvlinks(base, links);
-        }
-        for (kind, value) in [
-            ("corrected", s.ecc_corrected_errors.value()),
-            ("uncorrected", s.ecc_uncorrected_errors.value()),
-        ] {
-            if let Some(v) = value {
-                self.push(&names::GPU_ECC_ERRORS, base, &[("type", kind)], v as f64);
-            }
-        }
-        if let Some(r) = s.remapped_rows.value() {
-            self.push(
-                &names::GPU_REMAPPED_ROWS,
-                base,
-                &[("type", "correctable")],
-                f64::from(r.correctable),
-            );
-            self.push(
-                &names::GPU_REMAPPED_ROWS,
-                base,
-                &[("type", "uncorrectable")],
-                f64::from(r.uncorrectable),
-            );
-            self.push(&names::GPU_ROW_REMAP_PENDING, base, &[], flag(r.pending));
-            self.push(&names::GPU_ROW_REMAP_FAILED, base, &[], flag(r.failure));
-        }
-        if let Some(r) = s.retired_pages.value() {
-            self.push(
-                &names::GPU_RETIRED_PAGES,
-                base,
-                &[("cause", "single_bit_ecc")],
-                f64::from(r.single_bit_ecc),
-            );
-            self.push(
-                &names::GPU_RETIRED_PAGES,
-                base,
-                &[("cause", "double_bit_ecc")],
-                f64::from(r.double_bit_ecc),
-            );
-            self.push(
-                &names::GPU_RETIRED_PAGES_PENDING,
-                base,
-                &[],
-                flag(r.pending),
-            );
-        }
-        if let Some(xids) = s.xid_errors.get() {
-            for (xid, count) in xids {
-                self.push(
-                    &names::GPU_XID_ERRORS,
-                    base,
-                    &[("xid", &xid.to_string())],
-                    *count as f64,
-                );
-            }
-        }
-        if let Some(procs) = s.processes.get() {
-            for p in procs {
-                let pid = p.pid.to_string();
-                let labels = [
-                    ("pid", pid.as_str()),
-                    ("workload_kind", p.workload_kind.name()),
-                    ("workload", p.workload.as_str()),
-                ];
-                if let Some(m) = p.used_memory_bytes {
-                    self.push(&names::GPU_PROCESS_MEMORY_USED, base, &labels, m as f64);
-                }
-                if let Some(u) = p.sm_utilization_percent {
-                    self.push(
-                        &names::GPU_PROCESS_SM_UTILIZATION,
-                        base,
-                        &labels,
-                        f64::from(u) / 100.0,
-                    );
-                }
             }
         }
     }
+}
 
-    /// Per-GPU NVLink totals, and each link on its own when asked for.
-    fn add_nvlinks(&mut self, base: &Labels<'_>, links: &[gpulse_gpu::health::NvLinkSample]) {
-        // Summed as f64, as exposed: counters from an agent can be anything up to
-        // u64::MAX, and their u64 sum would overflow.
-        let sum = |f: LinkCounter| -> Option<f64> {
-            let values: Vec<f64> = links.iter().filter_map(f).map(|v| v as f64).collect();
-            (!values.is_empty()).then(|| values.iter().sum())
-        };
-        let down = links.iter().filter(|l| !l.active).count();
-        self.push(&names::GPU_NVLINK_LINKS, base, &[], links.len() as f64);
-        self.push(&names::GPU_NVLINK_LINKS_DOWN, base, &[], down as f64);
-        if let Some(v) = sum(|l| l.tx_bytes) {
-            self.push(&names::GPU_NVLINK_TRANSMIT, base, &[], v);
+/// Per-GPU NVLink totals, and each link on its own when asked for.
+fn write_nvlinks<S: SeriesSink>(
+    sink: &mut S,
+    base: &Labels<'_>,
+    links: &[gpulse_gpu::health::NvLinkSample],
+    options: ExpositionOptions,
+) {
+    // Summed as f64, as exposed: counters from an agent can be anything up to
+    // u64::MAX, and their u64 sum would overflow.
+    let sum = |f: LinkCounter| -> Option<f64> {
+        let values: Vec<f64> = links.iter().filter_map(f).map(|v| v as f64).collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    };
+    let down = links.iter().filter(|l| !l.active).count();
+    sink.series(&names::GPU_NVLINK_LINKS, base, &[], links.len() as f64);
+    sink.series(&names::GPU_NVLINK_LINKS_DOWN, base, &[], down as f64);
+    if let Some(v) = sum(|l| l.tx_bytes) {
+        sink.series(&names::GPU_NVLINK_TRANSMIT, base, &[], v);
+    }
+    if let Some(v) = sum(|l| l.rx_bytes) {
+        sink.series(&names::GPU_NVLINK_RECEIVE, base, &[], v);
+    }
+    let kinds: [(&str, LinkCounter); 4] = [
+        ("crc_flit", |l| l.crc_flit_errors),
+        ("crc_data", |l| l.crc_data_errors),
+        ("replay", |l| l.replay_errors),
+        ("recovery", |l| l.recovery_errors),
+    ];
+    for (kind, f) in kinds {
+        if let Some(v) = sum(f) {
+            sink.series(&names::GPU_NVLINK_ERRORS, base, &[("type", kind)], v);
         }
-        if let Some(v) = sum(|l| l.rx_bytes) {
-            self.push(&names::GPU_NVLINK_RECEIVE, base, &[], v);
+    }
+    if !options.nvlink_per_link {
+        return;
+    }
+    for l in links {
+        let link = l.link.to_string();
+        let at = [("link", link.as_str())];
+        sink.series(
+            &names::GPU_NVLINK_LINK_UP,
+            base,
+            &at,
+            f64::from(u8::from(l.active)),
+        );
+        if let Some(v) = l.tx_bytes {
+            sink.series(&names::GPU_NVLINK_LINK_TRANSMIT, base, &at, v as f64);
         }
-        let kinds: [(&str, LinkCounter); 4] = [
-            ("crc_flit", |l| l.crc_flit_errors),
-            ("crc_data", |l| l.crc_data_errors),
-            ("replay", |l| l.replay_errors),
-            ("recovery", |l| l.recovery_errors),
-        ];
+        if let Some(v) = l.rx_bytes {
+            sink.series(&names::GPU_NVLINK_LINK_RECEIVE, base, &at, v as f64);
+        }
         for (kind, f) in kinds {
-            if let Some(v) = sum(f) {
-                self.push(&names::GPU_NVLINK_ERRORS, base, &[("type", kind)], v);
-            }
-        }
-        if !self.options.nvlink_per_link {
-            return;
-        }
-        for l in links {
-            let link = l.link.to_string();
-            let at = [("link", link.as_str())];
-            self.push(
-                &names::GPU_NVLINK_LINK_UP,
-                base,
-                &at,
-                f64::from(u8::from(l.active)),
-            );
-            if let Some(v) = l.tx_bytes {
-                self.push(&names::GPU_NVLINK_LINK_TRANSMIT, base, &at, v as f64);
-            }
-            if let Some(v) = l.rx_bytes {
-                self.push(&names::GPU_NVLINK_LINK_RECEIVE, base, &at, v as f64);
-            }
-            for (kind, f) in kinds {
-                if let Some(v) = f(l) {
-                    self.push(
-                        &names::GPU_NVLINK_LINK_ERRORS,
-                        base,
-                        &[("link", &link), ("type", kind)],
-                        v as f64,
-                    );
-                }
+            if let Some(v) = f(l) {
+                sink.series(
+                    &names::GPU_NVLINK_LINK_ERRORS,
+                    base,
+                    &[("link", &link), ("type", kind)],
+                    v as f64,
+                );
             }
         }
     }

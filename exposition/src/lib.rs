@@ -1,11 +1,13 @@
 //! gpulse-exposition: how gpulse shows GPUs to Prometheus.
 //!
-//! It keeps a [`HostView`] per host (identity, inventory, latest reading) and
-//! writes views in the Prometheus text format ([`render_fleet`]); [`render`] adds a
-//! `prometheus` crate registry (self-metrics) after them. The collector serves it for
+//! It keeps a [`HostView`] per host (identity, inventory, latest reading) and turns
+//! views into series once ([`write_host`], [`write_fleet`]) for any [`SeriesSink`]:
+//! the Prometheus text format ([`Families`], [`render_fleet`]) or the collector's
+//! remote-write samples; [`render`] adds a `prometheus` crate registry
+//! (self-metrics) after them. The collector serves it for
 //! the whole fleet and the agent for its own host, so both expose the same names.
-//! Every metric name and help text lives in [`names`]; [`dcgm`] maps them to
-//! dcgm-exporter's names for a DCGM-compatible view.
+//! Every metric name and help text lives in [`names`]; [`dcgm`] renames gpulse's
+//! series to dcgm-exporter's names for a DCGM-compatible view.
 //!
 //! It is not where data is validated, deduplicated or stored: callers hand it
 //! readings they have already accepted.
@@ -17,7 +19,10 @@ mod families;
 pub mod names;
 mod view;
 
-pub use families::{ExpositionOptions, Families, HostSource, render_fleet};
+pub use families::{
+    ExpositionOptions, Families, GpuContext, HostSource, Labels, SeriesSink, render_fleet,
+    write_fleet, write_host,
+};
 pub use view::{
     AgentStats, DEFAULT_FINDINGS_READINGS, GpuView, HostView, MAX_FINDINGS_READINGS, UnknownGpu,
 };

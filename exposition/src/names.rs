@@ -447,6 +447,36 @@ pub const COLLECTOR_REJECTED_MESSAGES: Def = counter(
     "Agent messages refused, by reason; nothing stored was changed by them.",
 );
 
+// Remote write, per endpoint (label `endpoint`: its configured name or position).
+pub const REMOTE_WRITE_SAMPLES_SENT: Def = counter(
+    "gpulse_collector_remote_write_samples_sent_total",
+    "Samples a remote-write endpoint accepted.",
+);
+pub const REMOTE_WRITE_SAMPLES_FAILED: Def = counter(
+    "gpulse_collector_remote_write_samples_failed_total",
+    "Samples in remote-write requests that failed (an error status or no answer), counted at each attempt.",
+);
+pub const REMOTE_WRITE_SAMPLES_RETRIED: Def = counter(
+    "gpulse_collector_remote_write_samples_retried_total",
+    "Samples sent again after a 5xx, a 429 or no answer.",
+);
+pub const REMOTE_WRITE_SAMPLES_DROPPED: Def = counter(
+    "gpulse_collector_remote_write_samples_dropped_total",
+    "Samples given up, by reason: queue_full (oldest dropped to make room), rejected (a 4xx other than 429), shutdown (queued when the collector stopped).",
+);
+pub const REMOTE_WRITE_QUEUE_SAMPLES: Def = gauge(
+    "gpulse_collector_remote_write_queue_samples",
+    "Samples waiting in a remote-write endpoint's queue.",
+);
+pub const REMOTE_WRITE_QUEUE_CAPACITY: Def = gauge(
+    "gpulse_collector_remote_write_queue_capacity_samples",
+    "Samples a remote-write endpoint's queue holds at most (queue_capacity).",
+);
+pub const REMOTE_WRITE_LAST_SUCCESS: Def = gauge(
+    "gpulse_collector_remote_write_last_success_timestamp_seconds",
+    "Unix time in seconds of a remote-write endpoint's last accepted request; 0 before the first.",
+);
+
 // The agent's own health (on the agent's optional /metrics).
 pub const AGENT_BATCHES_SENT: Def = counter(
     "gpulse_agent_batches_sent_total",
@@ -490,7 +520,7 @@ pub const AGENT_SAMPLE_DURATION: Def = gauge(
 );
 
 /// The collector's self-metrics.
-pub const COLLECTOR: [Def; 8] = [
+pub const COLLECTOR: [Def; 15] = [
     COLLECTOR_AGENTS_CONNECTED,
     COLLECTOR_AGENTS_KNOWN,
     COLLECTOR_AGENTS_EXPIRED,
@@ -499,6 +529,13 @@ pub const COLLECTOR: [Def; 8] = [
     COLLECTOR_GPU_SAMPLES_RECEIVED,
     COLLECTOR_RECEIVED_BYTES,
     COLLECTOR_REJECTED_MESSAGES,
+    REMOTE_WRITE_SAMPLES_SENT,
+    REMOTE_WRITE_SAMPLES_FAILED,
+    REMOTE_WRITE_SAMPLES_RETRIED,
+    REMOTE_WRITE_SAMPLES_DROPPED,
+    REMOTE_WRITE_QUEUE_SAMPLES,
+    REMOTE_WRITE_QUEUE_CAPACITY,
+    REMOTE_WRITE_LAST_SUCCESS,
 ];
 
 /// The agent's self-metrics.

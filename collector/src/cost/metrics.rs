@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use gpulse_exposition::names::{self, Def};
-use gpulse_exposition::{ExpositionOptions, Families, HostSource, HostView};
+use gpulse_exposition::{Families, HostSource, HostView, SeriesSink};
 
 use super::pricing::{PriceQuery, Pricing};
 use super::store::Totals;
@@ -27,12 +27,17 @@ impl CostSeries {
 
     /// Appends the cost families of every GPU of `source` to `out`.
     pub fn render(&self, source: &dyn HostSource, out: &mut String) {
-        let mut families = Families::new(ExpositionOptions::default(), &names::COST);
-        source.for_each_host(&mut |host| self.add_host(host, &mut families));
+        let mut families = Families::new(&names::COST);
+        self.write(source, &mut families);
         families.finish(out);
     }
 
-    fn add_host(&self, host: &HostView, families: &mut Families) {
+    /// Writes the cost series of every GPU of `source` into `sink`.
+    pub fn write<S: SeriesSink>(&self, source: &dyn HostSource, sink: &mut S) {
+        source.for_each_host(&mut |host| self.add_host(host, sink));
+    }
+
+    fn add_host<S: SeriesSink>(&self, host: &HostView, families: &mut S) {
         let id = &host.identity;
         // Taken per host, inside the fleet's lock, as the ledger writer never takes the
         // fleet's: one lock order.
@@ -73,7 +78,7 @@ impl CostSeries {
             ];
             for (def, value) in series {
                 if let Some(v) = value {
-                    families.push(def, &base, &[], v);
+                    families.series(def, &base, &[], v);
                 }
             }
         }
