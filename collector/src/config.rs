@@ -320,6 +320,13 @@ pub struct CollectorConfig {
     /// one `[[remote_write]]` table each (docs/remote-write.md). Default: none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remote_write: Vec<RemoteWriteConfig>,
+    /// Labels added to every series this collector pushes by remote write (not to
+    /// /metrics, where Prometheus adds `job` and `instance`), unless the series has a
+    /// label of that name already. They keep several collectors' series apart in one
+    /// receiver: without them two collectors' self-metrics would be one series. Default:
+    /// `collector = "<this host's name>"`; `{}` for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_labels: Option<BTreeMap<String, String>>,
 }
 
 fn serialize_dcgm_compat<S: Serializer>(v: &DcgmCompat, s: S) -> Result<S::Ok, S::Error> {
@@ -354,6 +361,7 @@ impl Default for CollectorConfig {
             ledger: LedgerConfig::default(),
             bare_metal: BareMetalConfig::default(),
             remote_write: Vec::new(),
+            external_labels: None,
         }
     }
 }
@@ -416,6 +424,18 @@ impl CollectorConfig {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// The labels remote write adds to every series: `external_labels`, or by default
+    /// `collector` = this host's name.
+    pub fn external_labels(&self) -> Vec<(String, String)> {
+        match &self.external_labels {
+            Some(labels) => labels.clone().into_iter().collect(),
+            None => {
+                let host = sysinfo::System::host_name().unwrap_or_else(|| "unknown".into());
+                vec![("collector".to_string(), host)]
+            }
+        }
     }
 
     /// Checks the settings against each other, without touching the network or disk.
@@ -488,6 +508,14 @@ impl CollectorConfig {
                     ),
                 });
             }
+        }
+        for (name, value) in self.external_labels.iter().flatten() {
+            crate::remote_write::config::check_external_label(name, value).map_err(|reason| {
+                ConfigError::Invalid {
+                    setting: "external_labels",
+                    reason: format!("{name:?}: {reason}"),
+                }
+            })?;
         }
         if let Err(e) = self.bare_metal.check() {
             return invalid("bare_metal", &e.to_string());
@@ -698,6 +726,29 @@ mod tests {
                 .unwrap_err()
                 .contains("require")
         );
+    }
+
+    #[test]
+    fn external_labels_default_to_the_host_and_bad_ones_name_the_key() {
+        let c = CollectorConfig::default();
+        let labels = c.external_labels();
+        assert_eq!(labels.len(), 1);
+        assert_eq!(labels[0].0, "collector");
+        assert!(!labels[0].1.is_empty());
+        let none: CollectorConfig = toml::from_str("external_labels = {}").unwrap();
+        assert!(none.external_labels().is_empty());
+        for (text, needle) in [
+            ("external_labels = { __name__ = \"x\" }", "\"__name__\""),
+            ("external_labels = { 1a = \"x\" }", "not a label name"),
+            ("external_labels = { region = \"\" }", "the value must be"),
+        ] {
+            let c: CollectorConfig = toml::from_str(text).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("external_labels") && e.contains(needle),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub fn example_config() -> String {
          # interval = \"{interval}\"\n\
          # queue_capacity = {capacity}\n\
          # max_samples_per_send = {per_send}\n\
-         # timeout = \"{timeout}\"\n\n{body}",
+         # timeout = \"{timeout}\"\n\
+         # Labels added to every pushed series; default: collector = this host's name.\n\
+         # external_labels = {{ collector = \"gpulse-eu-1\" }}\n\n{body}",
         interval = humantime::format_duration(remote_write::config::DEFAULT_INTERVAL),
         capacity = remote_write::config::DEFAULT_QUEUE_CAPACITY,
         per_send = remote_write::config::DEFAULT_MAX_SAMPLES_PER_SEND,
@@ -379,6 +381,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     } else {
         remote_write::start(
             &config.remote_write,
+            config.external_labels(),
             scrape.clone(),
             &registry,
             stop_rx.clone(),

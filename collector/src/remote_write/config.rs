@@ -23,6 +23,35 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest endpoint name: it is a label value.
 pub const MAX_NAME_BYTES: usize = 64;
 
+/// Longest external label value.
+pub const MAX_EXTERNAL_LABEL_BYTES: usize = 256;
+
+/// Whether `name = value` may be an external label: a Prometheus label name that is
+/// not reserved (`__` prefix), and a non-empty value without control characters.
+pub fn check_external_label(name: &str, value: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let name_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__");
+    if !name_ok {
+        return Err(
+            "not a label name: use letters, digits and '_', not starting with a digit or '__'"
+                .into(),
+        );
+    }
+    if value.is_empty()
+        || value.len() > MAX_EXTERNAL_LABEL_BYTES
+        || value.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "the value must be 1 to {MAX_EXTERNAL_LABEL_BYTES} bytes without control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// One remote-write receiver (Prometheus, Mimir, Thanos Receive, Cortex,
 /// VictoriaMetrics). docs/remote-write.md has examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

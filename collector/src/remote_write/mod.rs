@@ -194,6 +194,7 @@ pub type Started = (Vec<Arc<Endpoint>>, Vec<JoinHandle<()>>);
 /// distinct interval. The tasks end when `stop` turns true.
 pub fn start(
     configs: &[RemoteWriteConfig],
+    external_labels: Vec<(String, String)>,
     scrape: Scrape,
     registry: &Registry,
     stop: watch::Receiver<bool>,
@@ -241,6 +242,7 @@ pub fn start(
         tasks.push(tokio::spawn(snapshot_loop(
             interval,
             group,
+            SnapshotBuilder::with_external_labels(external_labels.clone()),
             scrape.clone(),
             stop.clone(),
         )));
@@ -253,12 +255,13 @@ pub fn start(
 async fn snapshot_loop(
     interval: Duration,
     endpoints: Vec<Arc<Endpoint>>,
+    builder: SnapshotBuilder,
     scrape: Scrape,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut builder = Some(SnapshotBuilder::new());
+    let mut builder = Some(builder);
     let mut last_ms = 0;
     loop {
         tokio::select! {

@@ -50,6 +50,8 @@ pub struct Pending {
 /// snapshot to the next, so a steady fleet allocates them once.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
+    /// Added to every series that has no label of the same name.
+    external: Vec<Label>,
     interned: HashMap<String, SeriesLabels>,
     key: String,
     samples: Vec<(SeriesLabels, f64)>,
@@ -58,6 +60,17 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     pub fn new() -> Self {
         SnapshotBuilder::default()
+    }
+
+    /// A builder that adds `external` labels to every series lacking them.
+    pub fn with_external_labels(external: Vec<(String, String)>) -> Self {
+        SnapshotBuilder {
+            external: external
+                .into_iter()
+                .map(|(name, value)| Label { name, value })
+                .collect(),
+            ..SnapshotBuilder::default()
+        }
     }
 
     /// Adds one sample of series `name{labels}`.
@@ -93,6 +106,11 @@ impl SnapshotBuilder {
                     name: NAME_LABEL.to_string(),
                     value: name.to_string(),
                 });
+                for e in &self.external {
+                    if !sorted.iter().any(|l| l.name == e.name) {
+                        sorted.push(e.clone());
+                    }
+                }
                 sorted.sort_by(|a, b| a.name.cmp(&b.name));
                 let s: SeriesLabels = sorted.into();
                 self.interned.insert(self.key.clone(), s.clone());
@@ -214,6 +232,37 @@ mod tests {
             .find(|l| l.name == NAME_LABEL)
             .unwrap();
         assert_eq!(name.value, names::GPU_TEMPERATURE.name);
+    }
+
+    #[test]
+    fn external_labels_are_added_but_never_override_a_series_own() {
+        let mut b = SnapshotBuilder::with_external_labels(vec![
+            ("collector".into(), "c1".into()),
+            ("host".into(), "from-outside".into()),
+        ]);
+        b.series(
+            &names::GPU_TEMPERATURE,
+            &[("host", "h"), ("gpu", "0")],
+            &[],
+            1.0,
+        );
+        b.series(&names::COLLECTOR_REJECTED_MESSAGES, &[], &[], 2.0);
+        let s = b.finish(1000);
+        let label = |i: usize, name: &str| {
+            s.samples[i]
+                .0
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.value.clone())
+        };
+        assert_eq!(label(0, "collector").as_deref(), Some("c1"));
+        assert_eq!(label(0, "host").as_deref(), Some("h"));
+        assert_eq!(label(1, "collector").as_deref(), Some("c1"));
+        assert_eq!(label(1, "host").as_deref(), Some("from-outside"));
+        let names: Vec<&str> = s.samples[1].0.iter().map(|l| l.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
     }
 
     #[test]
