@@ -88,7 +88,8 @@ pub fn example_config() -> String {
          # Generated from the code's defaults; see README.md for what each one means.\n\
          # Unset by default: auth_token_file = \"/etc/gpulse/token\", agent_tokens_file = \"/etc/gpulse/agent-tokens\",\n\
          # tls_cert_file = \"/etc/gpulse/tls/tls.crt\", tls_key_file = \"/etc/gpulse/tls/tls.key\",\n\
-         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\"\n\n{body}"
+         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\",\n\
+         # [ledger] url = \"postgres://gpulse@db.example:5432/gpulse?sslmode=require\" (else SQLite under data_dir)\n\n{body}"
     )
 }
 
@@ -278,7 +279,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         } else {
             token
         },
-        ledger: Some(cost.store.path().to_path_buf()),
+        ledger: Some(cost.store.source().clone()),
     });
     let http_stop = stop_rx.clone();
     match http_tls {
