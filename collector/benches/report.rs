@@ -19,11 +19,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use gpulse_collector::config::LedgerConfig;
 use gpulse_collector::cost::ledger::{GpuTerms, HOUR_MS, Usage};
+use gpulse_collector::cost::page;
 use gpulse_collector::cost::report::{self, DAY_MS, Dim, Window};
 use gpulse_collector::cost::store::{
     self, GpuDims, LedgerGpu, LedgerHost, LedgerSource, LedgerTarget,
 };
-use gpulse_collector::cost::page;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, Snapshot};
 
@@ -42,10 +42,7 @@ fn now_ms() -> i64 {
 
 /// The engines to measure: SQLite always, PostgreSQL when a server can be started.
 fn engines(dir: &std::path::Path, name: &str) -> Vec<(&'static str, LedgerTarget)> {
-    let mut out = vec![(
-        "sqlite",
-        LedgerTarget::Sqlite(dir.join(store::LEDGER_FILE)),
-    )];
+    let mut out = vec![("sqlite", LedgerTarget::Sqlite(dir.join(store::LEDGER_FILE)))];
     if gpulse_testkit::postgres::bin_dir().is_some() {
         let url = gpulse_testkit::postgres::server().database(name);
         out.push(("postgres", LedgerTarget::new(Some(&url), dir).unwrap()));
@@ -143,7 +140,10 @@ fn thirty_day_report(c: &mut Criterion) {
     for (engine, target) in engines(dir.path(), "report") {
         let started = Instant::now();
         ledger(&target, now);
-        eprintln!("{engine}: 30 days of 1,000 GPUs stored in {:?}", started.elapsed());
+        eprintln!(
+            "{engine}: 30 days of 1,000 GPUs stored in {:?}",
+            started.elapsed()
+        );
         let source = LedgerSource::new(target);
         let rows = source.read(|r| report::load(r, window, false)).unwrap();
         assert_eq!(rows.len() as i64, GPUS);
@@ -171,7 +171,11 @@ fn thirty_day_report(c: &mut Criterion) {
 }
 
 fn host(i: usize) -> (Arc<LedgerHost>, Simulator) {
-    let sim = Simulator::new(format!("gpus=8,scenario=training,seed={i}").parse().unwrap());
+    let sim = Simulator::new(
+        format!("gpus=8,scenario=training,seed={i}")
+            .parse()
+            .unwrap(),
+    );
     let agent = format!("host-{i:04}");
     let gpus = sim
         .inventory()
@@ -224,46 +228,43 @@ fn ledger_ingest(c: &mut Criterion) {
         let handle = store::start(&target, &config).unwrap();
         let mut hosts: Vec<_> = (0..INGEST_HOSTS).map(host).collect();
         let mut t = now_ms() - 30 * DAY_MS;
-        group.bench_function(
-            format!("{engine}/125_hosts_x_8_gpus_x_6_snapshots"),
-            |b| {
-                b.iter_custom(|iters| {
-                    // Batches built before the clock starts: only the ledger is measured.
-                    let rounds: Vec<Vec<(Arc<LedgerHost>, Vec<Snapshot>)>> = (0..iters)
-                        .map(|_| {
-                            let round = hosts
-                                .iter_mut()
-                                .map(|(h, sim)| {
-                                    let snaps = (0..SNAPSHOTS_PER_BATCH)
-                                        .map(|i| {
-                                            let at = t + i * SAMPLE_INTERVAL_MS;
-                                            Snapshot {
-                                                timestamp_unix_ms: at,
-                                                gpus: sim.sample(at),
-                                            }
-                                        })
-                                        .collect();
-                                    (h.clone(), snaps)
-                                })
-                                .collect();
-                            t += SNAPSHOTS_PER_BATCH * SAMPLE_INTERVAL_MS;
-                            round
-                        })
-                        .collect();
-                    let started = Instant::now();
-                    for round in rounds {
-                        let pending: Vec<_> = round
-                            .into_iter()
-                            .map(|(h, snaps)| rt.block_on(handle.apply(h, snaps)).unwrap())
+        group.bench_function(format!("{engine}/125_hosts_x_8_gpus_x_6_snapshots"), |b| {
+            b.iter_custom(|iters| {
+                // Batches built before the clock starts: only the ledger is measured.
+                let rounds: Vec<Vec<(Arc<LedgerHost>, Vec<Snapshot>)>> = (0..iters)
+                    .map(|_| {
+                        let round = hosts
+                            .iter_mut()
+                            .map(|(h, sim)| {
+                                let snaps = (0..SNAPSHOTS_PER_BATCH)
+                                    .map(|i| {
+                                        let at = t + i * SAMPLE_INTERVAL_MS;
+                                        Snapshot {
+                                            timestamp_unix_ms: at,
+                                            gpus: sim.sample(at),
+                                        }
+                                    })
+                                    .collect();
+                                (h.clone(), snaps)
+                            })
                             .collect();
-                        for p in pending {
-                            p.blocking_recv().unwrap().unwrap();
-                        }
+                        t += SNAPSHOTS_PER_BATCH * SAMPLE_INTERVAL_MS;
+                        round
+                    })
+                    .collect();
+                let started = Instant::now();
+                for round in rounds {
+                    let pending: Vec<_> = round
+                        .into_iter()
+                        .map(|(h, snaps)| rt.block_on(handle.apply(h, snaps)).unwrap())
+                        .collect();
+                    for p in pending {
+                        p.blocking_recv().unwrap().unwrap();
                     }
-                    started.elapsed()
-                })
-            },
-        );
+                }
+                started.elapsed()
+            })
+        });
     }
     group.finish();
 }

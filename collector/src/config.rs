@@ -549,7 +549,10 @@ mod tests {
             ("dcgm_compat = \"al\"", "use off (gpulse names only), also"),
             ("dcgm_compat = true", "dcgm_compat"),
             ("[ledger]\nurl = 5", "url"),
-            ("[ledger]\nurl_ = \"postgres://db/g\"", "unknown field `url_`"),
+            (
+                "[ledger]\nurl_ = \"postgres://db/g\"",
+                "unknown field `url_`",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
@@ -564,11 +567,17 @@ mod tests {
     fn a_ledger_url_must_be_postgresql() {
         let c = parse("[ledger]\nurl = \"mysql://u:pw@db/gpulse\"").unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("ledger.url") && err.contains("postgres://"), "{err}");
+        assert!(
+            err.contains("ledger.url") && err.contains("postgres://"),
+            "{err}"
+        );
         assert!(!err.contains("pw@"), "the URL is not echoed: {err}");
         let c = parse("[ledger]\nurl = \"postgres://gpulse@db:5432/gpulse\"").unwrap();
         c.validate().unwrap();
-        assert_eq!(c.ledger.url.as_deref(), Some("postgres://gpulse@db:5432/gpulse"));
+        assert_eq!(
+            c.ledger.url.as_deref(),
+            Some("postgres://gpulse@db:5432/gpulse")
+        );
     }
 
     #[test]

@@ -35,7 +35,12 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// PostgreSQL ledger shared by several collectors, postgres://user:password@host:port/db
     /// [default: the SQLite file under --data-dir].
-    #[arg(long, env = "GPULSE_COLLECTOR_LEDGER_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GPULSE_COLLECTOR_LEDGER_URL",
+        global = true,
+        hide_env_values = true
+    )]
     ledger_url: Option<String>,
     /// Series of an agent gone this long disappear, e.g. "5m" [default: 5m].
     #[arg(long, env = "GPULSE_COLLECTOR_AGENT_EXPIRY", value_parser = humantime::parse_duration)]
@@ -165,7 +170,12 @@ async fn main() -> anyhow::Result<()> {
     }) = cli.command.take()
     {
         let config = cli.into_config()?;
-        return print_report(&config, &since, until.as_deref(), &group_by, &format);
+        // Off the async workers: the PostgreSQL client blocks on a runtime of its own.
+        return tokio::task::spawn_blocking(move || {
+            print_report(&config, &since, until.as_deref(), &group_by, &format)
+        })
+        .await
+        .context("the report stopped")?;
     }
     let config = cli.into_config()?;
     let running = gpulse_collector::start(config)

@@ -918,17 +918,18 @@ async fn send_acked(s: &mut Stream, snaps: &[v1::Snapshot], seqs: std::ops::Rang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collectors_sharing_postgresql_count_a_failover_once_and_report_alike() {
-    let url = tokio::task::spawn_blocking(|| {
-        gpulse_testkit::postgres::server().database("failover")
-    })
-    .await
-    .unwrap();
+    let url =
+        tokio::task::spawn_blocking(|| gpulse_testkit::postgres::server().database("failover"))
+            .await
+            .unwrap();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let shared = ["--ledger-url", url.as_str()];
     let agents: Vec<(v1::Hello, Vec<v1::Snapshot>)> = [("node-p1", 41), ("node-p2", 42)]
         .into_iter()
         .map(|(name, seed)| {
-            let mut sim = sim(&format!("gpus=2,model=h100-sxm,scenario=training,seed={seed}"));
+            let mut sim = sim(&format!(
+                "gpus=2,model=h100-sxm,scenario=training,seed={seed}"
+            ));
             let hello = hello_for(&identity(name, &format!("m-{name}")), &sim);
             (hello, history(&mut sim, 40, 5000))
         })
@@ -970,7 +971,10 @@ async fn collectors_sharing_postgresql_count_a_failover_once_and_report_alike() 
     // Both collectors answer for the whole fleet, identically.
     let (from_a, from_b) = (report_totals(&a.http).await, report_totals(&b.http).await);
     assert_eq!(from_a, from_b);
-    for (path, format) in [("/api/v1/report?from=1d&format=csv", "csv"), ("/report?from=1d", "page")] {
+    for (path, format) in [
+        ("/api/v1/report?from=1d&format=csv", "csv"),
+        ("/report?from=1d", "page"),
+    ] {
         let (sa, body_a) = http_get(&format!("http://{}{path}", a.http), None).await;
         let (sb, body_b) = http_get(&format!("http://{}{path}", b.http), None).await;
         assert_eq!((sa, sb), (200, 200), "{format}");
@@ -1007,11 +1011,23 @@ async fn collectors_sharing_postgresql_count_a_failover_once_and_report_alike() 
 
     // The report command reads the shared ledger too, from anywhere.
     let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
-        .args(["report", "--since", "1d", "--format", "json", "--group-by", "gpu"])
+        .args([
+            "report",
+            "--since",
+            "1d",
+            "--format",
+            "json",
+            "--group-by",
+            "gpu",
+        ])
         .args(shared)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli = json_get(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(cli["totals"], from_a["totals"]);
 

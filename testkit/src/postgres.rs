@@ -116,7 +116,15 @@ impl PgServer {
         let out = command(&bin, "initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8", "--no-locale"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
             .output()
             .map_err(|e| format!("cannot run initdb from {}: {e}", bin.display()))?;
         if !out.status.success() {
@@ -213,11 +221,25 @@ impl PgServer {
         let n = self.databases.fetch_add(1, Ordering::Relaxed);
         let db: String = format!("{name}_{n}")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(60)
             .collect();
         let out = Command::new(self.bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", SUPERUSER, &db])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                &db,
+            ])
             .output()
             .unwrap_or_else(|e| panic!("cannot run createdb: {e}"));
         assert!(
@@ -239,7 +261,14 @@ impl PgServer {
     /// Runs SQL in database `db` with psql, returning its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", SUPERUSER])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
             .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .unwrap_or_else(|e| panic!("cannot run psql: {e}"));

@@ -147,19 +147,17 @@ impl PgTarget {
             _ => Some(Arc::new(client_tls(root_file.as_deref()).map_err(bad)?)),
         };
         let shown = shown(&config, mode);
-        Ok(PgTarget {
-            config,
-            tls,
-            shown,
-        })
+        Ok(PgTarget { config, tls, shown })
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
         let connected = match &self.tls {
             None => self.config.connect(NoTls),
-            Some(tls) => self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                (**tls).clone(),
-            )),
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                )),
         };
         connected.map_err(|e| StoreError::Open {
             target: self.shown.clone(),
@@ -355,10 +353,12 @@ fn usage_from_row(row: &postgres::Row, at: usize) -> Result<Usage, postgres::Err
     let mut u = Usage::default();
     for (i, f) in USAGE_FIELDS.iter().enumerate() {
         let v = match f.kind {
-            FieldKind::Real => FieldValue::Real(row.try_get::<_, Option<f64>>(at + i)?.unwrap_or(0.0)),
-            FieldKind::Count => FieldValue::Count(
-                row.try_get::<_, Option<i64>>(at + i)?.unwrap_or(0).max(0) as u64,
-            ),
+            FieldKind::Real => {
+                FieldValue::Real(row.try_get::<_, Option<f64>>(at + i)?.unwrap_or(0.0))
+            }
+            FieldKind::Count => {
+                FieldValue::Count(row.try_get::<_, Option<i64>>(at + i)?.unwrap_or(0).max(0) as u64)
+            }
         };
         (f.set)(&mut u, v);
     }
@@ -596,8 +596,10 @@ impl WriteEngine for PgWriter {
             let times: Vec<i64> = c.iter().map(|(_, c)| c.timestamp_ms).collect();
             let boots: Vec<&str> = c.iter().map(|(_, c)| c.boot_id.as_str()).collect();
             // Counters travel as u64 and are kept bit for bit in a BIGINT.
-            let energy: Vec<Option<i64>> =
-                c.iter().map(|(_, c)| c.energy_mj.map(|v| v as i64)).collect();
+            let energy: Vec<Option<i64>> = c
+                .iter()
+                .map(|(_, c)| c.energy_mj.map(|v| v as i64))
+                .collect();
             let replays: Vec<Option<i64>> = c
                 .iter()
                 .map(|(_, c)| c.pcie_replays.map(|v| v as i64))
@@ -650,10 +652,7 @@ impl PgReader {
     pub fn open(target: &PgTarget) -> Result<Self, StoreError> {
         let mut client = target.connect()?;
         let found: Option<i64> = client
-            .query_opt(
-                "SELECT MAX(version) FROM gpulse_schema_migrations",
-                &[],
-            )
+            .query_opt("SELECT MAX(version) FROM gpulse_schema_migrations", &[])
             .ok()
             .flatten()
             .and_then(|r| r.get(0));
@@ -768,7 +767,10 @@ mod tests {
         let e = PgTarget::parse("postgres://gpulse:s3cret@db/gpulse?sslmode=sometimes")
             .unwrap_err()
             .to_string();
-        assert!(!e.contains("s3cret") && e.contains("sslmode=sometimes"), "{e}");
+        assert!(
+            !e.contains("s3cret") && e.contains("sslmode=sometimes"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -776,7 +778,10 @@ mod tests {
         for (url, says) in [
             ("mysql://db/gpulse", "must start with postgres://"),
             ("postgres://db:5432", "names no database"),
-            ("postgres://db/gpulse?sslmode=sometimes", "is not one of disable"),
+            (
+                "postgres://db/gpulse?sslmode=sometimes",
+                "is not one of disable",
+            ),
             (
                 "postgres://db/gpulse?sslmode=require&sslrootcert=/no/such/ca.pem",
                 "sslrootcert /no/such/ca.pem",

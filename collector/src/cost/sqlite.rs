@@ -20,8 +20,7 @@ pub const LEDGER_FILE: &str = "ledger.sqlite";
 const SCHEMA_VERSION: i64 = 1;
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const OPEN_HINT: &str =
-    "check that --data-dir is writable and not used by another collector";
+const OPEN_HINT: &str = "check that --data-dir is writable and not used by another collector";
 
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError::Open {
@@ -425,9 +424,8 @@ impl ReadEngine for SqliteReader {
                 })
             })
             .map_err(read)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(|e| {
-            StoreError::Read(format!("{}: {e}", self.path.display()))
-        })
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| StoreError::Read(format!("{}: {e}", self.path.display())))
     }
 }
 

@@ -374,31 +374,29 @@ impl StoreHandle {
     }
 }
 
-/// Opens (or creates, or migrates) the ledger and starts its writer thread.
+/// Opens (or creates, or migrates) the ledger and starts its writer thread. The engine
+/// is opened on that thread: a PostgreSQL client runs its own runtime, which may not be
+/// started from the async runtime's workers.
 pub fn start(target: &LedgerTarget, config: &LedgerConfig) -> Result<StoreHandle, StoreError> {
-    let mut engine = target.writer()?;
-    let open = |e: EngineError| StoreError::Open {
-        target: target.describe(),
-        reason: e.message,
-        hint: "check the ledger's settings",
-    };
-    let (cursors, totals) = engine.load().map_err(open)?;
-    info!(ledger = %target.describe(), gpus = totals.len(), "ledger opened");
-    let totals = Arc::new(RwLock::new(totals));
     let (tx, rx) = mpsc::channel(config.queue.max(1));
-    let mut writer = Writer {
-        engine,
-        ledger: Ledger::with_cursors(cursors),
-        dims: HashMap::new(),
-        totals: totals.clone(),
-        config: config.clone(),
-        last_prune: None,
-    };
-    writer.prune();
+    let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+    let (thread_target, config) = (target.clone(), config.clone());
     std::thread::Builder::new()
         .name("gpulse-ledger".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || {
+            let mut writer = match Writer::open(&thread_target, config) {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = opened_tx.send(Ok(writer.totals.clone()));
+            writer.prune();
+            writer.run(rx);
+        })
         .map_err(|e| StoreError::Write(format!("cannot start the ledger thread: {e}")))?;
+    let totals = opened.recv().map_err(|_| StoreError::Closed)??;
     Ok(StoreHandle {
         tx,
         totals,
@@ -478,6 +476,24 @@ struct Group {
 }
 
 impl Writer {
+    fn open(target: &LedgerTarget, config: LedgerConfig) -> Result<Writer, StoreError> {
+        let mut engine = target.writer()?;
+        let (cursors, totals) = engine.load().map_err(|e| StoreError::Open {
+            target: target.describe(),
+            reason: e.message,
+            hint: "check the ledger's settings",
+        })?;
+        info!(ledger = %target.describe(), gpus = totals.len(), "ledger opened");
+        Ok(Writer {
+            engine,
+            ledger: Ledger::with_cursors(cursors),
+            dims: HashMap::new(),
+            totals: Arc::new(RwLock::new(totals)),
+            config,
+            last_prune: None,
+        })
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
             let deadline = Instant::now() + self.config.commit_interval;
@@ -574,14 +590,18 @@ impl Writer {
         self.engine.begin()?;
         let keys: BTreeSet<GpuKey> = requests
             .iter()
-            .flat_map(|Request::Apply { host, snapshots, .. }| {
-                snapshots.iter().flat_map(move |snap| {
-                    snap.gpus
-                        .iter()
-                        .filter(|s| host.gpus.contains_key(&s.uuid))
-                        .map(|s| (host.agent_id.clone(), s.uuid.clone()))
-                })
-            })
+            .flat_map(
+                |Request::Apply {
+                     host, snapshots, ..
+                 }| {
+                    snapshots.iter().flat_map(move |snap| {
+                        snap.gpus
+                            .iter()
+                            .filter(|s| host.gpus.contains_key(&s.uuid))
+                            .map(|s| (host.agent_id.clone(), s.uuid.clone()))
+                    })
+                },
+            )
             .collect();
         let keys: Vec<GpuKey> = keys.into_iter().collect();
         if let Some(mut stored) = self.engine.lock_cursors(&keys)? {
@@ -779,7 +799,12 @@ pub(crate) mod tests {
             let mut reader = LedgerReader::open(&target).unwrap();
             let mut hourly = |w: Window| -> f64 {
                 reader
-                    .sum_usage(Rollup::Hourly, w.from_ms / HOUR_MS, w.to_ms / HOUR_MS, false)
+                    .sum_usage(
+                        Rollup::Hourly,
+                        w.from_ms / HOUR_MS,
+                        w.to_ms / HOUR_MS,
+                        false,
+                    )
                     .unwrap()
                     .iter()
                     .map(|r| r.usage.observed_s)
@@ -849,7 +874,11 @@ pub(crate) mod tests {
                 let (x, y) = ((f.get)(a), (f.get)(&b));
                 match (x, y) {
                     (FieldValue::Real(x), FieldValue::Real(y)) => {
-                        assert!((x - y).abs() <= 1e-9 * (1.0 + x.abs()), "{}: {x} vs {y}", f.name)
+                        assert!(
+                            (x - y).abs() <= 1e-9 * (1.0 + x.abs()),
+                            "{}: {x} vs {y}",
+                            f.name
+                        )
                     }
                     _ => assert_eq!(x, y, "{}", f.name),
                 }
@@ -959,7 +988,8 @@ pub(crate) mod tests {
         drop(start(&target, &LedgerConfig::default()).unwrap());
         let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
         assert_eq!(
-            pg.psql(db, "SELECT count(*) FROM gpulse_schema_migrations").trim(),
+            pg.psql(db, "SELECT count(*) FROM gpulse_schema_migrations")
+                .trim(),
             "1"
         );
         pg.psql(
@@ -1013,7 +1043,11 @@ pub(crate) mod tests {
                 }
             }
             (Value::Object(x), Value::Object(y)) => {
-                assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{at}");
+                assert_eq!(
+                    x.keys().collect::<Vec<_>>(),
+                    y.keys().collect::<Vec<_>>(),
+                    "{at}"
+                );
                 for (k, v) in x {
                     assert_close(v, &y[k], &format!("{at}.{k}"));
                 }
