@@ -1,6 +1,8 @@
 //! A throwaway PostgreSQL server for one test binary: `initdb` in a temporary
 //! directory, the server on a free loopback port (its socket in that directory too),
-//! `fsync=off` and small buffers, one database per test. Debian's `postgresql` package
+//! `fsync=off` and small buffers, one database per test. It also serves TLS, with a
+//! certificate for `localhost` from a CA of its own ([`PgServer::ca_file`]), for tests
+//! of `sslmode`. Debian's `postgresql` package
 //! provides the programs (scripts/install-test-deps.sh installs it).
 //!
 //! PostgreSQL refuses to run as root, and tests often do: then the server runs as
@@ -134,6 +136,17 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        let (cert, key) = write_tls_files(&dir)?;
+        if is_root() {
+            let status = Command::new("chown")
+                .arg(format!("{UNPRIVILEGED_USER}:{UNPRIVILEGED_GROUP}"))
+                .args([&cert, &key])
+                .status()
+                .map_err(|e| format!("cannot run chown: {e}"))?;
+            if !status.success() {
+                return Err(format!("chown {} failed", key.display()));
+            }
+        }
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let log = dir.join("server.log");
         let mut server = command(&bin, "postgres");
@@ -156,7 +169,13 @@ impl PgServer {
                 "shared_buffers=16MB",
                 "-c",
                 "max_connections=200",
-            ]);
+                "-c",
+                "ssl=on",
+            ])
+            .arg("-c")
+            .arg(format!("ssl_cert_file={}", cert.display()))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", key.display()));
         // The watchdog: runs the server, and stops it once this process is gone.
         let script = format!(
             "{server} >>{log} 2>&1 & pg=$!; \
@@ -204,6 +223,11 @@ impl PgServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The PEM file of the CA that signed the server's certificate (for `localhost`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
     }
 
     /// The TCP port the server listens on (127.0.0.1).
@@ -279,6 +303,38 @@ impl PgServer {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A CA (`ca.crt`) and a server certificate for `localhost` signed by it, in `dir`;
+/// returns the server's certificate and key files. PostgreSQL wants the key private.
+fn write_tls_files(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: rcgen::Error| format!("cannot make the test certificates: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "gpulse test PostgreSQL CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+    let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::write(path, text)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(&dir.join("ca.crt"), &ca_cert.pem(), 0o644)?;
+    write(&cert_file, &cert.pem(), 0o644)?;
+    write(&key_file, &key.serialize_pem(), 0o600)?;
+    Ok((cert_file, key_file))
 }
 
 fn quote(s: &str) -> String {

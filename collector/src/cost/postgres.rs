@@ -18,8 +18,8 @@ use rustls_pki_types::pem::PemObject;
 
 use super::ledger::{Cursor, FieldKind, FieldValue, USAGE_FIELDS, Usage};
 use super::store::{
-    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, UsageRow, WriteEngine,
-    usage_columns,
+    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
+    WriteEngine, usage_columns,
 };
 
 /// The newest schema this collector knows: migrations 1..=this are in [`migration`].
@@ -458,7 +458,7 @@ impl PgWriter {
 }
 
 impl WriteEngine for PgWriter {
-    fn load(&mut self) -> Result<(HashMap<GpuKey, Cursor>, HashMap<GpuKey, Usage>), EngineError> {
+    fn load(&mut self) -> Result<Stored, EngineError> {
         // Cursors are read, locked, in each transaction: other collectors move them.
         let cols = usage_columns().collect::<Vec<_>>().join(", ");
         let rows = self
@@ -750,6 +750,18 @@ impl ReadEngine for PgReader {
     }
 }
 
+impl std::fmt::Debug for PgWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgWriter")
+    }
+}
+
+impl std::fmt::Debug for PgReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgReader")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,17 +815,5 @@ mod tests {
         );
         let t = PgTarget::parse("postgres://gpulse@db/ledger?sslmode=disable").unwrap();
         assert!(t.tls.is_none());
-    }
-}
-
-impl std::fmt::Debug for PgWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PgWriter")
-    }
-}
-
-impl std::fmt::Debug for PgReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PgReader")
     }
 }

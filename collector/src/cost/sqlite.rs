@@ -10,8 +10,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::ledger::{Cursor, FieldKind, FieldValue, USAGE_FIELDS, Usage};
 use super::store::{
-    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, UsageRow, WriteEngine,
-    usage_columns, usage_sums,
+    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
+    WriteEngine, usage_columns, usage_sums,
 };
 
 /// The file under the data directory.
@@ -152,7 +152,7 @@ impl SqliteWriter {
 }
 
 impl WriteEngine for SqliteWriter {
-    fn load(&mut self) -> Result<(HashMap<GpuKey, Cursor>, HashMap<GpuKey, Usage>), EngineError> {
+    fn load(&mut self) -> Result<Stored, EngineError> {
         let mut cursors = HashMap::new();
         let mut stmt = self
             .conn

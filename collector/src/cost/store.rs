@@ -118,6 +118,9 @@ pub type Totals = RwLock<HashMap<(String, String), Usage>>;
 /// A GPU as the cursors and totals know it: (agent id, uuid).
 pub type GpuKey = (String, String);
 
+/// What a writer starts from: each GPU's cursor and totals as stored.
+pub type Stored = (HashMap<GpuKey, Cursor>, HashMap<GpuKey, Usage>);
+
 /// Where the ledger lives.
 #[derive(Debug, Clone)]
 pub enum LedgerTarget {
@@ -193,7 +196,7 @@ pub struct Rows {
 /// the transaction `begin` opened.
 pub trait WriteEngine: Send {
     /// Cursors and totals as stored, at start.
-    fn load(&mut self) -> Result<(HashMap<GpuKey, Cursor>, HashMap<GpuKey, Usage>), EngineError>;
+    fn load(&mut self) -> Result<Stored, EngineError>;
     fn begin(&mut self) -> Result<(), EngineError>;
     /// The stored cursors of `keys` (sorted), locked until the transaction ends, when
     /// other writers may have moved them; `None` when this writer is the only one and its
@@ -1008,6 +1011,34 @@ pub(crate) mod tests {
             );
             assert!(e.contains("upgrade the collector"), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_to_the_database_is_verified_when_the_url_asks_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = gpulse_testkit::postgres::server();
+        let url = pg.database("tls");
+        let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+        let base = format!("postgres://postgres@localhost:{}/{db}", pg.port());
+        let ca = pg.ca_file();
+        for mode in ["require", "verify-full"] {
+            let url = format!("{base}?sslmode={mode}&sslrootcert={}", ca.display());
+            let target = LedgerTarget::new(Some(&url), dir.path()).unwrap();
+            drop(start(&target, &LedgerConfig::default()).unwrap());
+            // Both modes insist on TLS: connecting at all means the handshake, and
+            // the certificate check against the CA, succeeded.
+            LedgerReader::open(&target).unwrap().dims().unwrap();
+        }
+        // A certificate the system's roots do not vouch for is refused, not trusted.
+        let target =
+            LedgerTarget::new(Some(&format!("{base}?sslmode=require")), dir.path()).unwrap();
+        let e = start(&target, &LedgerConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TLS required") && e.contains("--ledger-url"),
+            "{e}"
+        );
     }
 
     #[test]
