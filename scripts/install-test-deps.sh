@@ -10,7 +10,9 @@
 #   packages the debug binaries, which cargo-deb 3 accepts with a warning),
 # - systemd (systemd-analyze verify and, from systemd 250, security --offline check the
 #   units; dpkg, getent and useradd, which the .deb test uses, are on every Debian),
-# - kubernetes-validate from PyPI (validates the Kubernetes manifests offline).
+# - kubernetes-validate from PyPI (validates the Kubernetes manifests offline),
+# - Debian's postgresql (initdb and the server: ledger tests start their own server in a
+#   temporary directory; the cluster the package creates is dropped, never started).
 # Debian packages need root and Debian's package archive.
 set -euo pipefail
 
@@ -23,6 +25,8 @@ command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
 command -v victoria-metrics >/dev/null 2>&1 || apt_need+=(victoria-metrics)
 command -v systemd-analyze >/dev/null 2>&1 || apt_need+=(systemd)
 command -v python3 >/dev/null 2>&1 || apt_need+=(python3 python3-pip)
+pg_initdb() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+pg_initdb || apt_need+=(postgresql)
 mapfile -t apt_need < <(printf '%s\n' "${apt_need[@]}" | sort -u | sed '/^$/d')
 
 if [ ${#apt_need[@]} -gt 0 ]; then
@@ -45,6 +49,13 @@ if [ ${#apt_need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus prometheus-alertmanager victoria-metrics >/dev/null 2>&1 || true
+  fi
+  # Debian's postgresql creates a "main" cluster on install (policy-rc.d kept it from
+  # starting): tests need none, so it goes, with its data, before anything uses it.
+  if [[ " ${apt_need[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters -h 2>/dev/null | while read -r version cluster _; do
+      pg_dropcluster --stop "$version" "$cluster" || true
+    done
   fi
 fi
 
@@ -70,3 +81,5 @@ if [ "${systemd_version%%[^0-9]*}" -lt 250 ]; then
   exit 1
 fi
 python3 -c 'import kubernetes_validate' >/dev/null
+pg_initdb
+command -v setpriv >/dev/null

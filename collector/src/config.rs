@@ -188,6 +188,10 @@ impl BareMetalConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
+    /// A PostgreSQL database to keep the ledger in, shared by every collector given the
+    /// same URL: `postgres://user:password@host:5432/db?sslmode=require`. Unset (the
+    /// default): a SQLite file, `ledger.sqlite`, under `data_dir`, for this collector only.
+    pub url: Option<String>,
     /// Longest gap between two snapshots of a GPU credited as observed time; the ledger
     /// credits at most 3 agent intervals per gap, and never more than this. Default 5m.
     #[serde(with = "humantime_serde")]
@@ -208,6 +212,7 @@ pub struct LedgerConfig {
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
+            url: None,
             max_credited_gap: DEFAULT_MAX_CREDITED_GAP,
             retention: DEFAULT_RETENTION,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
@@ -476,6 +481,16 @@ impl CollectorConfig {
             );
         }
         let g = &self.ledger;
+        if let Some(url) = &g.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            // Only the scheme here: the whole URL is read when the ledger opens, and
+            // what it says (a host, a password) is not echoed.
+            return invalid(
+                "ledger.url",
+                "must be a PostgreSQL URL, postgres://user@host:5432/db; leave it unset for the SQLite file under data_dir",
+            );
+        }
         if g.max_credited_gap < Duration::from_secs(1) {
             return invalid("ledger.max_credited_gap", "must be at least 1s");
         }
@@ -589,6 +604,11 @@ mod tests {
             ("[limits]\nmax_agnts = 3", "unknown field `max_agnts`"),
             ("dcgm_compat = \"al\"", "use off (gpulse names only), also"),
             ("dcgm_compat = true", "dcgm_compat"),
+            ("[ledger]\nurl = 5", "url"),
+            (
+                "[ledger]\nurl_ = \"postgres://db/g\"",
+                "unknown field `url_`",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
@@ -597,6 +617,23 @@ mod tests {
                 "{text}: the error should give the line: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_ledger_url_must_be_postgresql() {
+        let c = parse("[ledger]\nurl = \"mysql://u:pw@db/gpulse\"").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("ledger.url") && err.contains("postgres://"),
+            "{err}"
+        );
+        assert!(!err.contains("pw@"), "the URL is not echoed: {err}");
+        let c = parse("[ledger]\nurl = \"postgres://gpulse@db:5432/gpulse\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.ledger.url.as_deref(),
+            Some("postgres://gpulse@db:5432/gpulse")
+        );
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! (/api/v1/report, JSON or FOCUS-shaped CSV) and page (/report), and an index at /.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -58,8 +57,8 @@ pub(crate) struct HttpState {
     pub scrape: Scrape,
     pub ready: Arc<AtomicBool>,
     pub token: Option<BearerToken>,
-    /// The ledger's SQLite file, read by reports.
-    pub ledger: Option<PathBuf>,
+    /// The ledger reports read.
+    pub ledger: Option<store::LedgerSource>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -195,20 +194,16 @@ fn now_ms() -> i64 {
 /// Runs a report query off the async workers; a failure is a 500 naming the ledger.
 async fn with_ledger<T: Send + 'static>(
     state: &HttpState,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, store::StoreError> + Send + 'static,
+    f: impl FnOnce(&mut store::LedgerReader) -> Result<T, store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let Some(path) = state.ledger.clone() else {
+    let Some(source) = state.ledger.clone() else {
         return Err((
             StatusCode::NOT_FOUND,
             "this collector keeps no cost ledger\n",
         )
             .into_response());
     };
-    let result = tokio::task::spawn_blocking(move || {
-        let conn = store::open_reader(&path)?;
-        f(&conn)
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || source.read(f)).await;
     match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -262,8 +257,8 @@ async fn report_api(
         Ok(p) => p,
         Err(e) => return bad_param(&e),
     };
-    let body = with_ledger(&state, move |conn| {
-        let rows = report::load(conn, window, by_day)?;
+    let body = with_ledger(&state, move |reader| {
+        let rows = report::load(reader, window, by_day)?;
         Ok(if csv {
             report::csv(&rows, window, &group_by)
                 .map_err(|e| store::StoreError::Write(e.to_string()))?
@@ -318,8 +313,8 @@ async fn report_page(
                 .into_response();
         }
     };
-    match with_ledger(&state, move |conn| {
-        let per_day = report::load(conn, window, true)?;
+    match with_ledger(&state, move |reader| {
+        let per_day = report::load(reader, window, true)?;
         let per_gpu = report::per_gpu(&per_day);
         Ok(page::render(window, &per_gpu, &per_day))
     })

@@ -92,7 +92,8 @@ pub fn example_config() -> String {
          # Generated from the code's defaults; see README.md for what each one means.\n\
          # Unset by default: auth_token_file = \"/etc/gpulse/token\", agent_tokens_file = \"/etc/gpulse/agent-tokens\",\n\
          # tls_cert_file = \"/etc/gpulse/tls/tls.crt\", tls_key_file = \"/etc/gpulse/tls/tls.key\",\n\
-         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\"\n\
+         # tls_client_ca_file = \"/etc/gpulse/tls/ca.crt\", pricing_file = \"/etc/gpulse/prices.toml\",\n\
+         # [ledger] url = \"postgres://gpulse@db.example:5432/gpulse?sslmode=require\" (else SQLite under data_dir)\n\
          # Remote write (docs/remote-write.md), none by default; one table per receiver:\n\
          # [[remote_write]]\n\
          # url = \"https://mimir.example.com/api/v1/push\"\n\
@@ -299,7 +300,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         } else {
             token
         },
-        ledger: Some(cost.store.path().to_path_buf()),
+        ledger: Some(cost.store.source().clone()),
     });
     let http_stop = stop_rx.clone();
     match http_tls {

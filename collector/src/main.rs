@@ -34,6 +34,15 @@ struct Cli {
     /// Directory for durable state [default: gpulse-data].
     #[arg(long, env = "GPULSE_COLLECTOR_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL ledger shared by several collectors, postgres://user:password@host:port/db
+    /// [default: the SQLite file under --data-dir].
+    #[arg(
+        long,
+        env = "GPULSE_COLLECTOR_LEDGER_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    ledger_url: Option<String>,
     /// Series of an agent gone this long disappear, e.g. "5m" [default: 5m].
     #[arg(long, env = "GPULSE_COLLECTOR_AGENT_EXPIRY", value_parser = humantime::parse_duration)]
     agent_expiry: Option<Duration>,
@@ -79,8 +88,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print a cost and efficiency report from the ledger in the data directory (works
-    /// while a collector runs). Figures are estimates, not an invoice.
+    /// Print a cost and efficiency report from the ledger: the one in the data directory,
+    /// or the PostgreSQL one of --ledger-url, the whole fleet's (works while collectors
+    /// run). Figures are estimates, not an invoice.
     Report {
         /// Start of the window: a duration before now (7d, 12h), an RFC 3339 time in UTC,
         /// or a date.
@@ -113,6 +123,9 @@ impl Cli {
         }
         if let Some(v) = self.data_dir {
             c.data_dir = v;
+        }
+        if let Some(v) = self.ledger_url {
+            c.ledger.url = Some(v);
         }
         if let Some(v) = self.agent_expiry {
             c.agent_expiry = v;
@@ -173,7 +186,12 @@ async fn main() -> anyhow::Result<()> {
     }) = cli.command.take()
     {
         let config = cli.into_config()?;
-        return print_report(&config, &since, until.as_deref(), &group_by, &format);
+        // Off the async workers: the PostgreSQL client blocks on a runtime of its own.
+        return tokio::task::spawn_blocking(move || {
+            print_report(&config, &since, until.as_deref(), &group_by, &format)
+        })
+        .await
+        .context("the report stopped")?;
     }
     let config = cli.into_config()?;
     let running = gpulse_collector::start(config)
@@ -217,14 +235,9 @@ fn print_report(
     })?;
     let group_by = Dim::parse_list(Some(group_by), &[Dim::Provider])
         .map_err(|e| anyhow::anyhow!("--group-by: {}", e.reason))?;
-    let path = config.data_dir.join(store::LEDGER_FILE);
-    anyhow::ensure!(
-        path.exists(),
-        "no ledger at {}: point --data-dir (or data_dir in --config) at the collector's data directory",
-        path.display()
-    );
-    let conn = store::open_reader(&path)?;
-    let rows = report::load(&conn, window, format == "csv")?;
+    let target = store::LedgerTarget::new(config.ledger.url.as_deref(), &config.data_dir)?;
+    let mut reader = store::LedgerReader::open(&target)?;
+    let rows = report::load(&mut reader, window, format == "csv")?;
     let out = match format {
         "table" => report::table(&rows, window, &group_by),
         "json" => serde_json::to_string_pretty(&report::json(&rows, window, &group_by))? + "\n",

@@ -721,6 +721,10 @@ struct Process {
 }
 
 fn spawn_collector(data_dir: &Path) -> Process {
+    spawn_collector_with(data_dir, &[])
+}
+
+fn spawn_collector_with(data_dir: &Path, args: &[&str]) -> Process {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
         .args([
@@ -731,6 +735,7 @@ fn spawn_collector(data_dir: &Path) -> Process {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -898,6 +903,138 @@ async fn a_killed_collector_keeps_its_ledger_and_counts_nothing_twice() {
 
     second.child.kill().unwrap();
     second.child.wait().unwrap();
+    reference.shutdown().await;
+}
+
+/// Sends batches `seqs` of `snaps` (seq n is snapshot n - 1) and waits for each ack.
+async fn send_acked(s: &mut Stream, snaps: &[v1::Snapshot], seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        assert_eq!(
+            s.send(seq, vec![snaps[seq as usize - 1].clone()]).await,
+            collector_message::Msg::Ack(v1::Ack { seq })
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collectors_sharing_postgresql_count_a_failover_once_and_report_alike() {
+    let url =
+        tokio::task::spawn_blocking(|| gpulse_testkit::postgres::server().database("failover"))
+            .await
+            .unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = ["--ledger-url", url.as_str()];
+    let agents: Vec<(v1::Hello, Vec<v1::Snapshot>)> = [("node-p1", 41), ("node-p2", 42)]
+        .into_iter()
+        .map(|(name, seed)| {
+            let mut sim = sim(&format!(
+                "gpus=2,model=h100-sxm,scenario=training,seed={seed}"
+            ));
+            let hello = hello_for(&identity(name, &format!("m-{name}")), &sim);
+            (hello, history(&mut sim, 40, 5000))
+        })
+        .collect();
+    let (hello1, snaps1) = &agents[0];
+    let (hello2, snaps2) = &agents[1];
+
+    let mut a = spawn_collector_with(dirs[0].path(), &shared);
+    let b = spawn_collector_with(dirs[1].path(), &shared);
+    // Agent 1 on collector A, agent 2 on B.
+    let mut s1 = open_at(&a.grpc, hello1.clone()).await;
+    let mut s2 = open_at(&b.grpc, hello2.clone()).await;
+    send_acked(&mut s1, snaps1, 1..21).await;
+    send_acked(&mut s2, snaps2, 1..21).await;
+    // Five more batches in flight to A when it is killed.
+    for seq in 21..26u64 {
+        s1.tx
+            .send(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Batch(v1::Batch {
+                    seq,
+                    snapshots: vec![snaps1[seq as usize - 1].clone()],
+                    agent: None,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    a.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    a.child.wait().unwrap();
+
+    // Agent 1 fails over to B and replays everything it has, acknowledged or not.
+    let mut s1 = open_at(&b.grpc, hello1.clone()).await;
+    send_acked(&mut s1, snaps1, 1..41).await;
+    // A comes back; agent 2 reconnects to it and resends from batch 10, which B applied.
+    let a = spawn_collector_with(dirs[0].path(), &shared);
+    let mut s2 = open_at(&a.grpc, hello2.clone()).await;
+    send_acked(&mut s2, snaps2, 10..41).await;
+
+    // Both collectors answer for the whole fleet, identically.
+    let (from_a, from_b) = (report_totals(&a.http).await, report_totals(&b.http).await);
+    assert_eq!(from_a, from_b);
+    for (path, format) in [
+        ("/api/v1/report?from=1d&format=csv", "csv"),
+        ("/report?from=1d", "page"),
+    ] {
+        let (sa, body_a) = http_get(&format!("http://{}{path}", a.http), None).await;
+        let (sb, body_b) = http_get(&format!("http://{}{path}", b.http), None).await;
+        assert_eq!((sa, sb), (200, 200), "{format}");
+        assert_eq!(body_a, body_b, "the {format} differs between collectors");
+    }
+
+    // The same batches, once each, into one collector that was never killed.
+    let reference = start().await;
+    for (hello, snaps) in &agents {
+        let mut r = open(&reference, hello.clone(), None).await.unwrap();
+        for (i, snap) in snaps.iter().enumerate() {
+            r.send(i as u64 + 1, vec![snap.clone()]).await;
+        }
+    }
+    let once = report_totals(&reference.http_addr.to_string()).await;
+    for field in [
+        "gpus",
+        "gpu_hours",
+        "busy_gpu_hours",
+        "energy_kwh",
+        "list_cost_usd",
+        "clock_lost_gpu_hours",
+    ] {
+        let (x, y) = (
+            from_a["totals"][field].as_f64().unwrap(),
+            once["totals"][field].as_f64().unwrap(),
+        );
+        assert!(
+            (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+            "{field}: {x} across the failover, {y} without"
+        );
+    }
+    assert!(from_a["totals"]["list_cost_usd"].as_f64().unwrap() > 0.0);
+
+    // The report command reads the shared ledger too, from anywhere.
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args([
+            "report",
+            "--since",
+            "1d",
+            "--format",
+            "json",
+            "--group-by",
+            "gpu",
+        ])
+        .args(shared)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli = json_get(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(cli["totals"], from_a["totals"]);
+
+    for mut c in [a, b] {
+        c.child.kill().unwrap();
+        c.child.wait().unwrap();
+    }
     reference.shutdown().await;
 }
 

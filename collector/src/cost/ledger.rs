@@ -139,6 +139,93 @@ impl Usage {
     }
 }
 
+/// How a [`Usage`] field is stored: a real number, or a count kept as a signed 64-bit
+/// integer (the widest integer SQLite and PostgreSQL share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Real,
+    Count,
+}
+
+/// A field's value on its way to or from a store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldValue {
+    Real(f64),
+    Count(u64),
+}
+
+impl FieldValue {
+    /// A count as the stores keep it: one past `i64::MAX` is stored as the largest.
+    pub fn count_i64(n: u64) -> i64 {
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+}
+
+/// One per-hour usage field: its column name and how to read and set it. Every store's
+/// columns, inserts and row reads come from [`USAGE_FIELDS`], so a field added to
+/// [`Usage`] is added there once.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageField {
+    pub name: &'static str,
+    pub kind: FieldKind,
+    pub get: fn(&Usage) -> FieldValue,
+    pub set: fn(&mut Usage, FieldValue),
+}
+
+macro_rules! usage_field {
+    (real $name:literal, $($field:tt)+) => {
+        UsageField {
+            name: $name,
+            kind: FieldKind::Real,
+            get: |u| FieldValue::Real(u.$($field)+),
+            set: |u, v| {
+                if let FieldValue::Real(x) = v {
+                    u.$($field)+ = x;
+                }
+            },
+        }
+    };
+    (count $name:literal, $($field:tt)+) => {
+        UsageField {
+            name: $name,
+            kind: FieldKind::Count,
+            get: |u| FieldValue::Count(u.$($field)+),
+            set: |u, v| {
+                if let FieldValue::Count(n) = v {
+                    u.$($field)+ = n;
+                }
+            },
+        }
+    };
+}
+
+/// Every [`Usage`] field in column order (throttle reasons in [`THROTTLE_REASONS`] order).
+pub const USAGE_FIELDS: [UsageField; 23] = [
+    usage_field!(real "observed_s", observed_s),
+    usage_field!(real "busy_s", busy_s),
+    usage_field!(real "utilized_s", utilized_s),
+    usage_field!(real "idle_s", idle_s),
+    usage_field!(real "throttle_sw_power_cap_s", throttle_s[0]),
+    usage_field!(real "throttle_hw_slowdown_s", throttle_s[1]),
+    usage_field!(real "throttle_sw_thermal_slowdown_s", throttle_s[2]),
+    usage_field!(real "throttle_hw_thermal_slowdown_s", throttle_s[3]),
+    usage_field!(real "throttle_hw_power_brake_slowdown_s", throttle_s[4]),
+    usage_field!(real "throttle_sync_boost_s", throttle_s[5]),
+    usage_field!(real "throttle_applications_clocks_setting_s", throttle_s[6]),
+    usage_field!(real "lost_s", lost_s),
+    usage_field!(real "energy_j", energy_j),
+    usage_field!(real "energy_known_s", energy_known_s),
+    usage_field!(real "utilization_known_s", utilization_known_s),
+    usage_field!(real "clock_known_s", clock_known_s),
+    usage_field!(real "list_cost", list_cost),
+    usage_field!(real "idle_cost", idle_cost),
+    usage_field!(real "throttle_loss", throttle_loss),
+    usage_field!(real "unpriced_s", unpriced_s),
+    usage_field!(count "pcie_replays", pcie_replays),
+    usage_field!(count "lost_samples", lost_samples),
+    usage_field!(count "samples", samples),
+];
+
 /// What the ledger needs to know about a GPU besides its samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuTerms {
@@ -507,6 +594,37 @@ mod tests {
         let u = total(&out);
         assert_eq!((u.idle_s, u.lost_samples, u.busy_s), (5.0, 1, 0.0));
         assert!((u.idle_cost - u.list_cost).abs() < 1e-15);
+    }
+
+    #[test]
+    fn every_usage_field_is_declared_once_and_round_trips() {
+        let mut names: Vec<&str> = USAGE_FIELDS.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), USAGE_FIELDS.len());
+        for (i, (_, reason)) in THROTTLE_REASONS.iter().enumerate() {
+            assert_eq!(USAGE_FIELDS[4 + i].name, format!("throttle_{reason}_s"));
+        }
+        // Each field set to a distinct value and read back: a field missing from the
+        // declaration, or two entries naming one field, shows as a mismatch.
+        let mut u = Usage::default();
+        for (i, f) in USAGE_FIELDS.iter().enumerate() {
+            let v = match f.kind {
+                FieldKind::Real => FieldValue::Real(i as f64 + 0.5),
+                FieldKind::Count => FieldValue::Count(i as u64 + 1),
+            };
+            (f.set)(&mut u, v);
+        }
+        let mut doubled = u;
+        doubled.add(&u);
+        for (i, f) in USAGE_FIELDS.iter().enumerate() {
+            let want = match f.kind {
+                FieldKind::Real => FieldValue::Real(2.0 * (i as f64 + 0.5)),
+                FieldKind::Count => FieldValue::Count(2 * (i as u64 + 1)),
+            };
+            assert_eq!((f.get)(&doubled), want, "{}", f.name);
+        }
+        assert_eq!(std::mem::size_of::<Usage>(), USAGE_FIELDS.len() * 8);
     }
 
     mod properties {

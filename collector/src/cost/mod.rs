@@ -1,12 +1,15 @@
 //! Cost and efficiency: what each GPU costs ([`pricing`]), what it did with the time
-//! ([`ledger`]), kept per GPU per hour in an embedded store ([`store`]), and reports
+//! ([`ledger`]), kept per GPU per hour behind one storage boundary ([`store`]: SQLite
+//! by default, [`sqlite`], or PostgreSQL shared by several collectors, [`postgres`]), and reports
 //! over any window ([`report`], [`page`]) and as Prometheus counters ([`metrics`]).
 
 pub mod ledger;
 pub mod metrics;
 pub mod page;
+pub mod postgres;
 pub mod pricing;
 pub mod report;
+pub mod sqlite;
 pub mod store;
 
 use std::collections::HashMap;
@@ -17,7 +20,7 @@ use gpulse_gpu::{DeviceInfo, HostIdentity};
 use crate::config::CollectorConfig;
 use ledger::GpuTerms;
 use pricing::{PriceQuery, Pricing, PricingError};
-use store::{GpuDims, LedgerGpu, LedgerHost, StoreError, StoreHandle};
+use store::{GpuDims, LedgerGpu, LedgerHost, LedgerTarget, StoreError, StoreHandle};
 
 /// Why cost accounting could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +39,12 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// Loads the catalogues and opens the ledger under the data directory.
+    /// Loads the catalogues and opens the ledger: `ledger.url`, else the SQLite file
+    /// under the data directory.
     pub fn start(config: &CollectorConfig) -> Result<Cost, CostError> {
         let pricing = Pricing::load(config.pricing_file.as_deref(), &config.bare_metal)?;
-        let store = store::start(&config.data_dir, &config.ledger)?;
+        let target = LedgerTarget::new(config.ledger.url.as_deref(), &config.data_dir)?;
+        let store = store::start(&target, &config.ledger)?;
         Ok(Cost {
             pricing: Arc::new(pricing),
             store,

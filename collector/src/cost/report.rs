@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use super::ledger::{HOUR_MS, THROTTLE_REASONS, Usage};
 use super::pricing::{JOULES_PER_KWH, model_key};
-use super::store::{GpuDims, usage_from_row, usage_sums};
+use super::store::{GpuDims, LedgerReader, Rollup, StoreError};
 
 /// Milliseconds in a day.
 pub const DAY_MS: i64 = 24 * HOUR_MS;
@@ -216,34 +215,18 @@ pub struct GpuUsage {
     pub usage: Usage,
 }
 
-fn load_dims(conn: &Connection) -> rusqlite::Result<HashMap<i64, Arc<GpuDims>>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels FROM gpus",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let labels: String = r.get(9)?;
-        Ok((
-            r.get::<_, i64>(0)?,
-            Arc::new(GpuDims {
-                host: r.get(1)?,
-                uuid: r.get(2)?,
-                index: r.get(3)?,
-                model: r.get(4)?,
-                provider: r.get(5)?,
-                region: r.get(6)?,
-                zone: r.get(7)?,
-                instance_type: r.get(8)?,
-                labels: serde_json::from_str(&labels).unwrap_or_default(),
-            }),
-        ))
-    })?;
-    rows.collect()
-}
-
 /// Per-GPU usage over the window (`by_day`: per GPU per UTC day). Whole days inside
-/// the window come from the daily table; only the hours at its edges from the hourly one.
-pub fn load(conn: &Connection, window: Window, by_day: bool) -> rusqlite::Result<Vec<GpuUsage>> {
-    let dims = load_dims(conn)?;
+/// the window come from the daily roll-up; only the hours at its edges from the hourly one.
+pub fn load(
+    reader: &mut LedgerReader,
+    window: Window,
+    by_day: bool,
+) -> Result<Vec<GpuUsage>, StoreError> {
+    let dims: HashMap<i64, Arc<GpuDims>> = reader
+        .dims()?
+        .into_iter()
+        .map(|(id, d)| (id, Arc::new(d)))
+        .collect();
     let (from, to) = window.hours();
     // Whole days inside [from, to), in hours: [day_from * 24, day_to * 24).
     let day_from = (from + 23).div_euclid(24);
@@ -253,40 +236,30 @@ pub fn load(conn: &Connection, window: Window, by_day: bool) -> rusqlite::Result
     } else {
         ((from, day_from * 24), (day_to * 24, to))
     };
-    let sums = usage_sums("");
-    let group = if by_day { "gpu, day" } else { "gpu" };
-    let sql = format!(
-        "SELECT gpu, day, {sums} FROM (
-           SELECT gpu, day, {cols}, samples FROM usage_daily WHERE day >= ?1 AND day < ?2
-           UNION ALL
-           SELECT gpu, hour / 24 AS day, {cols}, samples FROM usage
-             WHERE (hour >= ?3 AND hour < ?4) OR (hour >= ?5 AND hour < ?6)
-         ) GROUP BY {group}",
-        cols = super::store::USAGE_COLUMNS.join(", ")
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(
-        [day_from, day_to, edge_a.0, edge_a.1, edge_b.0, edge_b.1],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                usage_from_row(r, 2)?,
-            ))
-        },
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (gpu, day, usage) = row?;
-        if let Some(d) = dims.get(&gpu) {
-            out.push(GpuUsage {
+    let mut sums: BTreeMap<(i64, i64), Usage> = BTreeMap::new();
+    for (rollup, (a, b)) in [
+        (Rollup::Daily, (day_from, day_to)),
+        (Rollup::Hourly, edge_a),
+        (Rollup::Hourly, edge_b),
+    ] {
+        if a >= b {
+            continue;
+        }
+        for row in reader.sum_usage(rollup, a, b, by_day)? {
+            let day = if by_day { row.day } else { 0 };
+            sums.entry((row.gpu, day)).or_default().add(&row.usage);
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .filter_map(|((gpu, day), usage)| {
+            dims.get(&gpu).map(|d| GpuUsage {
                 dims: d.clone(),
                 day_ms: by_day.then_some(day * DAY_MS),
                 usage,
-            });
-        }
-    }
-    Ok(out)
+            })
+        })
+        .collect())
 }
 
 /// Per-GPU rows over the whole window from per-GPU-per-day rows.

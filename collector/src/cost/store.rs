@@ -1,148 +1,77 @@
-//! The ledger's durable store: SQLite (WAL) under the data directory, written by one
-//! thread of its own with group commits, so ingest never blocks the async runtime and a
-//! batch is acknowledged only once its ledger rows are on disk.
+//! The ledger's storage boundary. Everything else (ingest, HTTP reports, the `report`
+//! command, the benches) sees [`StoreHandle`] (write side: batches in, totals out) and
+//! [`LedgerReader`] (read side: usage over a window, per roll-up), never a database
+//! connection. Each engine is one file behind [`WriteEngine`] and [`ReadEngine`]:
+//! [`super::sqlite`] (the default, a file under the data directory) and
+//! [`super::postgres`] (shared by several collectors).
 //!
-//! Tables: `gpus` (one row per GPU and identity: host, uuid, model, provider, region,
-//! zone, instance type, labels), `usage` (per GPU per hour bucket, every [`Usage`] field),
-//! `usage_daily` (the same per UTC day, written in the same transaction, so a report over
-//! weeks reads days and only its edge hours),
-//! `cursors` (per GPU: the last snapshot applied and its counters, written in the same
-//! transaction as the usage it produced, so a replay after a restart changes nothing),
-//! and `totals` (per GPU since first seen, for the Prometheus counters).
+//! Writes go through one thread of the collector's own with group commits, so ingest
+//! never blocks the async runtime and a batch is acknowledged only once its ledger rows
+//! are committed. In one transaction a group writes: per GPU per hour bucket every
+//! [`Usage`] field (`usage`), the same per UTC day (`usage_daily`, so a report over weeks
+//! reads days and only its edge hours), per GPU the last snapshot applied and its
+//! counters (`cursors`, so a replay changes nothing, whichever collector gets it), and
+//! per GPU totals since first seen (`totals`, for the Prometheus counters).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info};
 
 use gpulse_gpu::Snapshot;
 
-use super::ledger::{Cursor, GpuTerms, HOUR_MS, Ledger, Usage};
+use super::ledger::{Cursor, GpuTerms, HOUR_MS, Ledger, USAGE_FIELDS, Usage};
+use super::postgres::PgTarget;
 use crate::config::LedgerConfig;
 
-/// The file under the data directory.
-pub const LEDGER_FILE: &str = "ledger.sqlite";
-/// Schema version written in `meta`; a newer one on disk is refused.
-const SCHEMA_VERSION: i64 = 1;
+pub use super::sqlite::LEDGER_FILE;
+
 /// How often old rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Times a group is tried when the database aborts it for a conflict with another
+/// writer (a serialization failure or a deadlock); each try starts from what is
+/// committed then.
+const CONFLICT_TRIES: usize = 5;
 
 /// Why the ledger store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "cannot open the ledger {path}: {source}; check that --data-dir is writable and not used by another collector"
-    )]
+    #[error("cannot open the ledger {target}: {reason}; {hint}")]
     Open {
-        path: PathBuf,
-        source: rusqlite::Error,
+        target: String,
+        reason: String,
+        hint: &'static str,
     },
     #[error(
-        "the ledger {path} has schema version {found}, newer than this collector's {SCHEMA_VERSION}: upgrade the collector"
+        "the ledger {target} has schema version {found}, newer than this collector's {known}: \
+         upgrade the collector to a version that knows schema {found}, or point it at another ledger"
     )]
-    NewerSchema { path: PathBuf, found: i64 },
+    NewerSchema {
+        target: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("ledger.url (--ledger-url, GPULSE_COLLECTOR_LEDGER_URL) {url}: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("ledger write failed: {0}; the batch is not acknowledged and the agent will resend it")]
     Write(String),
     #[error("ledger query failed: {0}")]
-    Read(#[from] rusqlite::Error),
+    Read(String),
     #[error("the ledger writer has stopped; the collector is shutting down")]
     Closed,
 }
 
-/// The usage columns, in [`Usage`] field order (throttle reasons in ledger order).
-pub const USAGE_COLUMNS: [&str; 22] = [
-    "observed_s",
-    "busy_s",
-    "utilized_s",
-    "idle_s",
-    "throttle_sw_power_cap_s",
-    "throttle_hw_slowdown_s",
-    "throttle_sw_thermal_slowdown_s",
-    "throttle_hw_thermal_slowdown_s",
-    "throttle_hw_power_brake_slowdown_s",
-    "throttle_sync_boost_s",
-    "throttle_applications_clocks_setting_s",
-    "lost_s",
-    "energy_j",
-    "energy_known_s",
-    "utilization_known_s",
-    "clock_known_s",
-    "list_cost",
-    "idle_cost",
-    "throttle_loss",
-    "unpriced_s",
-    "pcie_replays",
-    "lost_samples",
-];
-
-fn usage_values(u: &Usage) -> [rusqlite::types::Value; 22] {
-    use rusqlite::types::Value::{Integer, Real};
-    let t = u.throttle_s;
-    [
-        Real(u.observed_s),
-        Real(u.busy_s),
-        Real(u.utilized_s),
-        Real(u.idle_s),
-        Real(t[0]),
-        Real(t[1]),
-        Real(t[2]),
-        Real(t[3]),
-        Real(t[4]),
-        Real(t[5]),
-        Real(t[6]),
-        Real(u.lost_s),
-        Real(u.energy_j),
-        Real(u.energy_known_s),
-        Real(u.utilization_known_s),
-        Real(u.clock_known_s),
-        Real(u.list_cost),
-        Real(u.idle_cost),
-        Real(u.throttle_loss),
-        Real(u.unpriced_s),
-        // SQLite integers are i64: a count past it is stored as the largest one.
-        Integer(i64::try_from(u.pcie_replays).unwrap_or(i64::MAX)),
-        Integer(i64::try_from(u.lost_samples).unwrap_or(i64::MAX)),
-    ]
+/// The usage columns and `samples`, in [`USAGE_FIELDS`] order.
+pub fn usage_columns() -> impl Iterator<Item = &'static str> {
+    USAGE_FIELDS.iter().map(|f| f.name)
 }
 
-/// Reads the 22 usage columns (plus `samples` after them) starting at column `at`.
-pub fn usage_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Usage> {
-    let f = |i: usize| -> rusqlite::Result<f64> {
-        Ok(row.get::<_, Option<f64>>(at + i)?.unwrap_or(0.0))
-    };
-    let n = |i: usize| -> rusqlite::Result<u64> {
-        Ok(row.get::<_, Option<i64>>(at + i)?.unwrap_or(0).max(0) as u64)
-    };
-    Ok(Usage {
-        observed_s: f(0)?,
-        busy_s: f(1)?,
-        utilized_s: f(2)?,
-        idle_s: f(3)?,
-        throttle_s: [f(4)?, f(5)?, f(6)?, f(7)?, f(8)?, f(9)?, f(10)?],
-        lost_s: f(11)?,
-        energy_j: f(12)?,
-        energy_known_s: f(13)?,
-        utilization_known_s: f(14)?,
-        clock_known_s: f(15)?,
-        list_cost: f(16)?,
-        idle_cost: f(17)?,
-        throttle_loss: f(18)?,
-        unpriced_s: f(19)?,
-        pcie_replays: n(20)?,
-        lost_samples: n(21)?,
-        samples: n(22)?,
-    })
-}
-
-/// `SUM(c1), SUM(c2), ...` over the usage columns and `samples`, for report queries.
+/// `SUM(c1), SUM(c2), ...` over the usage columns, for report queries.
 pub fn usage_sums(prefix: &str) -> String {
-    USAGE_COLUMNS
-        .iter()
-        .chain(std::iter::once(&"samples"))
+    usage_columns()
         .map(|c| format!("SUM({prefix}{c})"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -164,7 +93,7 @@ pub struct GpuDims {
 }
 
 impl GpuDims {
-    fn labels_json(&self) -> String {
+    pub fn labels_json(&self) -> String {
         serde_json::to_string(&self.labels).expect("a string map serialises")
     }
 }
@@ -186,6 +115,212 @@ pub struct LedgerHost {
 /// Per-GPU totals since the GPU was first seen, keyed by (host, uuid).
 pub type Totals = RwLock<HashMap<(String, String), Usage>>;
 
+/// A GPU as the cursors and totals know it: (agent id, uuid).
+pub type GpuKey = (String, String);
+
+/// What a writer starts from: each GPU's cursor and totals as stored.
+pub type Stored = (HashMap<GpuKey, Cursor>, HashMap<GpuKey, Usage>);
+
+/// Where the ledger lives.
+#[derive(Debug, Clone)]
+pub enum LedgerTarget {
+    /// A SQLite file: one collector writes it.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database: any number of collectors share it.
+    Postgres(Arc<PgTarget>),
+}
+
+impl LedgerTarget {
+    /// `url` when set (`ledger.url`), else the SQLite file under `data_dir`.
+    pub fn new(url: Option<&str>, data_dir: &std::path::Path) -> Result<Self, StoreError> {
+        match url {
+            Some(u) => Ok(LedgerTarget::Postgres(Arc::new(PgTarget::parse(u)?))),
+            None => Ok(LedgerTarget::Sqlite(data_dir.join(LEDGER_FILE))),
+        }
+    }
+
+    /// What to call the ledger in logs and errors: never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            LedgerTarget::Sqlite(p) => p.display().to_string(),
+            LedgerTarget::Postgres(t) => t.to_string(),
+        }
+    }
+
+    fn writer(&self) -> Result<Box<dyn WriteEngine>, StoreError> {
+        Ok(match self {
+            LedgerTarget::Sqlite(p) => Box::new(super::sqlite::SqliteWriter::open(p)?),
+            LedgerTarget::Postgres(t) => Box::new(super::postgres::PgWriter::open(t)?),
+        })
+    }
+
+    fn reader(&self) -> Result<Box<dyn ReadEngine>, StoreError> {
+        Ok(match self {
+            LedgerTarget::Sqlite(p) => Box::new(super::sqlite::SqliteReader::open(p)?),
+            LedgerTarget::Postgres(t) => Box::new(super::postgres::PgReader::open(t)?),
+        })
+    }
+}
+
+/// A database error as the writer sees it: whether trying again may succeed.
+#[derive(Debug)]
+pub struct EngineError {
+    pub message: String,
+    /// The database aborted the transaction for a conflict with another writer.
+    pub conflict: bool,
+}
+
+impl EngineError {
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        EngineError {
+            message: message.to_string(),
+            conflict: false,
+        }
+    }
+}
+
+/// What one transaction writes.
+#[derive(Debug, Default)]
+pub struct Rows {
+    /// Per (hour, GPU dimension id).
+    pub hourly: HashMap<(i64, i64), Usage>,
+    /// Per (UTC day, GPU dimension id).
+    pub daily: HashMap<(i64, i64), Usage>,
+    /// Added to each GPU's totals.
+    pub totals: HashMap<GpuKey, Usage>,
+    /// Each GPU's cursor after the transaction.
+    pub cursors: Vec<(GpuKey, Cursor)>,
+}
+
+/// The write side of one engine. Used by one thread; every call but `begin` runs inside
+/// the transaction `begin` opened.
+pub trait WriteEngine: Send {
+    /// Cursors and totals as stored, at start.
+    fn load(&mut self) -> Result<Stored, EngineError>;
+    fn begin(&mut self) -> Result<(), EngineError>;
+    /// The stored cursors of `keys` (sorted), locked until the transaction ends, when
+    /// other writers may have moved them; `None` when this writer is the only one and its
+    /// own cursors are the truth.
+    fn lock_cursors(
+        &mut self,
+        keys: &[GpuKey],
+    ) -> Result<Option<HashMap<GpuKey, Cursor>>, EngineError>;
+    /// The id of a GPU's dimensions row, created when new.
+    fn dim_id(&mut self, dims: &GpuDims) -> Result<i64, EngineError>;
+    /// Adds the rows to what is stored; returns the new totals of the GPUs written.
+    fn write(&mut self, rows: &Rows) -> Result<Vec<(GpuKey, Usage)>, EngineError>;
+    fn commit(&mut self) -> Result<(), EngineError>;
+    fn rollback(&mut self);
+    /// Deletes hourly rows before `cutoff_hour` and daily rows before its day.
+    fn prune(&mut self, cutoff_hour: i64) -> Result<usize, EngineError>;
+}
+
+/// Which roll-up a report reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    /// Keyed by hour since the epoch.
+    Hourly,
+    /// Keyed by UTC day since the epoch.
+    Daily,
+}
+
+/// Usage of one GPU (its dimension id) summed over a range, or over one day of it.
+#[derive(Debug, Clone)]
+pub struct UsageRow {
+    pub gpu: i64,
+    /// The UTC day (since the epoch) when summed per day; else the range's first row's.
+    pub day: i64,
+    pub usage: Usage,
+}
+
+/// The read side of one engine.
+pub trait ReadEngine: Send {
+    /// Every GPU's dimensions by id.
+    fn dims(&mut self) -> Result<HashMap<i64, GpuDims>, StoreError>;
+    /// Per-GPU sums of the roll-up's rows with keys in [from, to); `per_day`: per GPU and
+    /// UTC day (an hour's day is hour / 24).
+    fn sum_usage(
+        &mut self,
+        rollup: Rollup,
+        from: i64,
+        to: i64,
+        per_day: bool,
+    ) -> Result<Vec<UsageRow>, StoreError>;
+    /// Whether the connection can serve another request.
+    fn usable(&self) -> bool {
+        true
+    }
+}
+
+/// A reader of the ledger: reports, the `report` command, benches and tests.
+pub struct LedgerReader {
+    engine: Box<dyn ReadEngine>,
+}
+
+impl std::fmt::Debug for LedgerReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LedgerReader")
+    }
+}
+
+impl LedgerReader {
+    /// Opens the ledger read-only; works while collectors write to it.
+    pub fn open(target: &LedgerTarget) -> Result<Self, StoreError> {
+        Ok(LedgerReader {
+            engine: target.reader()?,
+        })
+    }
+
+    pub fn dims(&mut self) -> Result<HashMap<i64, GpuDims>, StoreError> {
+        self.engine.dims()
+    }
+
+    pub fn sum_usage(
+        &mut self,
+        rollup: Rollup,
+        from: i64,
+        to: i64,
+        per_day: bool,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.engine.sum_usage(rollup, from, to, per_day)
+    }
+}
+
+/// Where reports read the ledger, keeping one idle connection for the next report.
+#[derive(Debug, Clone)]
+pub struct LedgerSource {
+    target: LedgerTarget,
+    idle: Arc<Mutex<Option<LedgerReader>>>,
+}
+
+impl LedgerSource {
+    pub fn new(target: LedgerTarget) -> Self {
+        LedgerSource {
+            target,
+            idle: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn target(&self) -> &LedgerTarget {
+        &self.target
+    }
+
+    /// Runs `f` on a reader (blocking: call it off the async workers).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&mut LedgerReader) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut reader = match idle.filter(|r| r.engine.usable()) {
+            Some(r) => r,
+            None => LedgerReader::open(&self.target)?,
+        };
+        let out = f(&mut reader)?;
+        *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+        Ok(out)
+    }
+}
+
 enum Request {
     Apply {
         host: Arc<LedgerHost>,
@@ -199,7 +334,7 @@ enum Request {
 pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     totals: Arc<Totals>,
-    path: PathBuf,
+    source: LedgerSource,
 }
 
 impl std::fmt::Debug for Request {
@@ -236,205 +371,87 @@ impl StoreHandle {
         &self.totals
     }
 
-    /// The SQLite file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where reports read this ledger.
+    pub fn source(&self) -> &LedgerSource {
+        &self.source
     }
 }
 
-/// Opens the ledger read-only (reports, the `report` command); works while a collector
-/// writes to it (WAL).
-pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(StoreError::Read)?;
-    Ok(conn)
-}
-
-fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let open = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    // WAL: readers (reports) never block the writer. synchronous=FULL: a commit is on disk
-    // before the agent is told, even across a power cut.
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(open)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(open)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(open)?;
-    let usage_cols = |ty: &str| {
-        USAGE_COLUMNS
-            .iter()
-            .map(|c| {
-                let t = if matches!(*c, "pcie_replays" | "lost_samples") {
-                    "INTEGER"
-                } else {
-                    ty
-                };
-                format!("{c} {t} NOT NULL DEFAULT 0")
-            })
-            .collect::<Vec<_>>()
-            .join(",\n  ")
-    };
-    conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS gpus (
-           id INTEGER PRIMARY KEY,
-           host TEXT NOT NULL, uuid TEXT NOT NULL, gpu_index INTEGER NOT NULL,
-           model TEXT NOT NULL, provider TEXT NOT NULL, region TEXT NOT NULL,
-           zone TEXT NOT NULL, instance_type TEXT NOT NULL, labels TEXT NOT NULL,
-           UNIQUE (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels));
-         CREATE TABLE IF NOT EXISTS usage (
-           hour INTEGER NOT NULL, gpu INTEGER NOT NULL,
-           {},
-           samples INTEGER NOT NULL DEFAULT 0,
-           PRIMARY KEY (hour, gpu)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS cursors (
-           host TEXT NOT NULL, uuid TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
-           boot_id TEXT NOT NULL, energy_mj INTEGER, pcie_replays INTEGER,
-           PRIMARY KEY (host, uuid)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS usage_daily (
-           day INTEGER NOT NULL, gpu INTEGER NOT NULL,
-           {},
-           samples INTEGER NOT NULL DEFAULT 0,
-           PRIMARY KEY (day, gpu)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS totals (
-           host TEXT NOT NULL, uuid TEXT NOT NULL,
-           {},
-           samples INTEGER NOT NULL DEFAULT 0,
-           PRIMARY KEY (host, uuid)) WITHOUT ROWID;",
-        usage_cols("REAL"),
-        usage_cols("REAL"),
-        usage_cols("REAL"),
-    ))
-    .map_err(open)?;
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(open)?;
-    match found {
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(StoreError::NewerSchema {
-                path: path.to_path_buf(),
-                found: v,
-            });
-        }
-        Some(_) => {}
-        None => {
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                [SCHEMA_VERSION],
-            )
-            .map_err(open)?;
-        }
-    }
-    Ok(())
-}
-
-type GpuKey = (String, String);
-
-struct Writer {
-    conn: Connection,
-    ledger: Ledger<GpuKey>,
-    dims: HashMap<GpuDims, i64>,
-    totals: Arc<Totals>,
-    config: LedgerConfig,
-    last_prune: Option<Instant>,
-}
-
-/// What one group commit collects.
-#[derive(Default)]
-struct Group {
-    usage: HashMap<(i64, i64), Usage>,
-    daily: HashMap<(i64, i64), Usage>,
-    totals: HashMap<GpuKey, Usage>,
-    /// Cursors as they were before this group touched them, to restore on failure.
-    prior: HashMap<GpuKey, Option<Cursor>>,
-    new_dims: Vec<GpuDims>,
-    waiters: Vec<oneshot::Sender<Result<(), Arc<StoreError>>>>,
-    error: Option<String>,
-    batches: usize,
-}
-
-/// Opens (or creates) the ledger under `data_dir` and starts its writer thread.
-pub fn start(data_dir: &Path, config: &LedgerConfig) -> Result<StoreHandle, StoreError> {
-    let path = data_dir.join(LEDGER_FILE);
-    let conn = Connection::open(&path).map_err(|source| StoreError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    init(&conn, &path)?;
-    let (cursors, totals) = load(&conn).map_err(|source| StoreError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    info!(path = %path.display(), gpus = cursors.len(), "ledger opened");
-    let totals = Arc::new(RwLock::new(totals));
+/// Opens (or creates, or migrates) the ledger and starts its writer thread. The engine
+/// is opened on that thread: a PostgreSQL client runs its own runtime, which may not be
+/// started from the async runtime's workers.
+pub fn start(target: &LedgerTarget, config: &LedgerConfig) -> Result<StoreHandle, StoreError> {
     let (tx, rx) = mpsc::channel(config.queue.max(1));
-    let mut writer = Writer {
-        conn,
-        ledger: Ledger::with_cursors(cursors),
-        dims: HashMap::new(),
-        totals: totals.clone(),
-        config: config.clone(),
-        last_prune: None,
-    };
-    writer.prune();
+    let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+    let (thread_target, config) = (target.clone(), config.clone());
     std::thread::Builder::new()
         .name("gpulse-ledger".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || {
+            let mut writer = match Writer::open(&thread_target, config) {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = opened_tx.send(Ok(writer.totals.clone()));
+            writer.prune();
+            writer.run(rx);
+        })
         .map_err(|e| StoreError::Write(format!("cannot start the ledger thread: {e}")))?;
-    Ok(StoreHandle { tx, totals, path })
+    let totals = opened.recv().map_err(|_| StoreError::Closed)??;
+    Ok(StoreHandle {
+        tx,
+        totals,
+        source: LedgerSource::new(target.clone()),
+    })
 }
 
-type Loaded = (HashMap<GpuKey, Cursor>, HashMap<GpuKey, Usage>);
-
-fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
-    let mut cursors = HashMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays FROM cursors",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-            Cursor {
-                timestamp_ms: r.get(2)?,
-                boot_id: r.get(3)?,
-                energy_mj: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                pcie_replays: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-            },
-        ))
-    })?;
-    for row in rows {
-        let (k, c) = row?;
-        cursors.insert(k, c);
+/// Adds hourly rows (and their daily roll-up and totals) to a ledger in one transaction
+/// per `chunk` rows: how a ledger is filled from elsewhere (the benches' 30 days).
+pub fn import(
+    target: &LedgerTarget,
+    rows: impl IntoIterator<Item = (Arc<GpuDims>, i64, Usage)>,
+    chunk: usize,
+) -> Result<(), StoreError> {
+    let mut engine = target.writer()?;
+    let fail = |e: EngineError| StoreError::Write(e.message);
+    let mut ids: HashMap<Arc<GpuDims>, i64> = HashMap::new();
+    let mut batch = Rows::default();
+    let mut n = 0;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        engine.begin().map_err(fail)?;
+        for (dims, hour, u) in rows.by_ref() {
+            let id = match ids.get(&dims) {
+                Some(id) => *id,
+                None => {
+                    let id = engine.dim_id(&dims).map_err(fail)?;
+                    ids.insert(dims.clone(), id);
+                    id
+                }
+            };
+            batch.hourly.entry((hour, id)).or_default().add(&u);
+            batch
+                .daily
+                .entry((hour.div_euclid(24), id))
+                .or_default()
+                .add(&u);
+            batch
+                .totals
+                .entry((dims.host.clone(), dims.uuid.clone()))
+                .or_default()
+                .add(&u);
+            n += 1;
+            if n % chunk.max(1) == 0 {
+                break;
+            }
+        }
+        engine.write(&batch).map_err(fail)?;
+        engine.commit().map_err(fail)?;
+        batch = Rows::default();
     }
-    let mut totals = HashMap::new();
-    let cols = USAGE_COLUMNS.join(", ");
-    let mut stmt = conn.prepare(&format!("SELECT host, uuid, {cols}, samples FROM totals"))?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-            usage_from_row(r, 2)?,
-        ))
-    })?;
-    for row in rows {
-        let (k, u) = row?;
-        totals.insert(k, u);
-    }
-    Ok((cursors, totals))
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -443,19 +460,51 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+struct Writer {
+    engine: Box<dyn WriteEngine>,
+    ledger: Ledger<GpuKey>,
+    dims: HashMap<GpuDims, i64>,
+    totals: Arc<Totals>,
+    config: LedgerConfig,
+    last_prune: Option<Instant>,
+}
+
+/// What one transaction of a group collects.
+#[derive(Default)]
+struct Group {
+    rows: Rows,
+    /// Cursors as they were before this try touched them, to restore on failure.
+    prior: HashMap<GpuKey, Option<Cursor>>,
+    new_dims: Vec<GpuDims>,
+}
+
 impl Writer {
+    fn open(target: &LedgerTarget, config: LedgerConfig) -> Result<Writer, StoreError> {
+        let mut engine = target.writer()?;
+        let (cursors, totals) = engine.load().map_err(|e| StoreError::Open {
+            target: target.describe(),
+            reason: e.message,
+            hint: "check the ledger's settings",
+        })?;
+        info!(ledger = %target.describe(), gpus = totals.len(), "ledger opened");
+        Ok(Writer {
+            engine,
+            ledger: Ledger::with_cursors(cursors),
+            dims: HashMap::new(),
+            totals: Arc::new(RwLock::new(totals)),
+            config,
+            last_prune: None,
+        })
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
             let deadline = Instant::now() + self.config.commit_interval;
-            let mut group = Group::default();
-            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                group.error = Some(e.to_string());
-            }
-            self.process(first, &mut group);
+            let mut requests = vec![first];
             let mut open = true;
-            while group.batches < self.config.commit_max_batches {
+            while requests.len() < self.config.commit_max_batches {
                 match rx.try_recv() {
-                    Ok(r) => self.process(r, &mut group),
+                    Ok(r) => requests.push(r),
                     Err(mpsc::error::TryRecvError::Empty) => {
                         let now = Instant::now();
                         if now >= deadline {
@@ -469,7 +518,7 @@ impl Writer {
                     }
                 }
             }
-            self.commit(group);
+            self.commit_group(requests);
             if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.prune();
             }
@@ -480,52 +529,126 @@ impl Writer {
         debug!("ledger writer stopped");
     }
 
-    fn dim_id(&mut self, dims: &GpuDims, group: &mut Group) -> rusqlite::Result<i64> {
+    /// Applies and commits the requests in one transaction, trying again from what is
+    /// committed when the database reports a conflict with another writer.
+    fn commit_group(&mut self, requests: Vec<Request>) {
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            let mut group = Group::default();
+            match self.try_group(&requests, &mut group) {
+                Ok(totals) => break Ok((group, totals)),
+                Err(e) => {
+                    self.engine.rollback();
+                    // Forget what this try did in memory, so the next one (or a resend)
+                    // is applied afresh.
+                    for (k, prior) in group.prior.drain() {
+                        self.ledger.restore(k, prior);
+                    }
+                    for d in &group.new_dims {
+                        self.dims.remove(d);
+                    }
+                    if e.conflict && tries < CONFLICT_TRIES {
+                        debug!(error = %e.message, tries, "ledger transaction conflicted with another writer; trying again");
+                        continue;
+                    }
+                    break Err(e.message);
+                }
+            }
+        };
+        let batches = requests.len();
+        let waiters = requests.into_iter().map(|Request::Apply { done, .. }| done);
+        match result {
+            Ok((group, fresh)) => {
+                {
+                    let mut totals = self.totals.write().unwrap_or_else(|p| p.into_inner());
+                    for (k, u) in fresh {
+                        totals.insert(k, u);
+                    }
+                }
+                debug!(
+                    batches,
+                    rows = group.rows.hourly.len(),
+                    "ledger group committed"
+                );
+                for w in waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, batches, "ledger commit failed: these batches are not acknowledged and agents will resend them; check the ledger's disk or database");
+                let err = Arc::new(StoreError::Write(e));
+                for w in waiters {
+                    let _ = w.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn try_group(
+        &mut self,
+        requests: &[Request],
+        group: &mut Group,
+    ) -> Result<Vec<(GpuKey, Usage)>, EngineError> {
+        self.engine.begin()?;
+        let keys: BTreeSet<GpuKey> = requests
+            .iter()
+            .flat_map(
+                |Request::Apply {
+                     host, snapshots, ..
+                 }| {
+                    snapshots.iter().flat_map(move |snap| {
+                        snap.gpus
+                            .iter()
+                            .filter(|s| host.gpus.contains_key(&s.uuid))
+                            .map(|s| (host.agent_id.clone(), s.uuid.clone()))
+                    })
+                },
+            )
+            .collect();
+        let keys: Vec<GpuKey> = keys.into_iter().collect();
+        if let Some(mut stored) = self.engine.lock_cursors(&keys)? {
+            // Another collector may have applied some of these since this one last
+            // did: what is committed is the truth, whatever this one remembers.
+            for k in keys {
+                let now = stored.remove(&k);
+                let before = self.ledger.cursor(&k).cloned();
+                if now != before {
+                    group.prior.insert(k.clone(), before);
+                    self.ledger.restore(k, now);
+                }
+            }
+        }
+        for r in requests {
+            self.process(r, group)?;
+        }
+        group.rows.cursors = group
+            .prior
+            .keys()
+            .filter_map(|k| self.ledger.cursor(k).map(|c| (k.clone(), c.clone())))
+            .collect();
+        let totals = self.engine.write(&group.rows)?;
+        self.engine.commit()?;
+        Ok(totals)
+    }
+
+    fn dim_id(&mut self, dims: &GpuDims, group: &mut Group) -> Result<i64, EngineError> {
         if let Some(id) = self.dims.get(dims) {
             return Ok(*id);
         }
-        let labels = dims.labels_json();
-        let key = params![
-            dims.host,
-            dims.uuid,
-            dims.index,
-            dims.model,
-            dims.provider,
-            dims.region,
-            dims.zone,
-            dims.instance_type,
-            labels
-        ];
-        self.conn.execute(
-            "INSERT OR IGNORE INTO gpus (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            key,
-        )?;
-        let id: i64 = self.conn.query_row(
-            "SELECT id FROM gpus WHERE host = ?1 AND uuid = ?2 AND gpu_index = ?3 AND model = ?4
-               AND provider = ?5 AND region = ?6 AND zone = ?7 AND instance_type = ?8 AND labels = ?9",
-            key,
-            |r| r.get(0),
-        )?;
+        let id = self.engine.dim_id(dims)?;
         self.dims.insert(dims.clone(), id);
         group.new_dims.push(dims.clone());
         Ok(id)
     }
 
-    fn process(&mut self, request: Request, group: &mut Group) {
+    fn process(&mut self, request: &Request, group: &mut Group) -> Result<(), EngineError> {
         let Request::Apply {
-            host,
-            snapshots,
-            done,
+            host, snapshots, ..
         } = request;
-        group.waiters.push(done);
-        group.batches += 1;
-        if group.error.is_some() {
-            return;
-        }
         let max_gap = self.config.max_credited_gap.as_millis() as i64;
         let mut out = Vec::new();
-        for snap in &snapshots {
+        for snap in snapshots {
             for s in &snap.gpus {
                 let Some(gpu) = host.gpus.get(&s.uuid) else {
                     continue;
@@ -547,18 +670,13 @@ impl Writer {
                 if out.is_empty() {
                     continue;
                 }
-                let id = match self.dim_id(&gpu.dims, group) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        group.error = Some(e.to_string());
-                        return;
-                    }
-                };
-                let total = group.totals.entry(key).or_default();
+                let id = self.dim_id(&gpu.dims, group)?;
+                let total = group.rows.totals.entry(key).or_default();
                 for (hour, u) in &out {
                     total.add(u);
-                    group.usage.entry((*hour, id)).or_default().add(u);
+                    group.rows.hourly.entry((*hour, id)).or_default().add(u);
                     group
+                        .rows
                         .daily
                         .entry((hour.div_euclid(24), id))
                         .or_default()
@@ -566,150 +684,52 @@ impl Writer {
                 }
             }
         }
-    }
-
-    fn write(&self, group: &Group) -> rusqlite::Result<()> {
-        let cols = USAGE_COLUMNS.join(", ");
-        let n = USAGE_COLUMNS.len();
-        let placeholders = (0..n + 1)
-            .map(|i| format!("?{}", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let updates = USAGE_COLUMNS
-            .iter()
-            .chain(std::iter::once(&"samples"))
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        for (table, key, rows) in [
-            ("usage", "hour", &group.usage),
-            ("usage_daily", "day", &group.daily),
-        ] {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "INSERT INTO {table} ({key}, gpu, {cols}, samples) VALUES (?1, ?2, {placeholders})
-                 ON CONFLICT ({key}, gpu) DO UPDATE SET {updates}"
-            ))?;
-            for ((bucket, gpu), u) in rows {
-                let mut values: Vec<rusqlite::types::Value> = vec![(*bucket).into(), (*gpu).into()];
-                values.extend(usage_values(u));
-                values.push((u.samples as i64).into());
-                stmt.execute(rusqlite::params_from_iter(values))?;
-            }
-        }
-        let mut totals = self.conn.prepare_cached(&format!(
-            "INSERT INTO totals (host, uuid, {cols}, samples) VALUES (?1, ?2, {placeholders})
-             ON CONFLICT (host, uuid) DO UPDATE SET {updates}"
-        ))?;
-        for ((host, uuid), u) in &group.totals {
-            let mut values: Vec<rusqlite::types::Value> =
-                vec![host.clone().into(), uuid.clone().into()];
-            values.extend(usage_values(u));
-            values.push((u.samples as i64).into());
-            totals.execute(rusqlite::params_from_iter(values))?;
-        }
-        let mut cursors = self.conn.prepare_cached(
-            "INSERT INTO cursors (host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (host, uuid) DO UPDATE SET timestamp_ms = excluded.timestamp_ms,
-               boot_id = excluded.boot_id, energy_mj = excluded.energy_mj,
-               pcie_replays = excluded.pcie_replays",
-        )?;
-        for key in group.prior.keys() {
-            if let Some(c) = self.ledger.cursor(key) {
-                cursors.execute(params![
-                    key.0,
-                    key.1,
-                    c.timestamp_ms,
-                    c.boot_id,
-                    c.energy_mj.map(|v| v as i64),
-                    c.pcie_replays.map(|v| v as i64)
-                ])?;
-            }
-        }
         Ok(())
-    }
-
-    fn commit(&mut self, mut group: Group) {
-        let result = match group.error.take() {
-            Some(e) => Err(e),
-            None => self
-                .write(&group)
-                .and_then(|()| self.conn.execute_batch("COMMIT"))
-                .map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(()) => {
-                {
-                    let mut totals = self.totals.write().unwrap_or_else(|p| p.into_inner());
-                    for (k, u) in group.totals.drain() {
-                        totals.entry(k).or_default().add(&u);
-                    }
-                }
-                debug!(
-                    batches = group.batches,
-                    rows = group.usage.len(),
-                    "ledger group committed"
-                );
-                for w in group.waiters {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                // Forget what this group did in memory, so a resend is applied afresh.
-                for (k, prior) in group.prior.drain() {
-                    self.ledger.restore(k, prior);
-                }
-                for d in &group.new_dims {
-                    self.dims.remove(d);
-                }
-                error!(error = %e, batches = group.batches, "ledger commit failed: these batches are not acknowledged and agents will resend them; check the data directory's disk");
-                let err = Arc::new(StoreError::Write(e));
-                for w in group.waiters {
-                    let _ = w.send(Err(err.clone()));
-                }
-            }
-        }
     }
 
     fn prune(&mut self) {
         self.last_prune = Some(Instant::now());
         let keep_ms = self.config.retention.as_millis() as i64;
         let cutoff_hour = (now_ms() - keep_ms).div_euclid(HOUR_MS);
-        match self
-            .conn
-            .execute("DELETE FROM usage WHERE hour < ?1", [cutoff_hour])
-            .and_then(|n| {
-                // A day goes once all its hours have.
-                let days = self.conn.execute(
-                    "DELETE FROM usage_daily WHERE day < ?1",
-                    [cutoff_hour.div_euclid(24)],
-                )?;
-                Ok(n + days)
-            }) {
+        match self.engine.prune(cutoff_hour) {
             Ok(0) => {}
             Ok(n) => info!(rows = n, "pruned ledger rows older than the retention"),
-            Err(e) => error!(error = %e, "cannot prune old ledger rows; the ledger keeps growing"),
+            Err(e) => {
+                error!(error = %e.message, "cannot prune old ledger rows; the ledger keeps growing");
+            }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::cost::ledger::FieldValue;
     use crate::cost::report::{self, DAY_MS, Window};
     use gpulse_gpu::GpuBackend;
     use gpulse_gpu::simulator::Simulator;
 
-    #[tokio::test]
-    async fn reports_over_days_and_edge_hours_match_the_hourly_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let handle = start(dir.path(), &LedgerConfig::default()).unwrap();
-        let mut sim = Simulator::new("gpus=2,scenario=training,seed=9".parse().unwrap());
-        let interval = 10 * 60_000;
-        let t0 = 1_790_000_000_000 - 3 * DAY_MS;
+    /// Each engine's ledger, new and empty: the tests below run on every one.
+    pub(crate) fn engines(dir: &std::path::Path, name: &str) -> Vec<LedgerTarget> {
+        vec![
+            LedgerTarget::Sqlite(dir.join(LEDGER_FILE)),
+            LedgerTarget::new(
+                Some(&gpulse_testkit::postgres::server().database(name)),
+                dir,
+            )
+            .unwrap(),
+        ]
+    }
+
+    /// A host of `gpus` simulated GPUs sampled every `interval_ms`.
+    pub(crate) fn sim_host(
+        agent: &str,
+        spec: &str,
+        interval_ms: u64,
+    ) -> (Arc<LedgerHost>, Simulator) {
+        let sim = Simulator::new(spec.parse().unwrap());
         let host = LedgerHost {
-            agent_id: "h".into(),
+            agent_id: agent.into(),
             gpus: sim
                 .inventory()
                 .iter()
@@ -718,7 +738,7 @@ mod tests {
                         d.uuid.clone(),
                         LedgerGpu {
                             dims: GpuDims {
-                                host: "h".into(),
+                                host: agent.into(),
                                 uuid: d.uuid.clone(),
                                 model: d.model.clone(),
                                 provider: "aws".into(),
@@ -727,7 +747,7 @@ mod tests {
                             terms: GpuTerms {
                                 max_sm_clock_mhz: d.max_sm_clock_mhz,
                                 price: None,
-                                interval_ms: interval as u64,
+                                interval_ms,
                                 boot_id: "b".into(),
                             },
                         },
@@ -735,46 +755,335 @@ mod tests {
                 })
                 .collect(),
         };
-        let host = Arc::new(host);
-        let snaps: Vec<Snapshot> = (0..3 * 144)
-            .map(|i| {
-                let t = t0 + i * interval;
-                Snapshot {
-                    timestamp_unix_ms: t,
-                    gpus: sim.sample(t),
+        (Arc::new(host), sim)
+    }
+
+    /// Applies each chunk and waits for its commit, from outside any runtime (the
+    /// PostgreSQL client blocks).
+    pub(crate) fn apply_all(
+        rt: &tokio::runtime::Runtime,
+        handle: &StoreHandle,
+        host: &Arc<LedgerHost>,
+        snaps: &[Snapshot],
+        chunk: usize,
+    ) {
+        for c in snaps.chunks(chunk) {
+            let done = rt.block_on(handle.apply(host.clone(), c.to_vec())).unwrap();
+            done.blocking_recv().unwrap().unwrap();
+        }
+    }
+
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn reports_over_days_and_edge_hours_match_the_hourly_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        for target in engines(dir.path(), "edges") {
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            let interval = 10 * 60_000;
+            let (host, mut sim) = sim_host("h", "gpus=2,scenario=training,seed=9", interval);
+            let t0 = 1_790_000_000_000 - 3 * DAY_MS;
+            let snaps: Vec<Snapshot> = (0..3 * 144)
+                .map(|i| {
+                    let t = t0 + i * interval as i64;
+                    Snapshot {
+                        timestamp_unix_ms: t,
+                        gpus: sim.sample(t),
+                    }
+                })
+                .collect();
+            apply_all(&rt, &handle, &host, &snaps, 50);
+            let mut reader = LedgerReader::open(&target).unwrap();
+            let mut hourly = |w: Window| -> f64 {
+                reader
+                    .sum_usage(
+                        Rollup::Hourly,
+                        w.from_ms / HOUR_MS,
+                        w.to_ms / HOUR_MS,
+                        false,
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.usage.observed_s)
+                    .sum()
+            };
+            let windows = [
+                (t0, t0 + 3 * DAY_MS),
+                (t0 + 5 * HOUR_MS, t0 + 2 * DAY_MS + 7 * HOUR_MS),
+                (t0 + 30 * HOUR_MS, t0 + 40 * HOUR_MS),
+                (t0 - DAY_MS, t0 + 10 * DAY_MS),
+            ]
+            .map(|(from, to)| Window::aligned(from, to));
+            let expected: Vec<f64> = windows.iter().map(|w| hourly(*w)).collect();
+            for (w, expect) in windows.iter().zip(expected) {
+                assert!(expect > 0.0);
+                for by_day in [false, true] {
+                    let rows = report::load(&mut reader, *w, by_day).unwrap();
+                    let got: f64 = rows.iter().map(|r| r.usage.observed_s).sum();
+                    assert!(
+                        (got - expect).abs() < 1e-6,
+                        "{target:?} {w:?} by_day={by_day}: {got} vs {expect}"
+                    );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_engine_stores_and_reads_the_same_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let interval = 60_000;
+        let t0 = 1_790_000_000_000 - DAY_MS;
+        let mut reports = Vec::new();
+        for target in engines(dir.path(), "same") {
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            let (host, mut sim) = sim_host("h", "gpus=3,scenario=training,seed=4", interval);
+            let snaps: Vec<Snapshot> = (0..200)
+                .map(|i| {
+                    let t = t0 + i * interval as i64;
+                    Snapshot {
+                        timestamp_unix_ms: t,
+                        gpus: sim.sample(t),
+                    }
+                })
+                .collect();
+            apply_all(&rt, &handle, &host, &snaps, 7);
+            // A replay, whole and in pieces, changes nothing.
+            apply_all(&rt, &handle, &host, &snaps, 13);
+            let w = Window::aligned(t0 - DAY_MS, t0 + DAY_MS);
+            let mut reader = LedgerReader::open(&target).unwrap();
+            let rows = report::load(&mut reader, w, true).unwrap();
+            let totals = handle.totals().read().unwrap().clone();
+            reports.push((report::json(&rows, w, &[report::Dim::Gpu]), totals));
+        }
+        let (sqlite, pg) = (&reports[0], &reports[1]);
+        assert_close(
+            &serde_json::to_value(&sqlite.0).unwrap(),
+            &serde_json::to_value(&pg.0).unwrap(),
+            "report",
+        );
+        assert!(!sqlite.1.is_empty());
+        assert_eq!(sqlite.1.len(), pg.1.len());
+        for (k, a) in &sqlite.1 {
+            let b = pg.1[k];
+            for f in &USAGE_FIELDS {
+                let (x, y) = ((f.get)(a), (f.get)(&b));
+                match (x, y) {
+                    (FieldValue::Real(x), FieldValue::Real(y)) => {
+                        assert!(
+                            (x - y).abs() <= 1e-9 * (1.0 + x.abs()),
+                            "{}: {x} vs {y}",
+                            f.name
+                        )
+                    }
+                    _ => assert_eq!(x, y, "{}", f.name),
+                }
+            }
+        }
+    }
+
+    /// Several writers (as several collectors would) on one PostgreSQL ledger, each
+    /// delivering every batch of the same hosts at once: every snapshot counts once, and
+    /// whatever each writer adds to the same GPU-hours adds up.
+    #[test]
+    fn concurrent_writers_on_one_database_count_every_snapshot_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = gpulse_testkit::postgres::server().database("concurrent");
+        let shared = LedgerTarget::new(Some(&url), dir.path()).unwrap();
+        let interval = 30_000;
+        let t0 = 1_790_000_000_000 - DAY_MS;
+        let hosts: Vec<(Arc<LedgerHost>, Vec<Snapshot>)> = (0..3)
+            .map(|h| {
+                let (host, mut sim) = sim_host(
+                    &format!("h{h}"),
+                    &format!("gpus=2,scenario=training,seed={h}"),
+                    interval,
+                );
+                let snaps = (0..240)
+                    .map(|i| {
+                        let t = t0 + i * interval as i64;
+                        Snapshot {
+                            timestamp_unix_ms: t,
+                            gpus: sim.sample(t),
+                        }
+                    })
+                    .collect();
+                (host, snaps)
             })
             .collect();
-        for chunk in snaps.chunks(50) {
-            let done = handle.apply(host.clone(), chunk.to_vec()).await.unwrap();
-            done.await.unwrap().unwrap();
-        }
-        let conn = open_reader(handle.path()).unwrap();
-        let hourly = |w: Window| -> f64 {
-            conn.query_row(
-                "SELECT COALESCE(SUM(observed_s), 0) FROM usage WHERE hour >= ?1 AND hour < ?2",
-                [w.from_ms / HOUR_MS, w.to_ms / HOUR_MS],
-                |r| r.get(0),
-            )
-            .unwrap()
+        let config = LedgerConfig {
+            commit_interval: Duration::from_millis(1),
+            ..LedgerConfig::default()
         };
-        for (from, to) in [
-            (t0, t0 + 3 * DAY_MS),
-            (t0 + 5 * HOUR_MS, t0 + 2 * DAY_MS + 7 * HOUR_MS),
-            (t0 + 30 * HOUR_MS, t0 + 40 * HOUR_MS),
-            (t0 - DAY_MS, t0 + 10 * DAY_MS),
-        ] {
-            let w = Window::aligned(from, to);
-            let expect = hourly(w);
-            assert!(expect > 0.0);
-            for by_day in [false, true] {
-                let rows = report::load(&conn, w, by_day).unwrap();
-                let got: f64 = rows.iter().map(|r| r.usage.observed_s).sum();
-                assert!(
-                    (got - expect).abs() < 1e-6,
-                    "{w:?} by_day={by_day}: {got} vs {expect}"
-                );
+        std::thread::scope(|scope| {
+            for (w, chunk) in [5usize, 7, 11, 3].into_iter().enumerate() {
+                let (hosts, shared, config) = (&hosts, &shared, &config);
+                scope.spawn(move || {
+                    let rt = runtime();
+                    let handle = start(shared, config).unwrap();
+                    // Every host's batches in order, the hosts interleaved, each writer
+                    // starting at another host.
+                    let mut pending = Vec::new();
+                    for i in 0..240usize.div_ceil(chunk) {
+                        for h in 0..hosts.len() {
+                            let (host, snaps) = &hosts[(h + w) % hosts.len()];
+                            let part = &snaps[(i * chunk).min(240)..((i + 1) * chunk).min(240)];
+                            pending.push(
+                                rt.block_on(handle.apply(host.clone(), part.to_vec()))
+                                    .unwrap(),
+                            );
+                        }
+                    }
+                    for p in pending {
+                        p.blocking_recv().unwrap().unwrap();
+                    }
+                });
             }
+        });
+        // The same batches, once, through one writer on SQLite.
+        let rt = runtime();
+        let alone = LedgerTarget::Sqlite(dir.path().join(LEDGER_FILE));
+        let handle = start(&alone, &LedgerConfig::default()).unwrap();
+        for (host, snaps) in &hosts {
+            apply_all(&rt, &handle, host, snaps, 240);
+        }
+        let w = Window::aligned(t0 - DAY_MS, t0 + DAY_MS);
+        let report = |target: &LedgerTarget| {
+            let mut reader = LedgerReader::open(target).unwrap();
+            let rows = report::load(&mut reader, w, true).unwrap();
+            serde_json::to_value(report::json(&rows, w, &[report::Dim::Gpu])).unwrap()
+        };
+        let (once, shared_report) = (report(&alone), report(&shared));
+        assert_close(&once, &shared_report, "report");
+        let samples = shared_report["totals"]["gpu_hours"].as_f64().unwrap();
+        assert!(samples > 0.0);
+        // Totals for the Prometheus counters: what the database holds, whoever wrote it.
+        let handle = start(&shared, &LedgerConfig::default()).unwrap();
+        let totals = handle.totals().read().unwrap().clone();
+        let want = start(&alone, &LedgerConfig::default())
+            .unwrap()
+            .totals()
+            .read()
+            .unwrap()
+            .clone();
+        assert_eq!(totals.len(), 6);
+        for (k, u) in &want {
+            assert_eq!(totals[k].samples, u.samples, "{k:?}");
+            assert!((totals[k].observed_s - u.observed_s).abs() < 1e-6, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn a_ledger_with_a_newer_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = gpulse_testkit::postgres::server();
+        let url = pg.database("newer");
+        let target = LedgerTarget::new(Some(&url), dir.path()).unwrap();
+        drop(start(&target, &LedgerConfig::default()).unwrap());
+        // Starting again on a migrated ledger changes nothing.
+        drop(start(&target, &LedgerConfig::default()).unwrap());
+        let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+        assert_eq!(
+            pg.psql(db, "SELECT count(*) FROM gpulse_schema_migrations")
+                .trim(),
+            "1"
+        );
+        pg.psql(
+            db,
+            "INSERT INTO gpulse_schema_migrations (version, collector_version) VALUES (99, 'later')",
+        );
+        let known = crate::cost::postgres::SCHEMA_VERSION;
+        for e in [
+            start(&target, &LedgerConfig::default()).unwrap_err(),
+            LedgerReader::open(&target).unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(
+                e.contains("schema version 99") && e.contains(&format!("collector's {known}")),
+                "{e}"
+            );
+            assert!(e.contains("upgrade the collector"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_to_the_database_is_verified_when_the_url_asks_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = gpulse_testkit::postgres::server();
+        let url = pg.database("tls");
+        let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+        let base = format!("postgres://postgres@localhost:{}/{db}", pg.port());
+        let ca = pg.ca_file();
+        for mode in ["require", "verify-full"] {
+            let url = format!("{base}?sslmode={mode}&sslrootcert={}", ca.display());
+            let target = LedgerTarget::new(Some(&url), dir.path()).unwrap();
+            drop(start(&target, &LedgerConfig::default()).unwrap());
+            // Both modes insist on TLS: connecting at all means the handshake, and
+            // the certificate check against the CA, succeeded.
+            LedgerReader::open(&target).unwrap().dims().unwrap();
+        }
+        // A certificate the system's roots do not vouch for is refused, not trusted.
+        let target =
+            LedgerTarget::new(Some(&format!("{base}?sslmode=require")), dir.path()).unwrap();
+        let e = start(&target, &LedgerConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TLS required") && e.contains("--ledger-url"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_database_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://gpulse:hunter2@127.0.0.1:{port}/gpulse?sslmode=disable");
+        let target = LedgerTarget::new(Some(&url), dir.path()).unwrap();
+        let e = start(&target, &LedgerConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("127.0.0.1:{port}/gpulse")), "{e}");
+        assert!(e.contains("--ledger-url") && !e.contains("hunter2"), "{e}");
+    }
+
+    /// Equal but for the last bits of floating point sums, which engines add up in
+    /// their own order.
+    pub(crate) fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-9 * (1.0 + x.abs()), "{at}: {x} vs {y}");
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                assert_eq!(x.len(), y.len(), "{at}");
+                for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                    assert_close(x, y, &format!("{at}[{i}]"));
+                }
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                assert_eq!(
+                    x.keys().collect::<Vec<_>>(),
+                    y.keys().collect::<Vec<_>>(),
+                    "{at}"
+                );
+                for (k, v) in x {
+                    assert_close(v, &y[k], &format!("{at}.{k}"));
+                }
+            }
+            _ => assert_eq!(a, b, "{at}"),
         }
     }
 }

@@ -1,0 +1,442 @@
+//! The ledger on SQLite (WAL), in one file under the data directory: the default. One
+//! collector writes it; reports read it while it does.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::ledger::{Cursor, FieldKind, FieldValue, USAGE_FIELDS, Usage};
+use super::store::{
+    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
+    WriteEngine, usage_columns, usage_sums,
+};
+
+/// The file under the data directory.
+pub const LEDGER_FILE: &str = "ledger.sqlite";
+/// Schema version written in `meta`; a newer one on disk is refused.
+const SCHEMA_VERSION: i64 = 1;
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const OPEN_HINT: &str = "check that --data-dir is writable and not used by another collector";
+
+fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::Open {
+        target: path.display().to_string(),
+        reason: e.to_string(),
+        hint: OPEN_HINT,
+    }
+}
+
+fn engine(e: rusqlite::Error) -> EngineError {
+    EngineError::new(e)
+}
+
+fn read(e: rusqlite::Error) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+fn sql_value(v: FieldValue) -> Value {
+    match v {
+        FieldValue::Real(x) => Value::Real(x),
+        FieldValue::Count(n) => Value::Integer(FieldValue::count_i64(n)),
+    }
+}
+
+fn usage_values(u: &Usage) -> impl Iterator<Item = Value> + '_ {
+    USAGE_FIELDS.iter().map(move |f| sql_value((f.get)(u)))
+}
+
+/// Reads the usage columns starting at column `at`; NULL (an empty sum) is 0.
+fn usage_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Usage> {
+    let mut u = Usage::default();
+    for (i, f) in USAGE_FIELDS.iter().enumerate() {
+        let v = match f.kind {
+            FieldKind::Real => FieldValue::Real(row.get::<_, Option<f64>>(at + i)?.unwrap_or(0.0)),
+            FieldKind::Count => {
+                FieldValue::Count(row.get::<_, Option<i64>>(at + i)?.unwrap_or(0).max(0) as u64)
+            }
+        };
+        (f.set)(&mut u, v);
+    }
+    Ok(u)
+}
+
+fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let open = open_error(path);
+    // WAL: readers (reports) never block the writer. synchronous=FULL: a commit is on disk
+    // before the agent is told, even across a power cut.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&open)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&open)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&open)?;
+    let usage_cols = USAGE_FIELDS
+        .iter()
+        .map(|f| {
+            let t = match f.kind {
+                FieldKind::Real => "REAL",
+                FieldKind::Count => "INTEGER",
+            };
+            format!("{} {t} NOT NULL DEFAULT 0", f.name)
+        })
+        .collect::<Vec<_>>()
+        .join(",\n  ");
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS gpus (
+           id INTEGER PRIMARY KEY,
+           host TEXT NOT NULL, uuid TEXT NOT NULL, gpu_index INTEGER NOT NULL,
+           model TEXT NOT NULL, provider TEXT NOT NULL, region TEXT NOT NULL,
+           zone TEXT NOT NULL, instance_type TEXT NOT NULL, labels TEXT NOT NULL,
+           UNIQUE (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels));
+         CREATE TABLE IF NOT EXISTS usage (
+           hour INTEGER NOT NULL, gpu INTEGER NOT NULL,
+           {usage_cols},
+           PRIMARY KEY (hour, gpu)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS cursors (
+           host TEXT NOT NULL, uuid TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+           boot_id TEXT NOT NULL, energy_mj INTEGER, pcie_replays INTEGER,
+           PRIMARY KEY (host, uuid)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS usage_daily (
+           day INTEGER NOT NULL, gpu INTEGER NOT NULL,
+           {usage_cols},
+           PRIMARY KEY (day, gpu)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS totals (
+           host TEXT NOT NULL, uuid TEXT NOT NULL,
+           {usage_cols},
+           PRIMARY KEY (host, uuid)) WITHOUT ROWID;"
+    ))
+    .map_err(&open)?;
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(&open)?;
+    match found {
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StoreError::NewerSchema {
+                target: path.display().to_string(),
+                found: v,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Some(_) => {}
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(&open)?;
+        }
+    }
+    Ok(())
+}
+
+/// The writer's connection.
+pub struct SqliteWriter {
+    conn: Connection,
+}
+
+impl SqliteWriter {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(open_error(path))?;
+        init(&conn, path)?;
+        Ok(SqliteWriter { conn })
+    }
+}
+
+impl WriteEngine for SqliteWriter {
+    fn load(&mut self) -> Result<Stored, EngineError> {
+        let mut cursors = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays FROM cursors",
+            )
+            .map_err(engine)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    Cursor {
+                        timestamp_ms: r.get(2)?,
+                        boot_id: r.get(3)?,
+                        energy_mj: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                        pcie_replays: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                    },
+                ))
+            })
+            .map_err(engine)?;
+        for row in rows {
+            let (k, c) = row.map_err(engine)?;
+            cursors.insert(k, c);
+        }
+        let mut totals = HashMap::new();
+        let cols = usage_columns().collect::<Vec<_>>().join(", ");
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT host, uuid, {cols} FROM totals"))
+            .map_err(engine)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    usage_from_row(r, 2)?,
+                ))
+            })
+            .map_err(engine)?;
+        for row in rows {
+            let (k, u) = row.map_err(engine)?;
+            totals.insert(k, u);
+        }
+        Ok((cursors, totals))
+    }
+
+    fn begin(&mut self) -> Result<(), EngineError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(engine)
+    }
+
+    fn lock_cursors(
+        &mut self,
+        _keys: &[GpuKey],
+    ) -> Result<Option<HashMap<GpuKey, Cursor>>, EngineError> {
+        // One collector writes the file: the cursors it holds are the stored ones.
+        Ok(None)
+    }
+
+    fn dim_id(&mut self, dims: &GpuDims) -> Result<i64, EngineError> {
+        let labels = dims.labels_json();
+        let key = params![
+            dims.host,
+            dims.uuid,
+            dims.index,
+            dims.model,
+            dims.provider,
+            dims.region,
+            dims.zone,
+            dims.instance_type,
+            labels
+        ];
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO gpus (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| s.execute(key))
+            .map_err(engine)?;
+        self.conn
+            .prepare_cached(
+                "SELECT id FROM gpus WHERE host = ?1 AND uuid = ?2 AND gpu_index = ?3 AND model = ?4
+                   AND provider = ?5 AND region = ?6 AND zone = ?7 AND instance_type = ?8 AND labels = ?9",
+            )
+            .and_then(|mut s| s.query_row(key, |r| r.get(0)))
+            .map_err(engine)
+    }
+
+    fn write(&mut self, rows: &Rows) -> Result<Vec<(GpuKey, Usage)>, EngineError> {
+        let cols = usage_columns().collect::<Vec<_>>().join(", ");
+        let placeholders = (0..USAGE_FIELDS.len())
+            .map(|i| format!("?{}", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates = usage_columns()
+            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (table, key, rows) in [
+            ("usage", "hour", &rows.hourly),
+            ("usage_daily", "day", &rows.daily),
+        ] {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "INSERT INTO {table} ({key}, gpu, {cols}) VALUES (?1, ?2, {placeholders})
+                     ON CONFLICT ({key}, gpu) DO UPDATE SET {updates}"
+                ))
+                .map_err(engine)?;
+            for ((bucket, gpu), u) in rows {
+                let values = [Value::from(*bucket), Value::from(*gpu)]
+                    .into_iter()
+                    .chain(usage_values(u));
+                stmt.execute(rusqlite::params_from_iter(values))
+                    .map_err(engine)?;
+            }
+        }
+        let mut totals = self
+            .conn
+            .prepare_cached(&format!(
+                "INSERT INTO totals (host, uuid, {cols}) VALUES (?1, ?2, {placeholders})
+                 ON CONFLICT (host, uuid) DO UPDATE SET {updates}
+                 RETURNING {cols}"
+            ))
+            .map_err(engine)?;
+        let mut fresh = Vec::with_capacity(rows.totals.len());
+        for ((host, uuid), u) in &rows.totals {
+            let values = [Value::from(host.clone()), Value::from(uuid.clone())]
+                .into_iter()
+                .chain(usage_values(u));
+            let now = totals
+                .query_row(rusqlite::params_from_iter(values), |r| usage_from_row(r, 0))
+                .map_err(engine)?;
+            fresh.push(((host.clone(), uuid.clone()), now));
+        }
+        let mut cursors = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO cursors (host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (host, uuid) DO UPDATE SET timestamp_ms = excluded.timestamp_ms,
+                   boot_id = excluded.boot_id, energy_mj = excluded.energy_mj,
+                   pcie_replays = excluded.pcie_replays",
+            )
+            .map_err(engine)?;
+        for ((host, uuid), c) in &rows.cursors {
+            cursors
+                .execute(params![
+                    host,
+                    uuid,
+                    c.timestamp_ms,
+                    c.boot_id,
+                    c.energy_mj.map(|v| v as i64),
+                    c.pcie_replays.map(|v| v as i64)
+                ])
+                .map_err(engine)?;
+        }
+        Ok(fresh)
+    }
+
+    fn commit(&mut self) -> Result<(), EngineError> {
+        self.conn.execute_batch("COMMIT").map_err(engine)
+    }
+
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    fn prune(&mut self, cutoff_hour: i64) -> Result<usize, EngineError> {
+        let hours = self
+            .conn
+            .execute("DELETE FROM usage WHERE hour < ?1", [cutoff_hour])
+            .map_err(engine)?;
+        // A day goes once all its hours have.
+        let days = self
+            .conn
+            .execute(
+                "DELETE FROM usage_daily WHERE day < ?1",
+                [cutoff_hour.div_euclid(24)],
+            )
+            .map_err(engine)?;
+        Ok(hours + days)
+    }
+}
+
+/// A read-only connection; works while a collector writes to the file (WAL).
+pub struct SqliteReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open {
+                target: path.display().to_string(),
+                reason: "no such file".into(),
+                hint: "point --data-dir (or data_dir in --config) at the collector's data directory, or set --ledger-url",
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error(path))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error(path))?;
+        Ok(SqliteReader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl ReadEngine for SqliteReader {
+    fn dims(&mut self) -> Result<HashMap<i64, GpuDims>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels FROM gpus",
+            )
+            .map_err(read)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let labels: String = r.get(9)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    GpuDims {
+                        host: r.get(1)?,
+                        uuid: r.get(2)?,
+                        index: r.get(3)?,
+                        model: r.get(4)?,
+                        provider: r.get(5)?,
+                        region: r.get(6)?,
+                        zone: r.get(7)?,
+                        instance_type: r.get(8)?,
+                        labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    },
+                ))
+            })
+            .map_err(read)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(read)
+    }
+
+    fn sum_usage(
+        &mut self,
+        rollup: Rollup,
+        from: i64,
+        to: i64,
+        per_day: bool,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let (table, key, day) = match rollup {
+            Rollup::Hourly => ("usage", "hour", "hour / 24"),
+            Rollup::Daily => ("usage_daily", "day", "day"),
+        };
+        let group = if per_day {
+            format!("gpu, {day}")
+        } else {
+            "gpu".into()
+        };
+        let sql = format!(
+            "SELECT gpu, MIN({day}), {sums} FROM {table} WHERE {key} >= ?1 AND {key} < ?2 GROUP BY {group}",
+            sums = usage_sums("")
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(read)?;
+        let rows = stmt
+            .query_map([from, to], |r| {
+                Ok(UsageRow {
+                    gpu: r.get(0)?,
+                    day: r.get(1)?,
+                    usage: usage_from_row(r, 2)?,
+                })
+            })
+            .map_err(read)?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| StoreError::Read(format!("{}: {e}", self.path.display())))
+    }
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteWriter")
+    }
+}
+
+impl std::fmt::Debug for SqliteReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteReader")
+    }
+}
