@@ -207,6 +207,8 @@ pub mod field {
     pub const REMAPPED_FAILURE: u32 = 145;
     pub const PCIE_COUNT_TX_BYTES: u32 = 197;
     pub const PCIE_COUNT_RX_BYTES: u32 = 198;
+    pub const NVLINK_COUNT_XMIT_BYTES: u32 = 202;
+    pub const NVLINK_COUNT_RCV_BYTES: u32 = 204;
     pub const CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN: u32 = 251;
     pub const CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN: u32 = 252;
     pub const CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN: u32 = 253;
@@ -220,8 +222,17 @@ pub mod gpm_metric {
     pub const SM_OCCUPANCY: u32 = 3;
     pub const ANY_TENSOR_UTIL: u32 = 5;
     pub const DRAM_BW_UTIL: u32 = 10;
-    /// NVML_GPM_METRIC_MAX: the size of `nvmlGpmMetricsGet_t::metrics`.
-    pub const MAX: usize = 210;
+    /// NVML_GPM_METRIC_MAX, the length of `nvmlGpmMetricsGet_t::metrics`, in the newest
+    /// header: 333 in CUDA 13.2 and 13.3 (nvml.h 13.3.29 line 13784), 210 in 12.9 to 13.1
+    /// (13.1.115 line 13210, nvml-wrapper-sys 0.10), 98 in 12.6 (12.6.77 line 11082).
+    /// NVML_GPM_METRICS_GET_VERSION stayed 1 through all three (13.3.29 line 13829,
+    /// 13.1.115 line 13255, 12.6.77 line 11127), though 12.6 to 13.1 say beside the
+    /// constant that a change "should also change NVML_GPM_METRICS_GET_VERSION": the
+    /// version cannot tell the layouts apart. What can is numMetrics ("How many metrics
+    /// to retrieve in metrics[]", 13.3.29 line 13823): the library touches only that
+    /// many entries and accepts up to this many, so a caller built on any of the three
+    /// headers is answered within its own array.
+    pub const MAX: usize = 333;
 }
 
 /// NVML_GPM_SUPPORT_VERSION and NVML_GPM_METRICS_GET_VERSION.
@@ -378,15 +389,17 @@ pub struct GpmMetric {
     pub metricInfo: GpmMetricInfo,
 }
 
-/// `nvmlGpmMetricsGet_t`.
-#[derive(Debug, Clone, Copy)]
+/// `nvmlGpmMetricsGet_t`, its `metrics` array left open: its length depends on the
+/// header the caller was built with (see [`gpm_metric::MAX`]), so the library never
+/// takes a reference to more of it than `numMetrics` entries.
+#[derive(Debug)]
 #[repr(C)]
 pub struct GpmMetricsGet {
     pub version: u32,
     pub numMetrics: u32,
     pub sample1: Handle,
     pub sample2: Handle,
-    pub metrics: [GpmMetric; gpm_metric::MAX],
+    pub metrics: [GpmMetric; 0],
 }
 
 // Sizes of the C structs on LP64 Linux, from their members' sizes and alignment.
@@ -402,4 +415,5 @@ const _: () = assert!(size_of::<ProcessUtilizationSample>() == 32);
 const _: () = assert!(size_of::<EventData>() == 32);
 const _: () = assert!(size_of::<GpmSupport>() == 8);
 const _: () = assert!(size_of::<GpmMetric>() == 40);
-const _: () = assert!(size_of::<GpmMetricsGet>() == 24 + 40 * gpm_metric::MAX);
+const _: () = assert!(size_of::<GpmMetricsGet>() == 24);
+const _: () = assert!(std::mem::offset_of!(GpmMetricsGet, metrics) == 24);

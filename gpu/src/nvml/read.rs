@@ -35,9 +35,15 @@ mod field {
     pub const REMAPPED_UNC: u32 = 143;
     pub const REMAPPED_PENDING: u32 = 144;
     pub const REMAPPED_FAILURE: u32 = 145;
-    // In KiB (nvml.h: "NVLink throughput counters field values ... in KiB").
+    /// NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, _RX: data KiB per link (nvml.h 13.3.29
+    /// lines 2602-2603; the link in scopeId, line 2598). All NVLink generations before 5.
     pub const NVLINK_TX: u32 = 138;
     pub const NVLINK_RX: u32 = 139;
+    /// NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES, _RCV_BYTES: "Total Tx/Rx bytes on the link in
+    /// NVLink5" (nvml.h 13.3.29 lines 2748, 2750; the link in scopeId, line 2745). Read
+    /// first; where the driver does not answer them, the KiB counters above.
+    pub const NVLINK5_TX_BYTES: u32 = 202;
+    pub const NVLINK5_RX_BYTES: u32 = 204;
     /// NVML_FI_DEV_NVLINK_LINK_COUNT: the links the GPU has (DCGM bounds link ids by it).
     pub const NVLINK_LINK_COUNT: u32 = 91;
     /// NVML_FI_DEV_PERF_POLICY_POWER .. _TOTAL_BASE_CLOCKS (74-81): the throttled time,
@@ -362,27 +368,51 @@ fn nvlinks(
     if links.is_empty() {
         return Reading::Unsupported;
     }
+    // Per link, the NVLink5 byte counters first, then the older KiB counters: one call.
     let requests: Vec<(u32, u32)> = links
         .iter()
-        .flat_map(|l| [(field::NVLINK_TX, *l), (field::NVLINK_RX, *l)])
+        .flat_map(|l| {
+            [
+                (field::NVLINK5_TX_BYTES, *l),
+                (field::NVLINK5_RX_BYTES, *l),
+                (field::NVLINK_TX, *l),
+                (field::NVLINK_RX, *l),
+            ]
+        })
         .collect();
-    let throughput = raw::scoped_field_values(nvml, device, &requests).unwrap_or_else(|e| {
-        if classify(&e) == ReadOutcome::GpuLost {
-            lost.set(true);
-        }
-        vec![None; requests.len()]
-    });
+    let scoped = |requests: &[(u32, u32)]| {
+        raw::scoped_field_values(nvml, device, requests).map_err(|e| {
+            if classify(&e) == ReadOutcome::GpuLost {
+                lost.set(true);
+            }
+        })
+    };
+    // A driver that refuses the whole call over ids it predates still gets asked for
+    // the older counters alone.
+    let counters = scoped(&requests)
+        .or_else(|()| {
+            let older: Vec<(u32, u32)> = links
+                .iter()
+                .flat_map(|l| [(field::NVLINK_TX, *l), (field::NVLINK_RX, *l)])
+                .collect();
+            scoped(&older).map(|v| {
+                v.chunks_exact(2)
+                    .flat_map(|p| [None, None, p[0], p[1]])
+                    .collect()
+            })
+        })
+        .unwrap_or_else(|()| vec![None; requests.len()]);
     let out = links
         .iter()
-        .enumerate()
-        .map(|(k, l)| {
+        .zip(counters.chunks_exact(4))
+        .map(|(l, c)| {
             let link = device.link_wrapper_for(*l);
             let counter = |c| link.error_counter(c).ok();
             NvLinkSample {
                 link: *l,
                 active: link.is_active().unwrap_or(false),
-                tx_bytes: throughput[2 * k].map(|kib| kib * 1024),
-                rx_bytes: throughput[2 * k + 1].map(|kib| kib * 1024),
+                tx_bytes: c[0].or(c[2].map(|kib| kib * 1024)),
+                rx_bytes: c[1].or(c[3].map(|kib| kib * 1024)),
                 crc_flit_errors: counter(ErrorCounter::DlCrcFlit),
                 crc_data_errors: counter(ErrorCounter::DlCrcData),
                 replay_errors: counter(ErrorCounter::DlReplay),
