@@ -1533,17 +1533,23 @@ fn links_are_bounded_by_the_link_count_and_mig_links_are_not_down() {
 }
 
 /// nvml.h: violation status for the thermal policy is not supported on some GPUs while
-/// the other policies answer; its field (75) still gives the thermal time.
+/// the other policies answer; its field (75) still gives the thermal time, and the
+/// source says the time is mixed.
 #[test]
 fn thermal_time_comes_from_its_field_where_violation_status_lacks_it() {
     let _serial = serial();
-    let rounds = assert_backend_matches_with(
-        mock(),
-        "gpus=2,scenario=thermal",
-        "thermal-violation-unsupported@1",
-        &[],
-        &|_| {},
-    );
+    let spec = "gpus=2,scenario=thermal";
+    let quirky = Simulator::new(spec.parse().expect("a spec")).inventory()[1]
+        .uuid
+        .clone();
+    let rounds =
+        assert_backend_matches_with(mock(), spec, "thermal-violation-unsupported@1", &[], &|s| {
+            if s.uuid == quirky {
+                if let Reading::Value(t) = &mut s.throttle_time {
+                    t.source = gpulse_gpu::health::ThrottleTimeSource::Mixed;
+                }
+            }
+        });
     let thermal = value(&rounds[3][1].throttle_time).get(ThrottlePolicy::Thermal);
     assert!(thermal.is_some_and(|ns| ns > 0), "{thermal:?}");
 }

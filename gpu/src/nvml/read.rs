@@ -295,7 +295,7 @@ const POLICIES: [(ThrottlePolicy, PerformancePolicy, u32); 8] = [
 /// that policy's field value (nvml.h: violation status for the thermal policy is not
 /// supported on some GPUs while the others answer; CUDA 13 deprecates the call
 /// altogether); the flags integrated over time where neither answers for any policy.
-/// The source is the violation counters when any policy came from them.
+/// The source says which of the two the policies came from, or that both did (Mixed).
 fn throttle_time(
     device: &Device<'_>,
     state: &mut GpuState,
@@ -323,7 +323,7 @@ fn throttle_time(
         .collect();
     let from_fields = fields(device, &missing, 0, lost);
     let mut by_field = missing.iter().zip(&from_fields);
-    let mut any_violation = false;
+    let (mut any_violation, mut any_field) = (false, false);
     let nanoseconds: Vec<(ThrottlePolicy, u64)> = POLICIES
         .iter()
         .zip(&violation)
@@ -332,18 +332,18 @@ fn throttle_time(
                 any_violation = true;
                 Some((*ours, *ns))
             }
-            None => by_field
-                .next()
-                .and_then(|(_, r)| r.value())
-                .map(|ns| (*ours, ns)),
+            None => by_field.next().and_then(|(_, r)| r.value()).map(|ns| {
+                any_field = true;
+                (*ours, ns)
+            }),
         })
         .collect();
     if !nanoseconds.is_empty() {
         return Reading::Value(ThrottleTime {
-            source: if any_violation {
-                ThrottleTimeSource::ViolationStatus
-            } else {
-                ThrottleTimeSource::FieldValues
+            source: match (any_violation, any_field) {
+                (true, true) => ThrottleTimeSource::Mixed,
+                (true, false) => ThrottleTimeSource::ViolationStatus,
+                (false, _) => ThrottleTimeSource::FieldValues,
             },
             nanoseconds,
         });
