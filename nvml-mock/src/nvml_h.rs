@@ -23,7 +23,7 @@ impl Ret {
     pub const TIMEOUT: Ret = Ret(10);
     pub const GPU_IS_LOST: Ret = Ret(15);
     pub const ARGUMENT_VERSION_MISMATCH: Ret = Ret(25);
-    /// nvml.h (CUDA 13): "The requested functionality has been deprecated".
+    /// "The requested functionality has been deprecated" (nvml.h 13.3.29 line 1324).
     pub const DEPRECATED: Ret = Ret(26);
     pub const UNKNOWN: Ret = Ret(999);
 
@@ -110,8 +110,9 @@ pub mod nvlink_error {
     pub const DL_ECC_DATA: u32 = 4;
 }
 
-/// nvml.h NVML_NVLINK_MAX_LINKS: 18 up to CUDA 13.2, 36 from the 13.3 header on (the
-/// binding of the H200 probe says 36, and that driver answers for all 36 slots).
+/// nvml.h NVML_NVLINK_MAX_LINKS: 36 in the CUDA 13.3.29 header (line 455), 18 in every
+/// earlier one (13.2.82 line 443); the binding of the H200 probe says 36, and that
+/// driver answers for all 36 slots.
 pub const NVLINK_MAX_LINKS: u32 = 36;
 
 /// `nvmlMemoryErrorType_t`.
@@ -184,6 +185,10 @@ pub mod value_type {
 
 /// Field ids (NVML_FI_*), in the numbering of drivers before 580.82. Drivers from
 /// 580.82 on move 251-255 to 269-273 and power smoothing from 256-273 to 251-268.
+/// Lines in the CUDA 13.3.29 header: PERF_POLICY_* 2475-2482, MEMORY_TEMP 2485,
+/// NVLINK_LINK_COUNT 2503, NVLINK_THROUGHPUT_DATA_TX/RX 2602-2603,
+/// PCIE_COUNT_TX/RX_BYTES 2735-2736, NVLINK_COUNT_XMIT/RCV_BYTES 2748/2750,
+/// CLOCKS_EVENT_REASON_* 2845-2849 (there already in the 580.82 numbering).
 pub mod field {
     pub const ECC_SBE_AGG_TOTAL: u32 = 5;
     pub const ECC_DBE_AGG_TOTAL: u32 = 6;

@@ -10,18 +10,22 @@
 /// One real-driver behaviour the library can reproduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quirk {
-    /// nvml.h on nvmlDeviceGetViolationStatus: the thermal policy is not supported on
-    /// some GPUs while the other policies answer. Field 75 (PERF_POLICY_THERMAL) still
-    /// answers.
+    /// nvml.h 12.6.77 line 6153, on nvmlDeviceGetViolationStatus: "Violation for thermal
+    /// capping is not supported at this time", while the other policies answer. Field 75
+    /// (PERF_POLICY_THERMAL, 13.3.29 line 2476) still answers.
     ThermalViolationUnsupported,
-    /// Field 82 (MEMORY_TEMP) labelled NVML_VALUE_TYPE_DOUBLE while the union holds an
-    /// unsigned integer (DCGM carries a workaround, nvbug 4300930). The H200 probe on
-    /// 580.159.04 shows the fixed labelling (unsigned int).
+    /// Field 82 (MEMORY_TEMP, nvml.h 13.3.29 line 2485) labelled NVML_VALUE_TYPE_DOUBLE
+    /// while the union holds an unsigned integer: DCGM reads uiVal whatever the label
+    /// ("nvbugs/4300930 affecting r545", dcgmlib/src/DcgmCacheManager.cpp,
+    /// DcgmCacheManager::BufferOrCacheLatestGpuValue). The H200 probe on 580.159.04
+    /// shows the fixed labelling (unsigned int).
     MemoryTempTypedDouble,
     /// The functions CUDA 13 deprecated, once removed: nvmlDeviceGetTemperature,
     /// ...GetCurrentClocksThrottleReasons, ...GetSupportedClocksThrottleReasons,
     /// ...GetApplicationsClock and ...GetViolationStatus answer NVML_ERROR_DEPRECATED
-    /// (26 in nvml.h's nvmlReturn_t); their successors still answer.
+    /// (26, nvml.h 13.3.29 line 1324; nvmlDeviceGetViolationStatus's doc there: "This
+    /// API will be removed in CUDA 14.0", lines 7660-7661);
+    /// their successors still answer.
     Deprecated,
     /// nvmlDeviceRegisterEvents fails for this GPU with NVML_ERROR_UNKNOWN, though its
     /// supported event types list XIDs.

@@ -26,11 +26,15 @@ use crate::throttle_time::FlagIntegrator;
 use crate::workload::ProcReader;
 use crate::{DeviceInfo, DeviceSample, DeviceState, Reading, ThrottleReasons};
 
-/// nvml.h field ids (NVML_FI_DEV_*).
+/// nvml.h field ids (NVML_FI_DEV_*); lines are those of the CUDA 13.3.29 header.
 mod field {
+    /// NVML_FI_DEV_MEMORY_TEMP, °C (line 2485).
     pub const MEMORY_TEMP: u32 = 82;
+    /// NVML_FI_DEV_PCIE_COUNT_TX_BYTES, _RX_BYTES: bytes, "can be wrapped" (lines
+    /// 2735-2736).
     pub const PCIE_TX_BYTES: u32 = 197;
     pub const PCIE_RX_BYTES: u32 = 198;
+    /// NVML_FI_DEV_REMAPPED_COR, _UNC, _PENDING, _FAILURE.
     pub const REMAPPED_COR: u32 = 142;
     pub const REMAPPED_UNC: u32 = 143;
     pub const REMAPPED_PENDING: u32 = 144;
@@ -44,9 +48,14 @@ mod field {
     /// first; where the driver does not answer them, the KiB counters above.
     pub const NVLINK5_TX_BYTES: u32 = 202;
     pub const NVLINK5_RX_BYTES: u32 = 204;
-    /// NVML_FI_DEV_NVLINK_LINK_COUNT: the links the GPU has (DCGM bounds link ids by it).
+    /// NVML_FI_DEV_NVLINK_LINK_COUNT: "Number of NVLinks present on the device" (line
+    /// 2503). DCGM bounds link ids by it: dcgmlib/src/DcgmCacheManager.cpp
+    /// (DcgmCacheManager::InitializeNvLinkCount) and dcgmlib/src/DcgmTopology.cpp
+    /// (UpdateNvLinkLinkStateFromNvml: links past it are "not supported").
     pub const NVLINK_LINK_COUNT: u32 = 91;
-    /// NVML_FI_DEV_PERF_POLICY_POWER .. _TOTAL_BASE_CLOCKS (74-81): the throttled time,
+    /// NVML_FI_DEV_PERF_POLICY_POWER .. _TOTAL_BASE_CLOCKS (74-81, lines 2475-2482;
+    /// 74 and 76 are also NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP and _SYNC_BOOST,
+    /// "in ns", lines 2845-2846): the throttled time,
     /// ns, of each nvmlPerfPolicyType_t, in the enum's order (POWER, THERMAL,
     /// SYNC_BOOST, BOARD_LIMIT, LOW_UTILIZATION, RELIABILITY, TOTAL_APP_CLOCKS,
     /// TOTAL_BASE_CLOCKS). The header keeps these ids when it renumbers 251-273, and
@@ -292,9 +301,13 @@ const POLICIES: [(ThrottlePolicy, PerformancePolicy, u32); 8] = [
 ];
 
 /// Throttled time per policy: the violation counter where the driver answers it, else
-/// that policy's field value (nvml.h: violation status for the thermal policy is not
-/// supported on some GPUs while the others answer; CUDA 13 deprecates the call
-/// altogether); the flags integrated over time where neither answers for any policy.
+/// that policy's field value (nvml.h 12.6.77 line 6153, on nvmlDeviceGetViolationStatus:
+/// "Violation for thermal capping is not supported at this time", while the other
+/// policies answer; CUDA 13 deprecates the call and points to field values, 13.3.29
+/// lines 7660-7675); the flags integrated over time where neither answers for any
+/// policy. nvml.h 13.x maps the thermal policy to
+/// NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN (line 7667, id 269 from 580.82,
+/// 251 before) rather than to 75; 75 is read here as it keeps its id across drivers.
 /// The source says which of the two the policies came from, or that both did (Mixed).
 fn throttle_time(
     device: &Device<'_>,
@@ -424,7 +437,8 @@ fn nvlinks(
 }
 
 /// The NVLink links a GPU has. The link-count field (91) says how many, as DCGM bounds
-/// link ids by it: nvmlDeviceGetNvLinkState answers for every slot up to
+/// link ids by it (see [`field::NVLINK_LINK_COUNT`]): nvmlDeviceGetNvLinkState answers
+/// for every slot up to
 /// NVML_NVLINK_MAX_LINKS on some drivers, unused ones as inactive. Where the field is
 /// not supported, the links answering their state up to the last active one (slots past
 /// it are taken as unused); where nothing answers (no NVLink, or a VM that hides it, as
@@ -547,7 +561,7 @@ fn processes(
         Reading::Failed => return Reading::Failed,
     };
     // NVML samples only the processes that used the GPU since the timestamp, and
-    // answers NOT_FOUND when none did: a running process without a sample was idle
+    // answers NOT_FOUND when none did (nvml.h 13.3.29 lines 8496-8497, 8524): a running process without a sample was idle
     // (0 %), not "as last time". Any other failure leaves the utilisation unknown.
     let sm: Option<HashMap<u32, u32>> = match device.process_utilization_stats(state.process_ts) {
         Ok(samples) => {
@@ -586,8 +600,9 @@ fn processes(
     )
 }
 
-/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is the most
-/// that can exist (nvml.h), not how many do; empty slots answer NOT_FOUND and are
+/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is "the
+/// maximum number of MIG devices that can exist" (nvml.h 13.3.29 line 13398; zero with
+/// MIG off, line 13400), not how many do; empty slots answer NOT_FOUND and are
 /// skipped.
 pub(crate) fn mig_instances(nvml: &Nvml, device: &Device<'_>) -> Vec<MigInstance> {
     let count = device.mig_device_count().unwrap_or(0);
