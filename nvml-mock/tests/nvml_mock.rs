@@ -1544,10 +1544,10 @@ fn thermal_time_comes_from_its_field_where_violation_status_lacks_it() {
         .clone();
     let rounds =
         assert_backend_matches_with(mock(), spec, "thermal-violation-unsupported@1", &[], &|s| {
-            if s.uuid == quirky {
-                if let Reading::Value(t) = &mut s.throttle_time {
-                    t.source = gpulse_gpu::health::ThrottleTimeSource::Mixed;
-                }
+            if let Reading::Value(t) = &mut s.throttle_time
+                && s.uuid == quirky
+            {
+                t.source = gpulse_gpu::health::ThrottleTimeSource::Mixed;
             }
         });
     let thermal = value(&rounds[3][1].throttle_time).get(ThrottlePolicy::Thermal);
