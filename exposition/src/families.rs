@@ -26,7 +26,7 @@ impl<T: HostSource + ?Sized> HostSource for std::sync::Arc<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExpositionOptions {
     /// Also expose every NVLink link on its own (`gpulse_gpu_nvlink_link_*{link}`):
-    /// up to 18 links x 7 series per GPU. Off by default; per-GPU totals are always there.
+    /// up to 36 links (NVML_NVLINK_MAX_LINKS, nvml.h 13.3.29 line 455) x 7 series per GPU. Off by default; per-GPU totals are always there.
     pub nvlink_per_link: bool,
     /// dcgm-exporter's names beside gpulse's, instead of gpulse's per-GPU series, or not.
     pub dcgm: DcgmCompat,

@@ -173,7 +173,7 @@ pub const GPU_THROTTLE_SECONDS: Def = counter(
 );
 pub const GPU_THROTTLE_TIME_INFO: Def = gauge(
     "gpulse_gpu_throttle_time_info",
-    "Where gpulse_gpu_throttle_seconds_total comes from (source: violation_status, field_values, sampled_flags); value is always 1.",
+    "Where gpulse_gpu_throttle_seconds_total comes from (source: violation_status, field_values, mixed: violation status where the driver answered it and field values elsewhere, sampled_flags); value is always 1.",
 );
 pub const GPU_PCIE_TRANSMIT: Def = counter(
     "gpulse_gpu_pcie_transmit_bytes_total",

@@ -53,6 +53,9 @@ pub enum ThrottleTimeSource {
     /// Integrated by the agent from the sampled clock-event reason flags: coarse
     /// (interval resolution), used only where the driver keeps no counters.
     SampledFlags,
+    /// Violation status for some policies, field values for those it did not answer
+    /// (the thermal policy on some GPUs).
+    Mixed,
 }
 
 impl ThrottleTimeSource {
@@ -61,6 +64,7 @@ impl ThrottleTimeSource {
             ThrottleTimeSource::ViolationStatus => "violation_status",
             ThrottleTimeSource::FieldValues => "field_values",
             ThrottleTimeSource::SampledFlags => "sampled_flags",
+            ThrottleTimeSource::Mixed => "mixed",
         }
     }
 }

@@ -28,8 +28,8 @@ use crate::nvml_h::{
 };
 #[cfg(not(nvml_mock_legacy))]
 use crate::nvml_h::{
-    FieldValue, GPM_STRUCT_VERSION, GpmMetricsGet, GpmSupport, ProcessInfo, TEMPERATURE_V1_VERSION,
-    Temperature, gpm_metric,
+    FieldValue, GPM_STRUCT_VERSION, GpmMetric, GpmMetricsGet, GpmSupport, ProcessInfo,
+    TEMPERATURE_V1_VERSION, Temperature, gpm_metric,
 };
 use crate::state::{self, Access};
 
@@ -706,7 +706,8 @@ pub extern "C" fn nvmlGpmSampleGet(device: Handle, gpm_sample: Handle) -> Return
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut GpmMetricsGet) -> Return {
     guard(|| {
-        // SAFETY: nvml.h: NULL or a request for NVML to complete, its version set.
+        // SAFETY: nvml.h: NULL or a request for NVML to complete, its version set; the
+        // reference covers the fixed members only (24 bytes, in every header's layout).
         let request = unsafe { inout(metrics_get) }?;
         if request.version != GPM_STRUCT_VERSION {
             return Err(Ret::ARGUMENT_VERSION_MISMATCH);
@@ -716,7 +717,15 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut GpmMetricsGet) -> R
             return Err(Ret::INVALID_ARGUMENT);
         }
         let activity = state::gpm_metrics(request.sample1.addr(), request.sample2.addr())?;
-        for metric in &mut request.metrics[..n] {
+        // SAFETY: non-NULL (checked above); nvml.h: the caller's metrics[] holds at least
+        // numMetrics initialised entries (it set their metricId), whatever its length.
+        let metrics = unsafe {
+            std::slice::from_raw_parts_mut(
+                std::ptr::addr_of_mut!((*metrics_get).metrics).cast::<GpmMetric>(),
+                n,
+            )
+        };
+        for metric in metrics {
             match device::gpm_metric(&activity, metric.metricId) {
                 Ok((value, [short, long, unit])) => {
                     metric.value = value;

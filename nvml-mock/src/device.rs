@@ -7,7 +7,7 @@
 
 use std::ffi::CStr;
 
-use gpulse_gpu::health::{GpmActivity, ThrottlePolicy};
+use gpulse_gpu::health::{GpmActivity, NvLinkSample, ThrottlePolicy};
 use gpulse_gpu::simulator::{GpuModel, MAX_MIG_INSTANCES};
 use gpulse_gpu::{DeviceInfo, DeviceSample, Reading};
 
@@ -409,10 +409,20 @@ impl Gpu<'_> {
                 }
             }
             field::TOTAL_ENERGY_CONSUMPTION => ull(value(&s.energy_millijoules)?),
-            field::NVLINK_LINK_COUNT => ui(value(&s.nvlinks)?.len() as u32),
+            field::NVLINK_LINK_COUNT => ui(self.nvlinks()?.len() as u32),
             field::PCIE_REPLAY_COUNTER => ull(value(&s.pcie_replays)?),
+            field::NVLINK_THROUGHPUT_DATA_TX | field::NVLINK_THROUGHPUT_DATA_RX
+                if self.nvlink5() =>
+            {
+                return Err(Ret::NOT_SUPPORTED);
+            }
             field::NVLINK_THROUGHPUT_DATA_TX => ull(self.nvlink_kib(scope, |l| l.tx_bytes)?),
             field::NVLINK_THROUGHPUT_DATA_RX => ull(self.nvlink_kib(scope, |l| l.rx_bytes)?),
+            field::NVLINK_COUNT_XMIT_BYTES | field::NVLINK_COUNT_RCV_BYTES if !self.nvlink5() => {
+                return Err(Ret::NOT_SUPPORTED);
+            }
+            field::NVLINK_COUNT_XMIT_BYTES => ull(self.nvlink5_bytes(scope, |l| l.tx_bytes)?),
+            field::NVLINK_COUNT_RCV_BYTES => ull(self.nvlink5_bytes(scope, |l| l.rx_bytes)?),
             field::REMAPPED_COR => ui(value(&s.remapped_rows)?.correctable),
             field::REMAPPED_UNC => ui(value(&s.remapped_rows)?.uncorrectable),
             field::REMAPPED_PENDING => ui(u32::from(value(&s.remapped_rows)?.pending)),
@@ -450,14 +460,54 @@ impl Gpu<'_> {
         }
     }
 
-    /// NVLink data throughput counter in KiB (nvml.h: "NVLink TX Data throughput in KiB"),
-    /// for the link in `scope`, or summed over all links for UINT_MAX.
+    /// The GPU's NVLink links: the simulated model's, or `links=N` of them
+    /// ([`Quirk::Links`]), link `k` past the model's carrying the data of link
+    /// `k mod` their count under its own id.
+    fn nvlinks(&self) -> NvmlResult<Vec<NvLinkSample>> {
+        let links = value(&self.sample.nvlinks)?;
+        let Some(n) = self.quirks.links(self.index) else {
+            return Ok(links);
+        };
+        if links.is_empty() {
+            return Ok(links);
+        }
+        Ok((0..n)
+            .map(|k| NvLinkSample {
+                link: k,
+                ..links[k as usize % links.len()].clone()
+            })
+            .collect())
+    }
+
+    /// Whether the GPU answers the NVLink5 byte counters ([`Quirk::NvLink5Counters`]).
+    fn nvlink5(&self) -> bool {
+        self.quirks.has(Quirk::NvLink5Counters, self.index)
+    }
+
+    /// An NVLink5 byte counter (nvml.h 13.3 lines 2743-2750: fields 201-225 need the
+    /// link id in scopeId; no UINT_MAX aggregate is documented for them, and DCGM sums
+    /// the links itself, dcgmlib/src/DcgmCMUtils.cpp NvmlFieldRequiresNvLinkAggregate).
+    fn nvlink5_bytes(
+        &self,
+        scope: u32,
+        bytes: impl Fn(&NvLinkSample) -> Option<u64>,
+    ) -> NvmlResult<u64> {
+        if scope >= crate::nvml_h::NVLINK_MAX_LINKS {
+            return Err(Ret::INVALID_ARGUMENT);
+        }
+        let links = self.nvlinks()?;
+        present(bytes(present(links.iter().find(|l| l.link == scope))?))
+    }
+
+    /// NVLink data throughput counter in KiB (nvml.h 13.3 line 2602: "NVLink TX Data
+    /// throughput in KiB"), for the link in `scope`, or summed over all links for
+    /// UINT_MAX (line 2599).
     fn nvlink_kib(
         &self,
         scope: u32,
-        bytes: impl Fn(&gpulse_gpu::health::NvLinkSample) -> Option<u64>,
+        bytes: impl Fn(&NvLinkSample) -> Option<u64>,
     ) -> NvmlResult<u64> {
-        let links = value(&self.sample.nvlinks)?;
+        let links = self.nvlinks()?;
         let total = if scope == field::SCOPE_ALL_LINKS {
             links.iter().filter_map(&bytes).sum()
         } else {
@@ -478,7 +528,7 @@ impl Gpu<'_> {
         if link >= crate::nvml_h::NVLINK_MAX_LINKS {
             return Err(Ret::INVALID_ARGUMENT);
         }
-        let links = value(&self.sample.nvlinks)?;
+        let links = self.nvlinks()?;
         Ok(links
             .iter()
             .find(|l| l.link == link)
@@ -489,7 +539,7 @@ impl Gpu<'_> {
         if link >= crate::nvml_h::NVLINK_MAX_LINKS {
             return Err(Ret::INVALID_ARGUMENT);
         }
-        let links = value(&self.sample.nvlinks)?;
+        let links = self.nvlinks()?;
         let link = present(links.iter().find(|l| l.link == link))?;
         present(match counter {
             nvlink_error::DL_REPLAY => link.replay_errors,

@@ -23,7 +23,7 @@ impl Ret {
     pub const TIMEOUT: Ret = Ret(10);
     pub const GPU_IS_LOST: Ret = Ret(15);
     pub const ARGUMENT_VERSION_MISMATCH: Ret = Ret(25);
-    /// nvml.h (CUDA 13): "The requested functionality has been deprecated".
+    /// "The requested functionality has been deprecated" (nvml.h 13.3.29 line 1324).
     pub const DEPRECATED: Ret = Ret(26);
     pub const UNKNOWN: Ret = Ret(999);
 
@@ -110,8 +110,9 @@ pub mod nvlink_error {
     pub const DL_ECC_DATA: u32 = 4;
 }
 
-/// nvml.h NVML_NVLINK_MAX_LINKS: 18 up to CUDA 13.2, 36 from the 13.3 header on (the
-/// binding of the H200 probe says 36, and that driver answers for all 36 slots).
+/// nvml.h NVML_NVLINK_MAX_LINKS: 36 in the CUDA 13.3.29 header (line 455), 18 in every
+/// earlier one (13.2.82 line 443); the binding of the H200 probe says 36, and that
+/// driver answers for all 36 slots.
 pub const NVLINK_MAX_LINKS: u32 = 36;
 
 /// `nvmlMemoryErrorType_t`.
@@ -184,6 +185,10 @@ pub mod value_type {
 
 /// Field ids (NVML_FI_*), in the numbering of drivers before 580.82. Drivers from
 /// 580.82 on move 251-255 to 269-273 and power smoothing from 256-273 to 251-268.
+/// Lines in the CUDA 13.3.29 header: PERF_POLICY_* 2475-2482, MEMORY_TEMP 2485,
+/// NVLINK_LINK_COUNT 2503, NVLINK_THROUGHPUT_DATA_TX/RX 2602-2603,
+/// PCIE_COUNT_TX/RX_BYTES 2735-2736, NVLINK_COUNT_XMIT/RCV_BYTES 2748/2750,
+/// CLOCKS_EVENT_REASON_* 2845-2849 (there already in the 580.82 numbering).
 pub mod field {
     pub const ECC_SBE_AGG_TOTAL: u32 = 5;
     pub const ECC_DBE_AGG_TOTAL: u32 = 6;
@@ -207,6 +212,8 @@ pub mod field {
     pub const REMAPPED_FAILURE: u32 = 145;
     pub const PCIE_COUNT_TX_BYTES: u32 = 197;
     pub const PCIE_COUNT_RX_BYTES: u32 = 198;
+    pub const NVLINK_COUNT_XMIT_BYTES: u32 = 202;
+    pub const NVLINK_COUNT_RCV_BYTES: u32 = 204;
     pub const CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN: u32 = 251;
     pub const CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN: u32 = 252;
     pub const CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN: u32 = 253;
@@ -220,8 +227,17 @@ pub mod gpm_metric {
     pub const SM_OCCUPANCY: u32 = 3;
     pub const ANY_TENSOR_UTIL: u32 = 5;
     pub const DRAM_BW_UTIL: u32 = 10;
-    /// NVML_GPM_METRIC_MAX: the size of `nvmlGpmMetricsGet_t::metrics`.
-    pub const MAX: usize = 210;
+    /// NVML_GPM_METRIC_MAX, the length of `nvmlGpmMetricsGet_t::metrics`, in the newest
+    /// header: 333 in CUDA 13.2 and 13.3 (nvml.h 13.3.29 line 13784), 210 in 12.9 to 13.1
+    /// (13.1.115 line 13210, nvml-wrapper-sys 0.10), 98 in 12.6 (12.6.77 line 11082).
+    /// NVML_GPM_METRICS_GET_VERSION stayed 1 through all three (13.3.29 line 13829,
+    /// 13.1.115 line 13255, 12.6.77 line 11127), though 12.6 to 13.1 say beside the
+    /// constant that a change "should also change NVML_GPM_METRICS_GET_VERSION": the
+    /// version cannot tell the layouts apart. What can is numMetrics ("How many metrics
+    /// to retrieve in metrics[]", 13.3.29 line 13823): the library touches only that
+    /// many entries and accepts up to this many, so a caller built on any of the three
+    /// headers is answered within its own array.
+    pub const MAX: usize = 333;
 }
 
 /// NVML_GPM_SUPPORT_VERSION and NVML_GPM_METRICS_GET_VERSION.
@@ -378,15 +394,17 @@ pub struct GpmMetric {
     pub metricInfo: GpmMetricInfo,
 }
 
-/// `nvmlGpmMetricsGet_t`.
-#[derive(Debug, Clone, Copy)]
+/// `nvmlGpmMetricsGet_t`, its `metrics` array left open: its length depends on the
+/// header the caller was built with (see [`gpm_metric::MAX`]), so the library never
+/// takes a reference to more of it than `numMetrics` entries.
+#[derive(Debug)]
 #[repr(C)]
 pub struct GpmMetricsGet {
     pub version: u32,
     pub numMetrics: u32,
     pub sample1: Handle,
     pub sample2: Handle,
-    pub metrics: [GpmMetric; gpm_metric::MAX],
+    pub metrics: [GpmMetric; 0],
 }
 
 // Sizes of the C structs on LP64 Linux, from their members' sizes and alignment.
@@ -402,4 +420,5 @@ const _: () = assert!(size_of::<ProcessUtilizationSample>() == 32);
 const _: () = assert!(size_of::<EventData>() == 32);
 const _: () = assert!(size_of::<GpmSupport>() == 8);
 const _: () = assert!(size_of::<GpmMetric>() == 40);
-const _: () = assert!(size_of::<GpmMetricsGet>() == 24 + 40 * gpm_metric::MAX);
+const _: () = assert!(size_of::<GpmMetricsGet>() == 24);
+const _: () = assert!(std::mem::offset_of!(GpmMetricsGet, metrics) == 24);

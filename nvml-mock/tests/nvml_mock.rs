@@ -1533,17 +1533,23 @@ fn links_are_bounded_by_the_link_count_and_mig_links_are_not_down() {
 }
 
 /// nvml.h: violation status for the thermal policy is not supported on some GPUs while
-/// the other policies answer; its field (75) still gives the thermal time.
+/// the other policies answer; its field (75) still gives the thermal time, and the
+/// source says the time is mixed.
 #[test]
 fn thermal_time_comes_from_its_field_where_violation_status_lacks_it() {
     let _serial = serial();
-    let rounds = assert_backend_matches_with(
-        mock(),
-        "gpus=2,scenario=thermal",
-        "thermal-violation-unsupported@1",
-        &[],
-        &|_| {},
-    );
+    let spec = "gpus=2,scenario=thermal";
+    let quirky = Simulator::new(spec.parse().expect("a spec")).inventory()[1]
+        .uuid
+        .clone();
+    let rounds =
+        assert_backend_matches_with(mock(), spec, "thermal-violation-unsupported@1", &[], &|s| {
+            if let Reading::Value(t) = &mut s.throttle_time
+                && s.uuid == quirky
+            {
+                t.source = gpulse_gpu::health::ThrottleTimeSource::Mixed;
+            }
+        });
     let thermal = value(&rounds[3][1].throttle_time).get(ThrottlePolicy::Thermal);
     assert!(thermal.is_some_and(|ns| ns > 0), "{thermal:?}");
 }
@@ -1963,4 +1969,240 @@ fn the_library_answers_like_the_captured_h200_on_driver_580() {
         let mismatches = mismatches.into_inner();
         assert!(mismatches.is_empty(), "{file}: {mismatches:#?}");
     }
+}
+
+/// The host's exposition with a series per NVLink link.
+fn exposition_per_link(backend: &mut NvmlBackend, samples: Vec<DeviceSample>) -> String {
+    use gpulse_exposition::{ExpositionOptions, HostSource, HostView};
+    struct One(HostView);
+    impl HostSource for One {
+        fn for_each_host(&self, f: &mut dyn FnMut(&HostView)) {
+            f(&self.0)
+        }
+    }
+    let mut view = HostView::new(
+        gpulse_gpu::HostIdentity::default(),
+        backend.inventory().to_vec(),
+        0,
+    );
+    view.apply(gpulse_gpu::Snapshot {
+        timestamp_unix_ms: 0,
+        gpus: samples,
+    })
+    .expect("the backend's own GPUs");
+    let mut out = String::new();
+    gpulse_exposition::render_fleet(
+        &One(view),
+        ExpositionOptions {
+            nvlink_per_link: true,
+            ..ExpositionOptions::default()
+        },
+        &mut out,
+    );
+    out
+}
+
+/// A GPU whose link-count field (91) says more than the 18 links every header before
+/// CUDA 13.3 allowed: all of them are read, up to NVML_NVLINK_MAX_LINKS (36), and each
+/// gets its series.
+#[test]
+fn a_gpu_with_more_than_18_links_is_read_on_all_of_them() {
+    let _serial = serial();
+    let reference = configured(mock(), "gpus=2,model=h100-sxm,scenario=training");
+    mock().set_quirks("links=36@1");
+    let mut backend = mock().backend();
+    assert_eq!(backend.inventory()[0].nvlink_count, Some(18));
+    assert_eq!(backend.inventory()[1].nvlink_count, Some(36));
+    let samples = backend.sample(0);
+    let links = value(&samples[1].nvlinks);
+    assert_eq!(
+        links.iter().map(|l| l.link).collect::<Vec<_>>(),
+        (0..36).collect::<Vec<_>>()
+    );
+    let model = value(&reference.gpu(1).nvlinks);
+    for l in &links {
+        let theirs = &model[l.link as usize % model.len()];
+        assert_eq!(l.active, theirs.active, "link {}", l.link);
+        // Through the KiB counters (fields 138, 139): whole KiB.
+        assert_eq!(
+            l.tx_bytes,
+            theirs.tx_bytes.map(|b| b / 1024 * 1024),
+            "link {}",
+            l.link
+        );
+        assert_eq!(l.crc_flit_errors, theirs.crc_flit_errors, "link {}", l.link);
+    }
+    let text = exposition_per_link(&mut backend, samples);
+    for name in [
+        "gpulse_gpu_nvlink_link_up{",
+        "gpulse_gpu_nvlink_link_transmit_bytes_total{",
+        "gpulse_gpu_nvlink_link_receive_bytes_total{",
+    ] {
+        let per_gpu = |gpu: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(&format!("gpu=\"{gpu}\"")))
+                .count()
+        };
+        assert_eq!(per_gpu("0"), 18, "{name}");
+        assert_eq!(per_gpu("1"), 36, "{name}");
+    }
+    assert!(text.contains("link=\"35\""), "the last link has its series");
+}
+
+/// NVLink5 byte counters (fields 202, 204, in bytes) are read where the driver answers
+/// them; the older KiB counters (138, 139) elsewhere.
+#[test]
+fn nvlink5_byte_counters_are_read_where_the_driver_answers_them() {
+    let _serial = serial();
+    let reference = configured(mock(), "gpus=2,model=h100-sxm,scenario=training");
+    mock().set_quirks("nvlink5-counters@0");
+    let nvml = mock().nvml();
+    let (new, old) = (
+        nvml.device_by_index(0).expect("GPU 0"),
+        nvml.device_by_index(1).expect("GPU 1"),
+    );
+    let codes = |d: &Device<'_>| {
+        raw_fields(d, &[(202, 3), (204, 3), (138, 3), (139, 3)])
+            .iter()
+            .map(|v| v.nvmlReturn)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        codes(&new),
+        [SUCCESS, SUCCESS, NOT_SUPPORTED, NOT_SUPPORTED]
+    );
+    assert_eq!(
+        codes(&old),
+        [NOT_SUPPORTED, NOT_SUPPORTED, SUCCESS, SUCCESS]
+    );
+    drop(nvml);
+
+    let mut backend = mock().backend();
+    let samples = backend.sample(0);
+    // The raw reads above took reading rounds of their own.
+    let reference = reference.at(mock().steps());
+    // GPU 0 answers only the NVLink5 fields, GPU 1 only the older ones: each reads
+    // its counts through the one it has (exact bytes, or whole KiB).
+    for (gpu, exact) in [(0, true), (1, false)] {
+        let got = value(&samples[gpu].nvlinks);
+        let want = value(&reference.gpu(gpu).nvlinks);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            let bytes = |b: Option<u64>| if exact { b } else { b.map(|b| b / 1024 * 1024) };
+            assert_eq!(g.tx_bytes, bytes(w.tx_bytes), "GPU {gpu} link {}", g.link);
+            assert_eq!(g.rx_bytes, bytes(w.rx_bytes), "GPU {gpu} link {}", g.link);
+            assert!(g.tx_bytes.is_some(), "GPU {gpu} link {}", g.link);
+        }
+    }
+}
+
+/// `nvmlGpmMetric_t` (40 bytes on LP64).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RawGpmMetric {
+    metric_id: c_uint,
+    nvml_return: c_uint,
+    value: f64,
+    names: [*mut c_char; 3],
+}
+
+/// `nvmlGpmMetricsGet_t` as a header with `N` metrics declares it: 98 in CUDA 12.6,
+/// 210 in 12.9 to 13.1, 333 in 13.2 and 13.3, all with version 1.
+#[repr(C)]
+struct RawGpmMetricsGet<const N: usize> {
+    version: c_uint,
+    num_metrics: c_uint,
+    sample1: *mut std::ffi::c_void,
+    sample2: *mut std::ffi::c_void,
+    metrics: [RawGpmMetric; N],
+}
+
+/// The 12.6 layout with bytes after it that the library must leave alone.
+#[repr(C)]
+struct GuardedGpmMetricsGet {
+    get: RawGpmMetricsGet<98>,
+    guard: [u8; 4096],
+}
+
+/// The library answers the CUDA 13.3 layout (333 metrics) and a caller built on an
+/// older header (98 or nvml-wrapper's 210) within its own array: the version is 1 in
+/// every header, so numMetrics is all that bounds the array.
+#[test]
+fn gpm_metrics_follow_every_header_layout() {
+    use std::ffi::c_void;
+    let _serial = serial();
+    let reference = configured(mock(), "gpus=1,model=h200,scenario=training");
+    let nvml = mock().nvml();
+    let gpu0 = nvml.device_by_index(0).expect("GPU 0");
+    // SAFETY: the handle is only passed back to the library while `nvml` lives.
+    let device = unsafe { gpu0.handle() }.cast::<c_void>();
+    let alloc =
+        mock().symbol::<unsafe extern "C" fn(*mut *mut c_void) -> c_uint>("nvmlGpmSampleAlloc");
+    let get = mock()
+        .symbol::<unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_uint>("nvmlGpmSampleGet");
+    let metrics = mock().symbol::<unsafe extern "C" fn(*mut c_void) -> c_uint>("nvmlGpmMetricsGet");
+    let mut samples = [std::ptr::null_mut(); 2];
+    for s in &mut samples {
+        // SAFETY: a writable handle; then that handle, allocated, and a live device.
+        unsafe {
+            assert_eq!(alloc(s), SUCCESS);
+            assert_eq!(get(device, *s), SUCCESS);
+        }
+    }
+    let sm_util = value(&reference.gpu(0).gpm).sm_active * 100.0;
+    let metric = RawGpmMetric {
+        metric_id: 2, // NVML_GPM_METRIC_SM_UTIL
+        nvml_return: 99,
+        value: -1.0,
+        names: [std::ptr::null_mut(); 3],
+    };
+
+    // The 13.3 layout, full.
+    let mut full = Box::new(RawGpmMetricsGet::<333> {
+        version: 1,
+        num_metrics: 333,
+        sample1: samples[0],
+        sample2: samples[1],
+        metrics: [metric; 333],
+    });
+    // SAFETY: a versioned request whose array holds num_metrics entries.
+    assert_eq!(unsafe { metrics((&raw mut *full).cast()) }, SUCCESS);
+    for m in &full.metrics {
+        assert_eq!((m.nvml_return, m.value), (SUCCESS, sm_util));
+    }
+    full.num_metrics = 334;
+    // SAFETY: as above; the library refuses before reading the entries.
+    assert_eq!(
+        unsafe { metrics((&raw mut *full).cast()) },
+        INVALID_ARGUMENT
+    );
+
+    // The 12.6 layout: four metrics asked, nothing written past them.
+    let mut old = Box::new(GuardedGpmMetricsGet {
+        get: RawGpmMetricsGet::<98> {
+            version: 1,
+            num_metrics: 4,
+            sample1: samples[0],
+            sample2: samples[1],
+            metrics: [metric; 98],
+        },
+        guard: [0xa5; 4096],
+    });
+    // SAFETY: a versioned request whose array holds more than num_metrics entries.
+    assert_eq!(unsafe { metrics((&raw mut old.get).cast()) }, SUCCESS);
+    assert!(old.get.metrics[..4].iter().all(|m| m.value == sm_util));
+    assert!(old.get.metrics[4..].iter().all(|m| m.nvml_return == 99));
+    assert!(old.guard.iter().all(|b| *b == 0xa5));
+
+    let free = mock().symbol::<unsafe extern "C" fn(*mut c_void) -> c_uint>("nvmlGpmSampleFree");
+    for s in samples {
+        // SAFETY: a sample this test allocated, freed once.
+        assert_eq!(unsafe { free(s) }, SUCCESS);
+    }
+    drop(nvml);
+
+    // The backend, on nvml-wrapper's 210-entry layout, reads GPM from this library.
+    let mut backend = mock().backend();
+    backend.sample(0);
+    assert!(!backend.sample(0)[0].gpm.is_unsupported());
 }

@@ -44,10 +44,13 @@ fn policy_from_wire(raw: i32) -> Result<ThrottlePolicy, ConversionError> {
 pub(crate) fn throttle_time_to_wire(t: &ThrottleTime) -> v1::ThrottleTime {
     v1::ThrottleTime {
         source: match t.source {
-            ThrottleTimeSource::ViolationStatus => v1::ThrottleTimeSource::ViolationStatus,
+            ThrottleTimeSource::ViolationStatus | ThrottleTimeSource::Mixed => {
+                v1::ThrottleTimeSource::ViolationStatus
+            }
             ThrottleTimeSource::FieldValues => v1::ThrottleTimeSource::FieldValues,
             ThrottleTimeSource::SampledFlags => v1::ThrottleTimeSource::SampledFlags,
         } as i32,
+        some_from_field_values: t.source == ThrottleTimeSource::Mixed,
         policies: t
             .nanoseconds
             .iter()
@@ -63,6 +66,9 @@ pub(crate) fn throttle_time_from_wire(
     t: v1::ThrottleTime,
 ) -> Result<ThrottleTime, ConversionError> {
     let source = match v1::ThrottleTimeSource::try_from(t.source) {
+        Ok(v1::ThrottleTimeSource::ViolationStatus) if t.some_from_field_values => {
+            ThrottleTimeSource::Mixed
+        }
         Ok(v1::ThrottleTimeSource::ViolationStatus) => ThrottleTimeSource::ViolationStatus,
         Ok(v1::ThrottleTimeSource::FieldValues) => ThrottleTimeSource::FieldValues,
         Ok(v1::ThrottleTimeSource::SampledFlags) => ThrottleTimeSource::SampledFlags,

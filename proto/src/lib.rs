@@ -423,6 +423,26 @@ mod tests {
         }
     }
 
+    /// Mixed travels as violation status plus a flag: a collector that predates the
+    /// flag reads violation status, one that knows it reads Mixed.
+    #[test]
+    fn a_mixed_throttle_time_source_survives_the_wire_and_reads_as_violation_status_without_the_flag()
+     {
+        use gpulse_gpu::health::{ThrottlePolicy, ThrottleTime, ThrottleTimeSource};
+        let t = ThrottleTime {
+            source: ThrottleTimeSource::Mixed,
+            nanoseconds: vec![(ThrottlePolicy::Thermal, 5), (ThrottlePolicy::Power, 7)],
+        };
+        let mut wire = health::throttle_time_to_wire(&t);
+        assert_eq!(wire.source, v1::ThrottleTimeSource::ViolationStatus as i32);
+        assert_eq!(health::throttle_time_from_wire(wire.clone()).unwrap(), t);
+        wire.some_from_field_values = false;
+        assert_eq!(
+            health::throttle_time_from_wire(wire).unwrap().source,
+            ThrottleTimeSource::ViolationStatus
+        );
+    }
+
     #[test]
     fn inventory_and_identity_survive_the_wire() {
         let sim = Simulator::new("gpus=2,model=a100".parse().unwrap());

@@ -322,7 +322,8 @@ fn nvlink(w: &GpuWindow<'_>) -> Vec<Finding> {
         return out;
     };
     // NVML reads the links of a MIG-enabled GPU as inactive (DCGM treats them as
-    // disabled, not down): no finding from their state.
+    // disabled, not down, bug 200682374: modules/health/DcgmHealthWatch.cpp,
+    // DcgmHealthWatch::MonitorNVLinkStatus): no finding from their state.
     let mig = w.info.mig_enabled == Some(true);
     let down: Vec<String> = links
         .iter()

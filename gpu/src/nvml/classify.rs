@@ -16,8 +16,10 @@ pub enum ReadOutcome {
     Failed,
 }
 
-/// nvml.h (CUDA 13) NVML_ERROR_DEPRECATED: what a function CUDA 13 deprecated answers
-/// once a driver has removed it. nvml-wrapper 0.13 predates it and reports
+/// NVML_ERROR_DEPRECATED = 26 (nvml.h 13.3.29 line 1324; already in 12.6.77, line
+/// 1069): what a function answers once a driver has removed it. CUDA 13 marks
+/// nvmlDeviceGetViolationStatus and others DEPRECATED(13.0), "removed in CUDA 14.0"
+/// (13.3.29 lines 7660-7675). nvml-wrapper 0.13 has no variant for it and reports
 /// `UnexpectedVariant(26)`.
 pub const NVML_ERROR_DEPRECATED: u32 = 26;
 

@@ -22,9 +22,12 @@ use tracing::{info, warn};
 use crate::workload::ProcReader;
 use crate::{BackendError, DeviceInfo, DeviceSample, DeviceState, GpuBackend};
 
-/// nvml.h NVML_NVLINK_MAX_LINKS: the most NVLink links a GPU can have. 18 up to the
-/// CUDA 13.2 header (and nvml-wrapper-sys 0.10), 36 from 13.3 on (the H200 probe's
-/// binding); link ids come from the link-count field, bounded by this.
+/// nvml.h NVML_NVLINK_MAX_LINKS: the most NVLink links a GPU can have. 36 in the CUDA
+/// 13.3.29 header (line 455), 18 in every earlier one (13.2.82 line 443, 12.6.77 line
+/// 389; nvml-wrapper-sys 0.10 too); DCGM 4.6 asserts its own per-GPU maximum equal to
+/// it (DCGM_NVLINK_MAX_LINKS_PER_GPU 36, dcgmlib/dcgm_structs.h and
+/// dcgmlib/dcgm_structs_internal.h). Link ids come from the link-count field, bounded
+/// by this.
 const NVLINK_MAX_LINKS: u32 = 36;
 
 /// Real GPUs through NVML.

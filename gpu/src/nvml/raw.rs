@@ -24,7 +24,9 @@ use nvml_wrapper_sys::bindings::{
 /// A whole number NVML sent as a double: a double that holds an integer's bits (the
 /// rest of the union zero) is subnormal, and no counter or temperature is one. Some
 /// drivers label field 82 (memory temperature) double while filling it as an integer;
-/// DCGM carries a workaround that ignores the label for that field (nvbug 4300930).
+/// DCGM ignores the label for that field and reads `uiVal` ("nvbugs/4300930 affecting
+/// r545": dcgmlib/src/DcgmCacheManager.cpp,
+/// DcgmCacheManager::BufferOrCacheLatestGpuValue, case DCGM_FI_DEV_MEMORY_TEMP_CELSIUS).
 pub fn integer_from_double(d: f64) -> Option<u64> {
     if d.is_subnormal() {
         Some(d.to_bits())

@@ -26,21 +26,36 @@ use crate::throttle_time::FlagIntegrator;
 use crate::workload::ProcReader;
 use crate::{DeviceInfo, DeviceSample, DeviceState, Reading, ThrottleReasons};
 
-/// nvml.h field ids (NVML_FI_DEV_*).
+/// nvml.h field ids (NVML_FI_DEV_*); lines are those of the CUDA 13.3.29 header.
 mod field {
+    /// NVML_FI_DEV_MEMORY_TEMP, °C (line 2485).
     pub const MEMORY_TEMP: u32 = 82;
+    /// NVML_FI_DEV_PCIE_COUNT_TX_BYTES, _RX_BYTES: bytes, "can be wrapped" (lines
+    /// 2735-2736).
     pub const PCIE_TX_BYTES: u32 = 197;
     pub const PCIE_RX_BYTES: u32 = 198;
+    /// NVML_FI_DEV_REMAPPED_COR, _UNC, _PENDING, _FAILURE.
     pub const REMAPPED_COR: u32 = 142;
     pub const REMAPPED_UNC: u32 = 143;
     pub const REMAPPED_PENDING: u32 = 144;
     pub const REMAPPED_FAILURE: u32 = 145;
-    // In KiB (nvml.h: "NVLink throughput counters field values ... in KiB").
+    /// NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, _RX: data KiB per link (nvml.h 13.3.29
+    /// lines 2602-2603; the link in scopeId, line 2598). All NVLink generations before 5.
     pub const NVLINK_TX: u32 = 138;
     pub const NVLINK_RX: u32 = 139;
-    /// NVML_FI_DEV_NVLINK_LINK_COUNT: the links the GPU has (DCGM bounds link ids by it).
+    /// NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES, _RCV_BYTES: "Total Tx/Rx bytes on the link in
+    /// NVLink5" (nvml.h 13.3.29 lines 2748, 2750; the link in scopeId, line 2745). Read
+    /// first; where the driver does not answer them, the KiB counters above.
+    pub const NVLINK5_TX_BYTES: u32 = 202;
+    pub const NVLINK5_RX_BYTES: u32 = 204;
+    /// NVML_FI_DEV_NVLINK_LINK_COUNT: "Number of NVLinks present on the device" (line
+    /// 2503). DCGM bounds link ids by it: dcgmlib/src/DcgmCacheManager.cpp
+    /// (DcgmCacheManager::InitializeNvLinkCount) and dcgmlib/src/DcgmTopology.cpp
+    /// (UpdateNvLinkLinkStateFromNvml: links past it are "not supported").
     pub const NVLINK_LINK_COUNT: u32 = 91;
-    /// NVML_FI_DEV_PERF_POLICY_POWER .. _TOTAL_BASE_CLOCKS (74-81): the throttled time,
+    /// NVML_FI_DEV_PERF_POLICY_POWER .. _TOTAL_BASE_CLOCKS (74-81, lines 2475-2482;
+    /// 74 and 76 are also NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP and _SYNC_BOOST,
+    /// "in ns", lines 2845-2846): the throttled time,
     /// ns, of each nvmlPerfPolicyType_t, in the enum's order (POWER, THERMAL,
     /// SYNC_BOOST, BOARD_LIMIT, LOW_UTILIZATION, RELIABILITY, TOTAL_APP_CLOCKS,
     /// TOTAL_BASE_CLOCKS). The header keeps these ids when it renumbers 251-273, and
@@ -286,10 +301,14 @@ const POLICIES: [(ThrottlePolicy, PerformancePolicy, u32); 8] = [
 ];
 
 /// Throttled time per policy: the violation counter where the driver answers it, else
-/// that policy's field value (nvml.h: violation status for the thermal policy is not
-/// supported on some GPUs while the others answer; CUDA 13 deprecates the call
-/// altogether); the flags integrated over time where neither answers for any policy.
-/// The source is the violation counters when any policy came from them.
+/// that policy's field value (nvml.h 12.6.77 line 6153, on nvmlDeviceGetViolationStatus:
+/// "Violation for thermal capping is not supported at this time", while the other
+/// policies answer; CUDA 13 deprecates the call and points to field values, 13.3.29
+/// lines 7660-7675); the flags integrated over time where neither answers for any
+/// policy. nvml.h 13.x maps the thermal policy to
+/// NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN (line 7667, id 269 from 580.82,
+/// 251 before) rather than to 75; 75 is read here as it keeps its id across drivers.
+/// The source says which of the two the policies came from, or that both did (Mixed).
 fn throttle_time(
     device: &Device<'_>,
     state: &mut GpuState,
@@ -317,7 +336,7 @@ fn throttle_time(
         .collect();
     let from_fields = fields(device, &missing, 0, lost);
     let mut by_field = missing.iter().zip(&from_fields);
-    let mut any_violation = false;
+    let (mut any_violation, mut any_field) = (false, false);
     let nanoseconds: Vec<(ThrottlePolicy, u64)> = POLICIES
         .iter()
         .zip(&violation)
@@ -326,18 +345,18 @@ fn throttle_time(
                 any_violation = true;
                 Some((*ours, *ns))
             }
-            None => by_field
-                .next()
-                .and_then(|(_, r)| r.value())
-                .map(|ns| (*ours, ns)),
+            None => by_field.next().and_then(|(_, r)| r.value()).map(|ns| {
+                any_field = true;
+                (*ours, ns)
+            }),
         })
         .collect();
     if !nanoseconds.is_empty() {
         return Reading::Value(ThrottleTime {
-            source: if any_violation {
-                ThrottleTimeSource::ViolationStatus
-            } else {
-                ThrottleTimeSource::FieldValues
+            source: match (any_violation, any_field) {
+                (true, true) => ThrottleTimeSource::Mixed,
+                (true, false) => ThrottleTimeSource::ViolationStatus,
+                (false, _) => ThrottleTimeSource::FieldValues,
             },
             nanoseconds,
         });
@@ -362,27 +381,51 @@ fn nvlinks(
     if links.is_empty() {
         return Reading::Unsupported;
     }
+    // Per link, the NVLink5 byte counters first, then the older KiB counters: one call.
     let requests: Vec<(u32, u32)> = links
         .iter()
-        .flat_map(|l| [(field::NVLINK_TX, *l), (field::NVLINK_RX, *l)])
+        .flat_map(|l| {
+            [
+                (field::NVLINK5_TX_BYTES, *l),
+                (field::NVLINK5_RX_BYTES, *l),
+                (field::NVLINK_TX, *l),
+                (field::NVLINK_RX, *l),
+            ]
+        })
         .collect();
-    let throughput = raw::scoped_field_values(nvml, device, &requests).unwrap_or_else(|e| {
-        if classify(&e) == ReadOutcome::GpuLost {
-            lost.set(true);
-        }
-        vec![None; requests.len()]
-    });
+    let scoped = |requests: &[(u32, u32)]| {
+        raw::scoped_field_values(nvml, device, requests).map_err(|e| {
+            if classify(&e) == ReadOutcome::GpuLost {
+                lost.set(true);
+            }
+        })
+    };
+    // A driver that refuses the whole call over ids it predates still gets asked for
+    // the older counters alone.
+    let counters = scoped(&requests)
+        .or_else(|()| {
+            let older: Vec<(u32, u32)> = links
+                .iter()
+                .flat_map(|l| [(field::NVLINK_TX, *l), (field::NVLINK_RX, *l)])
+                .collect();
+            scoped(&older).map(|v| {
+                v.chunks_exact(2)
+                    .flat_map(|p| [None, None, p[0], p[1]])
+                    .collect()
+            })
+        })
+        .unwrap_or_else(|()| vec![None; requests.len()]);
     let out = links
         .iter()
-        .enumerate()
-        .map(|(k, l)| {
+        .zip(counters.chunks_exact(4))
+        .map(|(l, c)| {
             let link = device.link_wrapper_for(*l);
             let counter = |c| link.error_counter(c).ok();
             NvLinkSample {
                 link: *l,
                 active: link.is_active().unwrap_or(false),
-                tx_bytes: throughput[2 * k].map(|kib| kib * 1024),
-                rx_bytes: throughput[2 * k + 1].map(|kib| kib * 1024),
+                tx_bytes: c[0].or(c[2].map(|kib| kib * 1024)),
+                rx_bytes: c[1].or(c[3].map(|kib| kib * 1024)),
                 crc_flit_errors: counter(ErrorCounter::DlCrcFlit),
                 crc_data_errors: counter(ErrorCounter::DlCrcData),
                 replay_errors: counter(ErrorCounter::DlReplay),
@@ -394,7 +437,8 @@ fn nvlinks(
 }
 
 /// The NVLink links a GPU has. The link-count field (91) says how many, as DCGM bounds
-/// link ids by it: nvmlDeviceGetNvLinkState answers for every slot up to
+/// link ids by it (see [`field::NVLINK_LINK_COUNT`]): nvmlDeviceGetNvLinkState answers
+/// for every slot up to
 /// NVML_NVLINK_MAX_LINKS on some drivers, unused ones as inactive. Where the field is
 /// not supported, the links answering their state up to the last active one (slots past
 /// it are taken as unused); where nothing answers (no NVLink, or a VM that hides it, as
@@ -517,7 +561,7 @@ fn processes(
         Reading::Failed => return Reading::Failed,
     };
     // NVML samples only the processes that used the GPU since the timestamp, and
-    // answers NOT_FOUND when none did: a running process without a sample was idle
+    // answers NOT_FOUND when none did (nvml.h 13.3.29 lines 8496-8497, 8524): a running process without a sample was idle
     // (0 %), not "as last time". Any other failure leaves the utilisation unknown.
     let sm: Option<HashMap<u32, u32>> = match device.process_utilization_stats(state.process_ts) {
         Ok(samples) => {
@@ -556,8 +600,9 @@ fn processes(
     )
 }
 
-/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is the most
-/// that can exist (nvml.h), not how many do; empty slots answer NOT_FOUND and are
+/// The MIG instances of a GPU in MIG mode. nvmlDeviceGetMaxMigDeviceCount is "the
+/// maximum number of MIG devices that can exist" (nvml.h 13.3.29 line 13398; zero with
+/// MIG off, line 13400), not how many do; empty slots answer NOT_FOUND and are
 /// skipped.
 pub(crate) fn mig_instances(nvml: &Nvml, device: &Device<'_>) -> Vec<MigInstance> {
     let count = device.mig_device_count().unwrap_or(0);

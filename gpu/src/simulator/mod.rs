@@ -344,7 +344,10 @@ impl Simulator {
         for l in &mut g.nvlinks {
             let down = scenario == Scenario::NvlinkErrors && l.link == 3;
             // NVML reads the links of a MIG-enabled GPU as inactive (a known NVML bug;
-            // DCGM treats such links as disabled); traffic still flows.
+            // DCGM treats such links as disabled: bug 200682374, in
+            // dcgmlib/src/DcgmTopology.cpp UpdateNvLinkLinkStateFromNvml and
+            // modules/health/DcgmHealthWatch.cpp DcgmHealthWatch::MonitorNVLinkStatus);
+            // traffic still flows.
             l.active = !down && !mig;
             if !down {
                 // Whole KiB: NVML counts NVLink traffic in KiB.
