@@ -1008,6 +1008,10 @@ async fn collectors_sharing_postgresql_count_a_failover_once_and_report_alike() 
         );
     }
     assert!(from_a["totals"]["list_cost_usd"].as_f64().unwrap() > 0.0);
+    eprintln!(
+        "GPU-hours across the failover {}, without it {}",
+        from_a["totals"]["gpu_hours"], once["totals"]["gpu_hours"]
+    );
 
     // The report command reads the shared ledger too, from anywhere.
     let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
