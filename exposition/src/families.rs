@@ -511,7 +511,7 @@ fn write_gpu<S: SeriesSink>(sink: &mut S, host: &str, gpu: &GpuView, options: Ex
             );
         }
     }
-    write_health(sink, &base, s, options);
+    write_health(sink, &base, s, d.mig_enabled == Some(true), options);
 }
 
 /// Throttle time, interconnect, memory health, XID and processes of one GPU.
@@ -519,6 +519,7 @@ fn write_health<S: SeriesSink>(
     sink: &mut S,
     base: &Labels<'_>,
     s: &DeviceSample,
+    mig: bool,
     options: ExpositionOptions,
 ) {
     let flag = |b: bool| f64::from(u8::from(b));
@@ -539,7 +540,7 @@ fn write_health<S: SeriesSink>(
         }
     }
     if let Some(links) = s.nvlinks.get() {
-        write_nvlinks(sink, base, links, options);
+        write_nvlinks(sink, base, links, mig, options);
     }
     for (kind, value) in [
         ("corrected", s.ecc_corrected_errors.value()),
@@ -619,10 +620,16 @@ fn write_health<S: SeriesSink>(
 }
 
 /// Per-GPU NVLink totals, and each link on its own when asked for.
+///
+/// Under MIG, NVML reads every link as inactive whatever its state (DCGM treats such
+/// links as disabled, not down: modules/health/DcgmHealthWatch.cpp,
+/// MonitorNVLinkStatus), so no link state is exposed for a MIG GPU: neither
+/// `links_down` nor a per-link `link_up`. Its traffic and error counters still are.
 fn write_nvlinks<S: SeriesSink>(
     sink: &mut S,
     base: &Labels<'_>,
     links: &[gpulse_gpu::health::NvLinkSample],
+    mig: bool,
     options: ExpositionOptions,
 ) {
     // Summed as f64, as exposed: counters from an agent can be anything up to
@@ -633,7 +640,9 @@ fn write_nvlinks<S: SeriesSink>(
     };
     let down = links.iter().filter(|l| !l.active).count();
     sink.series(&names::GPU_NVLINK_LINKS, base, &[], links.len() as f64);
-    sink.series(&names::GPU_NVLINK_LINKS_DOWN, base, &[], down as f64);
+    if !mig {
+        sink.series(&names::GPU_NVLINK_LINKS_DOWN, base, &[], down as f64);
+    }
     if let Some(v) = sum(|l| l.tx_bytes) {
         sink.series(&names::GPU_NVLINK_TRANSMIT, base, &[], v);
     }
@@ -657,12 +666,14 @@ fn write_nvlinks<S: SeriesSink>(
     for l in links {
         let link = l.link.to_string();
         let at = [("link", link.as_str())];
-        sink.series(
-            &names::GPU_NVLINK_LINK_UP,
-            base,
-            &at,
-            f64::from(u8::from(l.active)),
-        );
+        if !mig {
+            sink.series(
+                &names::GPU_NVLINK_LINK_UP,
+                base,
+                &at,
+                f64::from(u8::from(l.active)),
+            );
+        }
         if let Some(v) = l.tx_bytes {
             sink.series(&names::GPU_NVLINK_LINK_TRANSMIT, base, &at, v as f64);
         }
