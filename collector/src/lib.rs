@@ -102,12 +102,14 @@ pub fn example_config() -> String {
          # interval = \"{interval}\"\n\
          # queue_capacity = {capacity}\n\
          # max_samples_per_send = {per_send}\n\
+         # max_concurrent_requests = {concurrent}\n\
          # timeout = \"{timeout}\"\n\
          # Labels added to every pushed series; default: collector = this host's name.\n\
          # external_labels = {{ collector = \"gpulse-eu-1\" }}\n\n{body}",
         interval = humantime::format_duration(remote_write::config::DEFAULT_INTERVAL),
         capacity = remote_write::config::DEFAULT_QUEUE_CAPACITY,
         per_send = remote_write::config::DEFAULT_MAX_SAMPLES_PER_SEND,
+        concurrent = remote_write::config::DEFAULT_MAX_CONCURRENT_REQUESTS,
         timeout = humantime::format_duration(remote_write::config::DEFAULT_TIMEOUT),
     )
 }

@@ -15,6 +15,12 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1_200_000;
 /// Samples in one request at most (Prometheus's own default, queue_config
 /// max_samples_per_send).
 pub const DEFAULT_MAX_SAMPLES_PER_SEND: usize = 2_000;
+/// Requests of one push in flight together at most. One request at a time cannot keep
+/// up with a large fleet (each waits a round trip and the receiver's work); several,
+/// each of different series of the same push, can, without any series out of order.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
+/// Most requests in flight allowed.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// A request with no answer this soon is retried (Prometheus's remote_timeout default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest interval accepted: pushing more often than the agents sample sends the
@@ -85,6 +91,10 @@ pub struct RemoteWriteConfig {
     /// Samples in one request at most. Default [`DEFAULT_MAX_SAMPLES_PER_SEND`].
     #[serde(default = "default_max_samples_per_send")]
     pub max_samples_per_send: usize,
+    /// Requests in flight at once, each with different series of the same push (1 to
+    /// 64). Default [`DEFAULT_MAX_CONCURRENT_REQUESTS`].
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
     /// A request with no answer this soon is retried. Default 30s ([`DEFAULT_TIMEOUT`]).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -98,6 +108,9 @@ fn default_queue_capacity() -> usize {
 }
 fn default_max_samples_per_send() -> usize {
     DEFAULT_MAX_SAMPLES_PER_SEND
+}
+fn default_max_concurrent_requests() -> usize {
+    DEFAULT_MAX_CONCURRENT_REQUESTS
 }
 fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
@@ -115,6 +128,7 @@ impl RemoteWriteConfig {
             interval: DEFAULT_INTERVAL,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_samples_per_send: DEFAULT_MAX_SAMPLES_PER_SEND,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -177,6 +191,12 @@ impl RemoteWriteConfig {
         }
         if self.max_samples_per_send == 0 {
             return Err(("max_samples_per_send", "must be at least 1".into()));
+        }
+        if !(1..=MAX_CONCURRENT_REQUESTS).contains(&self.max_concurrent_requests) {
+            return Err((
+                "max_concurrent_requests",
+                format!("must be 1 to {MAX_CONCURRENT_REQUESTS}"),
+            ));
         }
         if self.timeout.is_zero() {
             return Err(("timeout", "must be more than 0s, e.g. \"30s\"".into()));

@@ -142,6 +142,7 @@ pub struct Endpoint {
     queue: Mutex<Queue>,
     more: Notify,
     max_samples_per_send: usize,
+    max_concurrent_requests: usize,
     client: Client,
     pub metrics: EndpointMetrics,
 }
@@ -163,11 +164,24 @@ impl Endpoint {
         self.more.notify_one();
     }
 
-    fn take(&self) -> Vec<wire::Pending> {
+    /// Up to `max_concurrent_requests` batches, all from the oldest snapshot: they
+    /// share one timestamp and no series, so they can be in flight together without
+    /// putting any series out of time order.
+    fn take(&self) -> Vec<Vec<wire::Pending>> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = q.take(self.max_samples_per_send);
+        let mut batches = Vec::new();
+        while batches.len() < self.max_concurrent_requests {
+            let batch = q.take_one_snapshot(self.max_samples_per_send);
+            let Some(at) = batch.first().map(|p| p.timestamp_ms) else {
+                break;
+            };
+            batches.push(batch);
+            if !q.front_is_at(at) {
+                break;
+            }
+        }
         self.metrics.queue.set(q.len() as i64);
-        batch
+        batches
     }
 
     fn clear(&self) -> usize {
@@ -225,6 +239,7 @@ pub fn start(
                 queue: Mutex::new(Queue::new(c.queue_capacity)),
                 more: Notify::new(),
                 max_samples_per_send: c.max_samples_per_send,
+                max_concurrent_requests: c.max_concurrent_requests,
                 client,
                 metrics,
             })
@@ -294,63 +309,88 @@ async fn snapshot_loop(
     }
 }
 
-/// Posts an endpoint's queue, oldest first, one request at a time.
+/// Posts an endpoint's queue, oldest snapshot first: the requests of one snapshot
+/// in flight together (up to `max_concurrent_requests`), the next snapshot only once
+/// they are all delivered or given up.
 async fn send_loop(e: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
-    'batches: loop {
-        let batch = e.take();
-        if batch.is_empty() {
+    loop {
+        let batches = e.take();
+        if batches.is_empty() {
             tokio::select! {
                 _ = e.more.notified() => continue,
                 _ = stopped(&mut stop) => break,
             }
         }
-        let n = batch.len() as u64;
-        let body = Bytes::from(wire::encode(&batch));
-        drop(batch);
-        let mut attempt: u32 = 0;
-        loop {
-            match e.client.send(body.clone()).await {
-                Outcome::Sent => {
-                    e.metrics.sent.inc_by(n);
-                    e.metrics.last_success.set(now_ms() as f64 / 1000.0);
-                    if attempt > 0 {
-                        info!(endpoint = %e.label, attempts = attempt + 1, "remote write delivered after retrying");
-                    }
-                    break;
-                }
-                Outcome::Rejected { status, why } => {
-                    e.metrics.failed.inc_by(n);
-                    e.metrics.dropped(DropReason::Rejected).inc_by(n);
-                    warn!(endpoint = %e.label, status, samples = n, answer = %why,
-                        "remote-write receiver refused samples; they are dropped, not resent");
-                    break;
-                }
-                Outcome::Retry { after, why } => {
-                    e.metrics.failed.inc_by(n);
-                    // One line when trouble starts, then one per 20 attempts: the
-                    // counters carry the rest.
-                    if attempt.is_multiple_of(20) {
-                        warn!(endpoint = %e.label, attempt, samples = n, error = %why,
-                            "remote write failed; retrying with backoff");
-                    }
-                    let wait =
-                        after.unwrap_or_else(|| client::backoff(attempt, rand::random::<f64>()));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(&mut stop) => {
-                            e.metrics.dropped(DropReason::Shutdown).inc_by(n);
-                            break 'batches;
-                        }
-                    }
-                    e.metrics.retried.inc_by(n);
-                    attempt = attempt.saturating_add(1);
-                }
-            }
+        let outcomes =
+            futures::future::join_all(batches.into_iter().map(|b| deliver(&e, b, stop.clone())))
+                .await;
+        if outcomes.contains(&Delivery::Stopped) {
+            break;
         }
     }
     let left = e.clear();
     if left > 0 {
         e.metrics.dropped(DropReason::Shutdown).inc_by(left as u64);
         warn!(endpoint = %e.label, samples = left, "remote-write samples still queued at shutdown are dropped");
+    }
+}
+
+/// How one request ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Accepted, or refused for good (counted either way).
+    Done,
+    /// The collector is stopping; the batch was counted as dropped.
+    Stopped,
+}
+
+/// Sends one batch, retrying 5xx, 429 and no answer with backoff until it is accepted,
+/// refused for good, or the collector stops.
+async fn deliver(
+    e: &Endpoint,
+    batch: Vec<wire::Pending>,
+    mut stop: watch::Receiver<bool>,
+) -> Delivery {
+    let n = batch.len() as u64;
+    let body = Bytes::from(wire::encode(&batch));
+    drop(batch);
+    let mut attempt: u32 = 0;
+    loop {
+        match e.client.send(body.clone()).await {
+            Outcome::Sent => {
+                e.metrics.sent.inc_by(n);
+                e.metrics.last_success.set(now_ms() as f64 / 1000.0);
+                if attempt > 0 {
+                    info!(endpoint = %e.label, attempts = attempt + 1, "remote write delivered after retrying");
+                }
+                return Delivery::Done;
+            }
+            Outcome::Rejected { status, why } => {
+                e.metrics.failed.inc_by(n);
+                e.metrics.dropped(DropReason::Rejected).inc_by(n);
+                warn!(endpoint = %e.label, status, samples = n, answer = %why,
+                    "remote-write receiver refused samples; they are dropped, not resent");
+                return Delivery::Done;
+            }
+            Outcome::Retry { after, why } => {
+                e.metrics.failed.inc_by(n);
+                // One line when trouble starts, then one per 20 attempts: the
+                // counters carry the rest.
+                if attempt.is_multiple_of(20) {
+                    warn!(endpoint = %e.label, attempt, samples = n, error = %why,
+                        "remote write failed; retrying with backoff");
+                }
+                let wait = after.unwrap_or_else(|| client::backoff(attempt, rand::random::<f64>()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(&mut stop) => {
+                        e.metrics.dropped(DropReason::Shutdown).inc_by(n);
+                        return Delivery::Stopped;
+                    }
+                }
+                e.metrics.retried.inc_by(n);
+                attempt = attempt.saturating_add(1);
+            }
+        }
     }
 }

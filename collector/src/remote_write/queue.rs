@@ -77,8 +77,31 @@ impl Queue {
 
     /// Removes and returns up to `max` of the oldest samples, oldest first.
     pub fn take(&mut self, max: usize) -> Vec<Pending> {
+        self.take_from(max, false)
+    }
+
+    /// Like [`Queue::take`], but never past the oldest snapshot: every sample returned
+    /// has the same timestamp, and no series appears twice. Requests built from such
+    /// takes can be in flight together without putting any series out of time order.
+    pub fn take_one_snapshot(&mut self, max: usize) -> Vec<Pending> {
+        self.take_from(max, true)
+    }
+
+    /// Whether the oldest sample waiting has timestamp `t`.
+    pub fn front_is_at(&self, t: i64) -> bool {
+        self.snapshots.front().is_some_and(|s| s.timestamp_ms == t)
+    }
+
+    fn take_from(&mut self, max: usize, one_snapshot: bool) -> Vec<Pending> {
         let mut out = Vec::with_capacity(max.min(self.len));
         while out.len() < max {
+            if one_snapshot
+                && out
+                    .last()
+                    .is_some_and(|p: &Pending| !self.front_is_at(p.timestamp_ms))
+            {
+                break;
+            }
             let Some(front) = self.snapshots.front() else {
                 break;
             };
@@ -150,12 +173,14 @@ mod tests {
     enum Op {
         Push(usize),
         Take(usize),
+        TakeOneSnapshot(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0usize..40).prop_map(Op::Push),
-            (0usize..30).prop_map(Op::Take)
+            (0usize..30).prop_map(Op::Take),
+            (0usize..30).prop_map(Op::TakeOneSnapshot)
         ]
     }
 
@@ -184,9 +209,16 @@ mod tests {
                         model.drain(..d);
                         dropped += d;
                     }
-                    Op::Take(n) => {
-                        let got = q.take(n);
-                        let want: Vec<i64> = model.drain(..n.min(model.len())).collect();
+                    Op::Take(n) | Op::TakeOneSnapshot(n) => {
+                        let one = matches!(op, Op::TakeOneSnapshot(_));
+                        let got = if one { q.take_one_snapshot(n) } else { q.take(n) };
+                        // One snapshot: no further than the samples sharing the oldest time.
+                        let limit = if one {
+                            model.iter().take_while(|&&m| Some(&m) == model.front()).count()
+                        } else {
+                            model.len()
+                        };
+                        let want: Vec<i64> = model.drain(..n.min(limit)).collect();
                         let times: Vec<i64> = got.iter().map(|p| p.timestamp_ms).collect();
                         prop_assert_eq!(times, want);
                         for p in &got {
