@@ -19,6 +19,7 @@ pub mod capture;
 pub mod config;
 pub mod diagnose;
 pub mod identity;
+pub mod link;
 pub mod local;
 pub mod provider;
 pub mod sampler;

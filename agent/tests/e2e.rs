@@ -1148,3 +1148,124 @@ async fn an_agent_with_unusable_tls_files_does_not_start_and_names_them() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// The reason the agent's self-metrics give for not being connected, if exactly one.
+fn link_reason(agent: &RunningAgent) -> Option<&'static str> {
+    let set: Vec<_> = gpulse_agent::link::LinkError::ALL
+        .into_iter()
+        .filter(|k| {
+            agent
+                .metrics
+                .connection_error
+                .with_label_values(&[k.as_str()])
+                .get()
+                == 1
+        })
+        .map(|k| k.as_str())
+        .collect();
+    assert!(set.len() <= 1, "more than one reason at once: {set:?}");
+    set.first().copied()
+}
+
+async fn agent_towards(collector: String, tls: Option<(&Pki, &str)>) -> RunningAgent {
+    start_agent(AgentConfig {
+        collector,
+        tls_ca_file: tls.map(|(pki, _)| pki.ca()),
+        tls_server_name: tls.map(|(_, name)| name.to_string()),
+        agent_id: Some("unreachable-1".into()),
+        simulate: Some("gpus=1,scenario=idle".into()),
+        interval: Duration::from_millis(100),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        ..AgentConfig::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_cannot_connect_says_why_in_its_metrics() {
+    let plain = collector_on("127.0.0.1:0").await;
+    let pki = Pki::new("gpulse test CA");
+    let tls = tls_collector(&pki, false).await;
+    let other_ca = Pki::new("another CA");
+    let cases = [
+        (
+            format!("http://127.0.0.1:{}", free_port()),
+            None,
+            "connection_refused",
+        ),
+        (format!("http://{}", plain.http_addr), None, "not_grpc"),
+        (
+            format!("https://{}", plain.grpc_addr),
+            None,
+            "tls_to_plaintext",
+        ),
+        (
+            format!("http://{}", tls.grpc_addr),
+            None,
+            "plaintext_to_tls",
+        ),
+        (
+            format!("https://{}", tls.grpc_addr),
+            Some((&other_ca, SERVER_NAME)),
+            "certificate",
+        ),
+        (
+            format!("https://{}", tls.grpc_addr),
+            Some((&pki, "not-the-collector.test")),
+            "certificate",
+        ),
+    ];
+    for (url, trust, want) in cases {
+        let agent = agent_towards(url.clone(), trust).await;
+        eventually(&format!("{url}: reason {want}"), || {
+            link_reason(&agent) == Some(want)
+        })
+        .await;
+        assert_eq!(agent.metrics.connected.get(), 0, "{url}");
+        assert_eq!(agent.metrics.batches_acked.get(), 0, "{url}");
+        agent.shutdown().await;
+    }
+    // The same agent against the gRPC port: connected, and no reason left set.
+    let agent = agent_towards(format!("http://{}", plain.grpc_addr), None).await;
+    eventually("connected", || agent.metrics.connected.get() == 1).await;
+    assert_eq!(link_reason(&agent), None);
+    agent.shutdown().await;
+    plain.shutdown().await;
+    tls.shutdown().await;
+}
+
+#[test]
+fn the_agent_logs_why_it_cannot_connect_and_never_says_connected() {
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    drop(http);
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .args(["--simulate", "gpus=1", "--agent-id", "lonely-1"])
+        .args(["--collector", &format!("http://127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SIGKILL: the point is what it logged while it tried.
+    let mut out = out;
+    out.kill().unwrap();
+    let out = out.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let tries = log
+        .lines()
+        .filter(|l| l.contains("cannot reach the collector"))
+        .collect::<Vec<_>>();
+    assert!(tries.len() >= 2, "every early attempt is logged:\n{log}");
+    assert!(
+        tries.iter().all(
+            |l| l.contains("connection refused") && l.contains("reason=\"connection_refused\"")
+        ),
+        "{log}"
+    );
+    assert!(tries[1].contains("attempts=2"), "{log}");
+    assert!(!log.contains("lost the collector"), "{log}");
+    assert!(!log.contains("connected"), "{log}");
+}

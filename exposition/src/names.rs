@@ -484,6 +484,10 @@ pub const AGENT_CONNECTED: Def = gauge(
     "gpulse_agent_connected",
     "1 while the agent has an open stream to the collector.",
 );
+pub const AGENT_CONNECTION_ERROR: Def = gauge(
+    "gpulse_agent_connection_error",
+    "1 for why the agent is not connected to the collector (dns, connection_refused, timeout, tls_to_plaintext, plaintext_to_tls, certificate, not_grpc, unauthenticated, rejected, stream_lost, other); 0 while connected.",
+);
 pub const AGENT_SAMPLE_DURATION: Def = gauge(
     "gpulse_agent_sample_duration_seconds",
     "How long the last reading of all GPUs took, in seconds.",
@@ -502,7 +506,7 @@ pub const COLLECTOR: [Def; 8] = [
 ];
 
 /// The agent's self-metrics.
-pub const AGENT: [Def; 10] = [
+pub const AGENT: [Def; 11] = [
     AGENT_BATCHES_SENT,
     AGENT_BATCHES_ACKED,
     AGENT_BATCHES_REJECTED,
@@ -512,6 +516,7 @@ pub const AGENT: [Def; 10] = [
     AGENT_SPOOL_ERRORS,
     AGENT_CONNECTS,
     AGENT_CONNECTED,
+    AGENT_CONNECTION_ERROR,
     AGENT_SAMPLE_DURATION,
 ];
 
