@@ -552,12 +552,131 @@ fn the_binary_names_bad_input_and_exits_non_zero() {
         "collector = \"http://127.0.0.1:7431\"\nintervall = \"5s\"\n",
     )
     .unwrap();
-    let (ok, err) = run(&["--config", config.to_str().unwrap()], &[]);
+    // One message, said once, and no stack trace whatever RUST_BACKTRACE says.
+    let (ok, err) = run(
+        &["--config", config.to_str().unwrap()],
+        &[("RUST_BACKTRACE", "1")],
+    );
     assert!(!ok);
     assert!(
         err.contains("agent.toml") && err.contains("intervall") && err.contains("line 2"),
         "{err}"
     );
+    assert_eq!(err.matches("unknown field").count(), 1, "{err}");
+    assert!(
+        !err.contains("Caused by") && !err.contains("acktrace"),
+        "{err}"
+    );
+
+    // Each diagnose flag's error names that flag.
+    let (ok, err) = run(
+        &["diagnose", "--simulate", "gpus=1", "--duration", "0s"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--duration") && !err.contains("--rate"),
+        "{err}"
+    );
+    let (ok, err) = run(&["diagnose", "--simulate", "gpus=1", "--rate", "1ms"], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("--rate 1ms") && !err.contains("--duration"),
+        "{err}"
+    );
+
+    // A mistyped variable is named, with the ones that are read.
+    let (ok, err) = run(
+        &["--print-example-config"],
+        &[("GPULSE_AGENT_AUTH_TOKEN_FIEL", "/etc/gpulse/token")],
+    );
+    assert!(ok);
+    assert!(
+        err.contains("GPULSE_AGENT_AUTH_TOKEN_FIEL is set but no setting reads it")
+            && err.contains("GPULSE_AGENT_AUTH_TOKEN_FILE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_lists_every_scenario_and_model_the_parser_accepts() {
+    for args in [
+        &["--help"][..],
+        &["diagnose", "--help"],
+        &["capture", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        for (name, _) in gpulse_gpu::simulator::Scenario::NAMES {
+            assert!(help.contains(name), "{args:?}: {name} missing:\n{help}");
+        }
+        for (name, _) in gpulse_gpu::simulator::GpuModel::NAMES {
+            assert!(help.contains(name), "{args:?}: {name} missing:\n{help}");
+        }
+        assert!(help.contains("mig="), "{args:?}:\n{help}");
+    }
+}
+
+/// The token reaches the collector from the flag and from the environment, as the
+/// collector's own does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_token_file_is_a_flag_and_an_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let collector = gpulse_collector::start(CollectorConfig {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        auth_token_file: Some(token.clone()),
+        ..CollectorConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", collector.grpc_addr);
+    let token = token.to_str().unwrap().to_string();
+    let runs: [(Vec<&str>, Vec<(&str, &str)>, &str); 3] = [
+        (vec!["--auth-token-file", &token], vec![], "connected"),
+        (
+            vec![],
+            vec![("GPULSE_AGENT_AUTH_TOKEN_FILE", &token)],
+            "connected",
+        ),
+        (vec![], vec![], "reason=\"unauthenticated\""),
+    ];
+    for (args, env, want) in runs {
+        let log = tokio::task::spawn_blocking({
+            let url = url.clone();
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move || {
+                let mut child = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+                    .args(["--simulate", "gpus=1", "--agent-id", "token-1"])
+                    .args(["--collector", &url])
+                    .args(&args)
+                    .envs(env)
+                    .env("RUST_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(1500));
+                child.kill().unwrap();
+                String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).to_string()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(log.contains(want), "{want}:\n{log}");
+    }
+    collector.shutdown().await;
 }
 
 #[test]

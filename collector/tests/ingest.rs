@@ -1688,3 +1688,42 @@ fn the_binary_names_the_tls_file_it_cannot_use() {
         "{stderr}"
     );
 }
+
+/// A port in use is one clear message whatever RUST_BACKTRACE says, and a mistyped
+/// GPULSE_COLLECTOR_ variable is named.
+#[test]
+fn a_start_up_error_is_one_message_without_a_stack_trace() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .env("GPULSE_COLLECTOR_DATADIR", "/tmp/nowhere")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&taken.local_addr().unwrap().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("acktrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("Error: ")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("GPULSE_COLLECTOR_DATADIR is set but no setting reads it")
+            && stderr.contains("GPULSE_COLLECTOR_DATA_DIR"),
+        "{stderr}"
+    );
+}

@@ -44,6 +44,21 @@ impl Default for SimSpec {
 /// MIG instances one GPU can hold (the A100/H100/H200 "1g" profiles: seven).
 pub const MAX_MIG_INSTANCES: u32 = 7;
 
+impl SimSpec {
+    /// The `--simulate` syntax, from the same lists the parser accepts.
+    pub fn help() -> String {
+        format!(
+            "Simulate GPUs instead of reading NVML: gpus=N,model=M,scenario=S[,seed=N][,hide=field+field][,mig=N], \
+             e.g. \"gpus=8,model=h100-sxm,scenario=thermal\". gpus: 1 to {MAX_GPUS} [default: {DEFAULT_GPUS}]. \
+             Models: {}. Scenarios: {}. seed: a whole number [default: 1]. hide: fields the host hides ({}). \
+             mig: MIG instances per GPU, 0 to {MAX_MIG_INSTANCES}",
+            GpuModel::NAMES.map(|(n, _)| n).join(", "),
+            Scenario::NAMES.map(|(n, _)| n).join(", "),
+            Field::ALL.map(Field::name).join(", "),
+        )
+    }
+}
+
 impl FromStr for SimSpec {
     type Err = BackendError;
 
@@ -157,6 +172,20 @@ impl fmt::Display for SimSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_help_lists_every_model_scenario_and_key_the_parser_accepts() {
+        let help = SimSpec::help();
+        for (name, _) in GpuModel::NAMES {
+            assert!(help.contains(name), "{name} missing from {help}");
+        }
+        for (name, _) in Scenario::NAMES {
+            assert!(help.contains(name), "{name} missing from {help}");
+        }
+        for key in ["gpus=", "model=", "scenario=", "seed=", "hide=", "mig="] {
+            assert!(help.contains(key), "{key} missing from {help}");
+        }
+    }
 
     #[test]
     fn parses_the_documented_example() {
