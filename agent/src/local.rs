@@ -124,6 +124,7 @@ impl AgentMetrics {
 pub fn registry() -> prometheus::Result<(Registry, AgentMetrics)> {
     let registry = Registry::new();
     let metrics = AgentMetrics::new(&registry)?;
+    gpulse_exposition::build_info::register(&registry)?;
     Ok((registry, metrics))
 }
 

@@ -17,7 +17,7 @@ use gpulse_agent::identity::{SystemPaths, host_identity};
 /// Settings come from the config file, then GPULSE_AGENT_* environment variables, then
 /// flags; each overrides the one before.
 #[derive(Debug, Parser)]
-#[command(name = "gpulse-agent", version)]
+#[command(name = "gpulse-agent", version = gpulse_exposition::build_info::LONG_VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

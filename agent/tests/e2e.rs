@@ -599,6 +599,34 @@ fn the_binary_names_bad_input_and_exits_non_zero() {
 }
 
 #[test]
+fn version_names_the_revision_and_build_date() {
+    use gpulse_exposition::build_info::{BUILD_DATE, REVISION, VERSION};
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.trim(),
+        format!("gpulse-agent {VERSION} (revision {REVISION}, built {BUILD_DATE})")
+    );
+    assert!(!REVISION.is_empty() && BUILD_DATE.len() == "YYYY-MM-DD".len());
+    // The same on the agent's /metrics.
+    let (registry, _) = gpulse_agent::local::registry().unwrap();
+    let text = gpulse_exposition::render(
+        &gpulse_agent::local::LocalHost::default(),
+        Default::default(),
+        &registry,
+    );
+    let line = format!(
+        "gpulse_build_info{{build_date=\"{BUILD_DATE}\",revision=\"{REVISION}\",version=\"{VERSION}\"}} 1"
+    );
+    assert!(text.lines().any(|l| l == line), "{text}");
+    promtool_check(&text);
+}
+
+#[test]
 fn help_lists_every_scenario_and_model_the_parser_accepts() {
     for args in [
         &["--help"][..],

@@ -19,7 +19,7 @@ use gpulse_exposition::dcgm::DcgmCompat;
 /// Settings come from the config file, then GPULSE_COLLECTOR_* environment variables,
 /// then flags; each overrides the one before.
 #[derive(Debug, Parser)]
-#[command(name = "gpulse-collector", version)]
+#[command(name = "gpulse-collector", version = gpulse_exposition::build_info::LONG_VERSION)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "GPULSE_COLLECTOR_CONFIG", global = true)]

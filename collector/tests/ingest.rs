@@ -434,6 +434,15 @@ fn golden_text() -> String {
 }
 
 /// The golden fleet, exposed under the names `dcgm` asks for.
+/// The build's own revision and date are the same placeholder in the golden file.
+fn without_build_stamp(text: String) -> String {
+    use gpulse_exposition::build_info::{BUILD_DATE, REVISION};
+    text.replace(
+        &format!("build_date=\"{BUILD_DATE}\",revision=\"{REVISION}\""),
+        "build_date=\"BUILD_DATE\",revision=\"REVISION\"",
+    )
+}
+
 fn golden_text_with(dcgm: DcgmCompat) -> String {
     use gpulse_collector::config::BareMetalConfig;
     use gpulse_collector::cost::ledger::Ledger;
@@ -514,16 +523,18 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
             fleet.connect(id, Vec::new(), t0).unwrap();
         }
     }
-    gpulse_collector::http::Scrape {
-        fleet,
-        options: ExpositionOptions {
-            nvlink_per_link: true,
-            dcgm,
-        },
-        registry,
-        cost: Some(CostSeries::new(pricing, Arc::new(RwLock::new(totals)))),
-    }
-    .render()
+    without_build_stamp(
+        gpulse_collector::http::Scrape {
+            fleet,
+            options: ExpositionOptions {
+                nvlink_per_link: true,
+                dcgm,
+            },
+            registry,
+            cost: Some(CostSeries::new(pricing, Arc::new(RwLock::new(totals)))),
+        }
+        .render(),
+    )
 }
 
 /// Diffs an exposition against a golden file, or writes it with GPULSE_BLESS=1.
