@@ -1416,3 +1416,22 @@ fn the_agent_logs_why_it_cannot_connect_and_never_says_connected() {
     assert!(!log.contains("lost the collector"), "{log}");
     assert!(!log.contains("connected"), "{log}");
 }
+
+#[test]
+fn simulated_agents_with_the_same_seed_report_different_gpus() {
+    let uuids = |id: &str| -> Vec<String> {
+        let config = AgentConfig {
+            simulate: Some("gpus=8,scenario=training".into()),
+            agent_id: Some(id.to_string()),
+            ..AgentConfig::default()
+        };
+        let backend = backend_opener(&config).unwrap()().unwrap();
+        backend.inventory().iter().map(|d| d.uuid.clone()).collect()
+    };
+    let (a, b, c) = (uuids("sim-1"), uuids("sim-2"), uuids("sim-3"));
+    assert_eq!(a, uuids("sim-1"), "stable across restarts of one agent");
+    let mut all: Vec<&String> = a.iter().chain(&b).chain(&c).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 24, "three agents, 24 distinct GPUs");
+}

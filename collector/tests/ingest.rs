@@ -1738,3 +1738,39 @@ fn a_start_up_error_is_one_message_without_a_stack_trace() {
         "{stderr}"
     );
 }
+
+/// Two hosts that report the same GPU UUID (cloned images, a misconfigured simulator)
+/// keep separate series, each with its own readings: never merged.
+#[tokio::test]
+async fn two_hosts_reporting_the_same_uuid_keep_separate_series() {
+    let c = start().await;
+    // The same seed gives the same UUIDs; the scenarios give different readings.
+    let mut idle = sim("gpus=1,scenario=idle,seed=5");
+    let mut busy = sim("gpus=1,scenario=training,seed=5");
+    let uuid = idle.inventory()[0].uuid.clone();
+    assert_eq!(uuid, busy.inventory()[0].uuid);
+    let t0 = now_ms();
+    for (host, sim) in [("twin-a", &mut idle), ("twin-b", &mut busy)] {
+        let id = identity(host, &format!("m-{host}"));
+        let mut stream = open(&c, hello_for(&id, sim), None).await.unwrap();
+        let batch = vec![snapshot(sim, t0), snapshot(sim, t0 + 5000)];
+        assert_eq!(
+            stream.send(1, batch).await,
+            collector_message::Msg::Ack(v1::Ack { seq: 1 })
+        );
+    }
+    let text = c.render_metrics();
+    let utilisation = |host: &str| -> f64 {
+        let prefix =
+            format!("gpulse_gpu_utilization_ratio{{host=\"{host}\",gpu=\"0\",uuid=\"{uuid}\"");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(lines.len(), 1, "one series for {host}: {lines:?}");
+        lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (a, b) = (utilisation("twin-a"), utilisation("twin-b"));
+    assert!(
+        a < b,
+        "each host keeps its own readings: idle {a}, training {b}"
+    );
+    c.shutdown().await;
+}

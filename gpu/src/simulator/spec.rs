@@ -26,6 +26,10 @@ pub struct SimSpec {
     pub hidden: Vec<Field>,
     /// MIG instances per GPU (0: MIG off). Only on models that have MIG (not the L4).
     pub mig: u32,
+    /// The identity of the host playing these GPUs (the agent id), mixed into the UUIDs
+    /// so that two agents with the same seed never report the same GPU. Not part of the
+    /// `--simulate` syntax; empty (the default) leaves the UUIDs to the seed alone.
+    pub host: String,
 }
 
 impl Default for SimSpec {
@@ -37,6 +41,7 @@ impl Default for SimSpec {
             seed: 1,
             hidden: Vec::new(),
             mig: 0,
+            host: String::new(),
         }
     }
 }
