@@ -729,8 +729,8 @@ fn diagnose_finds_what_each_scenario_shows() {
     let expected: &[(&str, &str, &str)] = &[
         ("gpus=2,scenario=training", "", ""),
         ("gpus=2,scenario=idle", "", ""),
-        ("gpus=2,scenario=thermal", "thermal_throttling", "critical"),
-        ("gpus=2,scenario=power-cap", "provider_power_cap", "warning"),
+        ("gpus=2,scenario=thermal", "thermal_throttling", "warning"),
+        ("gpus=2,scenario=power-cap", "provider_power_cap", "info"),
         (
             "gpus=2,scenario=pcie-degraded",
             "pcie_downtrained",
@@ -740,7 +740,7 @@ fn diagnose_finds_what_each_scenario_shows() {
         (
             "gpus=2,scenario=hw-slowdown",
             "hardware_slowdown",
-            "critical",
+            "warning",
         ),
         ("gpus=2,scenario=sync-boost", "sync_boost", "info"),
         (
@@ -748,7 +748,7 @@ fn diagnose_finds_what_each_scenario_shows() {
             "application_clocks_locked",
             "warning",
         ),
-        ("gpus=8,scenario=nvlink-errors", "nvlink_down", "critical"),
+        ("gpus=8,scenario=nvlink-errors", "nvlink_down", "warning"),
         ("gpus=2,scenario=xid", "xid", "info"),
         (
             "gpus=2,model=a100,scenario=ecc",
