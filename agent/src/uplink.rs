@@ -424,8 +424,8 @@ fn status_text(status: &tonic::Status) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn failed_attempts_are_logged_each_while_the_wait_is_short_then_once_a_minute() {
+    #[test]
+    fn failed_attempts_are_logged_each_while_the_wait_is_short_then_once_a_minute() {
         let mut outage = Outage {
             attempts: 0,
             last_success: None,

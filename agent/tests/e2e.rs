@@ -667,7 +667,9 @@ async fn the_auth_token_file_is_a_flag_and_an_environment_variable() {
     .unwrap();
     let url = format!("http://{}", collector.grpc_addr);
     let token = token.to_str().unwrap().to_string();
-    let runs: [(Vec<&str>, Vec<(&str, &str)>, &str); 3] = [
+    // Flags, environment, and what the log must say.
+    type Run<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let runs: [Run<'_>; 3] = [
         (vec!["--auth-token-file", &token], vec![], "connected"),
         (
             vec![],

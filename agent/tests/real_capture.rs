@@ -5,6 +5,11 @@
 //! clock that changed between two nvidia-smi rows is not a disagreement), widened by the
 //! resolution nvidia-smi prints. docs/real-gpu.md records what the comparison found.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
