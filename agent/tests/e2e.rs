@@ -855,7 +855,8 @@ fn diagnose_prints_a_table_with_sparklines() {
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    // Thermal throttling costs performance: a warning, so no critical exit status.
+    assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         text.contains("SM CLOCK") && text.contains("TEMPERATURE"),
         "{text}"
@@ -865,7 +866,7 @@ fn diagnose_prints_a_table_with_sparklines() {
         "a sparkline: {text}"
     );
     assert!(
-        text.contains("CRITICAL  GPUs 0,1  thermal_throttling"),
+        text.contains("WARNING   GPUs 0,1  thermal_throttling"),
         "{text}"
     );
     assert!(text.contains("what to do:"), "{text}");
@@ -1000,8 +1001,8 @@ fn the_gpu_capture_script_runs_against_nvml() {
     );
     assert!(host.contains("capture rc=0"), "{host}");
     assert!(
-        host.contains("diagnose rc=2"),
-        "thermal is critical: {host}"
+        host.contains("diagnose rc=0"),
+        "thermal throttling is a warning: {host}"
     );
 
     let cap = gpulse_agent::capture::Capture::read(&out_dir.join("capture.gpulse")).unwrap();
