@@ -1105,14 +1105,14 @@ async fn the_collector_finds_what_each_host_shows() {
     let expected: &[(&str, &str, &str)] = &[
         ("training", "", ""),
         ("idle", "", ""),
-        ("thermal", "thermal_throttling", "critical"),
-        ("power-cap", "provider_power_cap", "warning"),
+        ("thermal", "thermal_throttling", "warning"),
+        ("power-cap", "provider_power_cap", "info"),
         ("pcie-degraded", "pcie_downtrained", "warning"),
         ("lost", "gpu_lost", "critical"),
-        ("hw-slowdown", "hardware_slowdown", "critical"),
+        ("hw-slowdown", "hardware_slowdown", "warning"),
         ("sync-boost", "sync_boost", "info"),
         ("app-clocks", "application_clocks_locked", "warning"),
-        ("nvlink-errors", "nvlink_down", "critical"),
+        ("nvlink-errors", "nvlink_down", "warning"),
         ("xid", "xid", "info"),
         // The uncorrectable error came a minute ago, before the 30 s window; what is
         // still true now is the remap waiting for a reset.
@@ -1210,7 +1210,7 @@ async fn the_collector_finds_what_each_host_shows() {
     assert_eq!(series.len(), findings.len(), "{series:?}");
     assert!(series.iter().any(|l| l.contains("host=\"host-thermal\"")
         && l.contains("kind=\"thermal_throttling\"")
-        && l.contains("severity=\"critical\"")
+        && l.contains("severity=\"warning\"")
         && l.ends_with(" 1")));
     drop(streams);
     c.shutdown().await;
