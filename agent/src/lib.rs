@@ -19,6 +19,7 @@ pub mod capture;
 pub mod config;
 pub mod diagnose;
 pub mod identity;
+pub mod link;
 pub mod local;
 pub mod provider;
 pub mod sampler;
@@ -78,7 +79,12 @@ pub fn backend_opener(config: &AgentConfig) -> Result<BackendOpener, ConfigError
             Ok(Box::new(capture::Replay::new(capture.clone())) as Box<dyn GpuBackend>)
         }));
     }
-    if let Some(spec) = config.sim_spec()? {
+    if let Some(mut spec) = config.sim_spec()? {
+        // Two simulated agents with the same seed must not report the same GPUs.
+        spec.host = config
+            .agent_id
+            .clone()
+            .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_default());
         return Ok(Box::new(move || {
             Ok(Box::new(Simulator::new(spec.clone())) as Box<dyn GpuBackend>)
         }));

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use gpulse_exposition::names::{self, Def};
 use gpulse_exposition::{ExpositionOptions, HostSource, HostView};
@@ -50,6 +50,8 @@ pub struct AgentMetrics {
     pub spool_errors: IntCounter,
     pub connects: IntCounterVec,
     pub connected: IntGauge,
+    /// 1 for the reason the agent is not connected; all 0 while it is.
+    pub connection_error: IntGaugeVec,
     pub sample_duration: Gauge,
 }
 
@@ -69,6 +71,7 @@ impl AgentMetrics {
             spool_errors: IntCounter::with_opts(opts(&names::AGENT_SPOOL_ERRORS))?,
             connects: IntCounterVec::new(opts(&names::AGENT_CONNECTS), &["result"])?,
             connected: IntGauge::with_opts(opts(&names::AGENT_CONNECTED))?,
+            connection_error: IntGaugeVec::new(opts(&names::AGENT_CONNECTION_ERROR), &["reason"])?,
             sample_duration: Gauge::with_opts(opts(&names::AGENT_SAMPLE_DURATION))?,
         };
         registry.register(Box::new(m.batches_sent.clone()))?;
@@ -80,15 +83,31 @@ impl AgentMetrics {
         registry.register(Box::new(m.spool_errors.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.connection_error.clone()))?;
         registry.register(Box::new(m.sample_duration.clone()))?;
         for result in ["ok", "error"] {
             m.connects.with_label_values(&[result]);
+        }
+        // Not connected yet, and no attempt has failed: every reason 0.
+        for kind in crate::link::LinkError::ALL {
+            m.connection_error.with_label_values(&[kind.as_str()]);
         }
         Ok(m)
     }
 }
 
 impl AgentMetrics {
+    /// Connected (`None`), or not and why: `gpulse_agent_connected` and
+    /// `gpulse_agent_connection_error{reason}` always agree.
+    pub fn set_link_error(&self, error: Option<crate::link::LinkError>) {
+        self.connected.set(i64::from(error.is_none()));
+        for kind in crate::link::LinkError::ALL {
+            self.connection_error
+                .with_label_values(&[kind.as_str()])
+                .set(i64::from(error == Some(kind)));
+        }
+    }
+
     /// The delivery counters the collector shows for this agent (sent in every batch).
     pub fn stats(&self) -> gpulse_proto::v1::AgentStats {
         gpulse_proto::v1::AgentStats {
@@ -105,6 +124,7 @@ impl AgentMetrics {
 pub fn registry() -> prometheus::Result<(Registry, AgentMetrics)> {
     let registry = Registry::new();
     let metrics = AgentMetrics::new(&registry)?;
+    gpulse_exposition::build_info::register(&registry)?;
     Ok((registry, metrics))
 }
 

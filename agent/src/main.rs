@@ -17,7 +17,7 @@ use gpulse_agent::identity::{SystemPaths, host_identity};
 /// Settings come from the config file, then GPULSE_AGENT_* environment variables, then
 /// flags; each overrides the one before.
 #[derive(Debug, Parser)]
-#[command(name = "gpulse-agent", version)]
+#[command(name = "gpulse-agent", version = gpulse_exposition::build_info::LONG_VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,10 +32,8 @@ struct Cli {
         value_delimiter = ','
     )]
     failover_collectors: Vec<String>,
-    /// Simulate GPUs instead of reading NVML, e.g. "gpus=8,model=h100-sxm,scenario=thermal".
-    /// Models: h100-sxm, h200, a100, l4. Scenarios: idle, training, thermal, power-cap,
-    /// pcie-degraded, lost. Also seed=N and hide=field+field.
-    #[arg(long, env = "GPULSE_AGENT_SIMULATE", global = true)]
+    // The help comes from the parser's own lists, so it cannot fall behind them.
+    #[arg(long, env = "GPULSE_AGENT_SIMULATE", global = true, help = gpulse_gpu::simulator::SimSpec::help())]
     simulate: Option<String>,
     /// Play back a capture file (from `gpulse-agent capture`) instead of reading GPUs.
     #[arg(long, env = "GPULSE_AGENT_REPLAY", global = true)]
@@ -62,6 +60,9 @@ struct Cli {
     /// Provider this host runs on (aws, gcp, azure, coreweave, lambda, on-prem, ...).
     #[arg(long, env = "GPULSE_AGENT_PROVIDER")]
     provider: Option<String>,
+    /// File with the bearer token the collector asks for (shared, or this agent's own).
+    #[arg(long, env = "GPULSE_AGENT_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// PEM CA the collector's certificate must be signed by [default: the system's CAs].
     #[arg(long, env = "GPULSE_AGENT_TLS_CA_FILE")]
     tls_ca_file: Option<PathBuf>,
@@ -152,6 +153,9 @@ impl Cli {
         if let Some(v) = self.provider {
             c.provider.name = v;
         }
+        if let Some(v) = self.auth_token_file {
+            c.auth_token_file = Some(v);
+        }
         if let Some(v) = self.tls_ca_file {
             c.tls_ca_file = Some(v);
         }
@@ -193,11 +197,20 @@ fn capture(config: AgentConfig, args: &CaptureArgs) -> anyhow::Result<()> {
 
 fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
     use gpulse_agent::diagnose;
-    if args.rate < Duration::from_millis(10) || args.duration < args.rate {
+    if args.duration.is_zero() {
+        anyhow::bail!("--duration 0s: give how long to sample, e.g. 30s");
+    }
+    if args.rate < Duration::from_millis(10) {
         anyhow::bail!(
-            "--rate {:?} must be at least 10ms and no longer than --duration {:?}",
-            args.rate,
-            args.duration
+            "--rate {}: must be at least 10ms",
+            humantime::format_duration(args.rate)
+        );
+    }
+    if args.duration < args.rate {
+        anyhow::bail!(
+            "--duration {} is shorter than --rate {}: sample for at least one reading",
+            humantime::format_duration(args.duration),
+            humantime::format_duration(args.rate)
         );
     }
     let identity = host_identity(&config, &SystemPaths::default());
@@ -222,8 +235,67 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A user error is one message, whatever RUST_BACKTRACE says: the causes on one line,
+/// each once, and exit status 1.
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, each cause only when the message before it does not already
+/// say it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Environment variables with this binary's prefix that no setting reads: a typo there
+/// is otherwise silently ignored.
+fn warn_unknown_env(command: &clap::Command, prefix: &str) {
+    let mut known = std::collections::BTreeSet::new();
+    let mut stack = vec![command];
+    while let Some(c) = stack.pop() {
+        for arg in c.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        stack.extend(c.get_subcommands());
+    }
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix) && !known.contains(name.as_ref()) {
+            tracing::warn!(
+                variable = %name,
+                "{name} is set but no setting reads it; known: {}",
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // Logs go to stderr: stdout carries what a command prints (JSON, CSV, tables).
         .with_writer(std::io::stderr)
@@ -234,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let mut cli = Cli::parse();
+    warn_unknown_env(&<Cli as clap::CommandFactory>::command(), "GPULSE_AGENT_");
     if cli.print_example_config {
         write_stdout(&gpulse_agent::config::example_config())?;
         return Ok(());

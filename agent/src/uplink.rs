@@ -14,6 +14,7 @@ use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::In
 
 use crate::backoff::Backoff;
 use crate::buffer::Buffer;
+use crate::link::LinkError;
 use crate::local::AgentMetrics;
 
 /// Messages queued for the wire before the sender waits for HTTP/2 flow control.
@@ -167,11 +168,43 @@ enum End {
     Stopped,
     /// The Hello changed (GPUs appeared): reconnect at once to announce them.
     HelloChanged,
-    /// The stream ended; whether it got as far as an acknowledgement.
+    /// The attempt failed or the stream ended.
     Lost {
-        acked: bool,
+        /// The collector acknowledged the Hello: this was a connection, now lost.
+        connected: bool,
+        kind: LinkError,
         error: String,
     },
+}
+
+/// While the reconnect wait is shorter than this, every failed attempt is logged; past
+/// it, one line per [`LOG_EVERY`] (or when the reason changes).
+const LOG_EACH_ATTEMPT_BELOW: Duration = Duration::from_secs(5);
+/// The steady cadence of "still cannot reach the collector" lines.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Attempts since the last connection, and when the last line about them was logged.
+#[derive(Debug)]
+struct Outage {
+    attempts: u64,
+    last_success: Option<tokio::time::Instant>,
+    last_logged: Option<(tokio::time::Instant, LinkError)>,
+}
+
+impl Outage {
+    /// Whether this failed attempt gets a log line.
+    fn should_log(&mut self, kind: LinkError, delay: Duration, now: tokio::time::Instant) -> bool {
+        let due = match self.last_logged {
+            None => true,
+            Some((at, last)) => {
+                last != kind || delay < LOG_EACH_ATTEMPT_BELOW || now - at >= LOG_EVERY
+            }
+        };
+        if due {
+            self.last_logged = Some((now, kind));
+        }
+        due
+    }
 }
 
 /// Runs until `stop` turns true.
@@ -186,7 +219,11 @@ pub async fn run(
         config.backoff_max,
         config.jitter_seed,
     );
-    let mut failures = 0u32;
+    let mut outage = Outage {
+        attempts: 0,
+        last_success: None,
+        last_logged: None,
+    };
     let mut which = 0usize;
     loop {
         if *stop.borrow() {
@@ -197,21 +234,40 @@ pub async fn run(
         match session(&shared, &config, collector, current, &mut hello, &mut stop).await {
             End::Stopped => return,
             End::HelloChanged => continue,
-            End::Lost { acked, error } => {
-                shared.metrics.connected.set(0);
-                if acked {
+            End::Lost {
+                connected,
+                kind,
+                error,
+            } => {
+                shared.metrics.set_link_error(Some(kind));
+                let now = tokio::time::Instant::now();
+                if connected {
                     backoff.reset();
-                    failures = 0;
+                    outage.attempts = 0;
+                    outage.last_success = Some(now);
+                    outage.last_logged = None;
                 }
-                failures += 1;
+                outage.attempts += 1;
                 let delay = backoff.next_delay();
                 // Fail over: the next attempt goes to the next collector in the list.
                 which = (which + 1) % config.collectors.len();
                 let next = config.collectors[which].as_str();
-                if failures == 1 {
-                    warn!(%collector, %error, retry_in = ?delay, next, "lost the collector; buffering and retrying");
+                let reason = kind.as_str();
+                let advice = kind.advice();
+                if connected {
+                    warn!(%collector, reason, %error, retry_in = ?delay, next, "lost the collector: {advice}; buffering and retrying");
+                } else if outage.should_log(kind, delay, now) {
+                    let attempts = outage.attempts;
+                    let since_success = match outage.last_success {
+                        Some(at) => {
+                            humantime::format_duration(Duration::from_secs((now - at).as_secs()))
+                                .to_string()
+                        }
+                        None => "never since start".to_string(),
+                    };
+                    warn!(%collector, reason, %error, attempts, last_success = %since_success, retry_in = ?delay, next, "cannot reach the collector: {advice}; buffering and retrying");
                 } else {
-                    debug!(%collector, %error, retry_in = ?delay, next, "collector still unreachable");
+                    debug!(%collector, reason, %error, retry_in = ?delay, next, "collector still unreachable");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -230,16 +286,25 @@ async fn session(
     hello_rx: &mut watch::Receiver<v1::Hello>,
     stop: &mut watch::Receiver<bool>,
 ) -> End {
-    let lost = |acked, error: String| End::Lost { acked, error };
+    let https = collector.starts_with("https://");
+    let lost = |connected, kind, error: String| End::Lost {
+        connected,
+        kind,
+        error,
+    };
     let endpoint = match crate::tls::endpoint(collector, config.tls.as_ref()) {
         Ok(e) => e.connect_timeout(config.connect_timeout).tcp_nodelay(true),
-        Err(e) => return lost(false, e.to_string()),
+        Err(e) => return lost(false, LinkError::Other, e.to_string()),
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
             shared.metrics.connects.with_label_values(&["error"]).inc();
-            return lost(false, format!("connect: {e}"));
+            return lost(
+                false,
+                LinkError::of_transport(&e, https),
+                crate::link::chain(&e),
+            );
         }
     };
     let mut client = IngestClient::new(channel);
@@ -249,7 +314,11 @@ async fn session(
         msg: Some(agent_message::Msg::Hello(hello)),
     };
     if tx.send(opening).await.is_err() {
-        return lost(false, "stream closed before the Hello".into());
+        return lost(
+            false,
+            LinkError::Other,
+            "stream closed before the Hello".into(),
+        );
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &config.auth_token {
@@ -257,30 +326,47 @@ async fn session(
             Ok(v) => {
                 request.metadata_mut().insert("authorization", v);
             }
-            Err(_) => return lost(false, "the auth token is not a valid header value".into()),
+            Err(_) => {
+                return lost(
+                    false,
+                    LinkError::Unauthenticated,
+                    "the auth token is not a valid header value".into(),
+                );
+            }
         }
     }
-    let mut inbound = match client.stream(request).await {
-        Ok(r) => r.into_inner(),
+    let response = match client.stream(request).await {
+        Ok(r) => r,
         Err(status) => {
             shared.metrics.connects.with_label_values(&["error"]).inc();
-            if matches!(
-                status.code(),
-                tonic::Code::InvalidArgument
-                    | tonic::Code::AlreadyExists
-                    | tonic::Code::Unauthenticated
-                    | tonic::Code::PermissionDenied
-            ) {
+            let kind = LinkError::of_status(&status, https, false);
+            if kind == LinkError::Rejected {
                 error!(agent = %agent_id, code = ?status.code(), "the collector refused this agent: {}", status.message());
             }
-            return lost(false, format!("{:?}: {}", status.code(), status.message()));
+            return lost(false, kind, status_text(&status));
         }
     };
+    // The collector answers the stream's headers only once it has accepted the Hello
+    // (collector/src/ingest.rs awaits it before responding): gRPC headers are the
+    // acknowledgement. Anything else (an HTTP server's 404) is not a collector.
+    let grpc = response
+        .metadata()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        shared.metrics.connects.with_label_values(&["error"]).inc();
+        return lost(
+            false,
+            LinkError::NotGrpc,
+            "the answer is not gRPC (no application/grpc content type)".into(),
+        );
+    }
+    let mut inbound = response.into_inner();
     shared.metrics.connects.with_label_values(&["ok"]).inc();
-    shared.metrics.connected.set(1);
-    info!(%collector, "connected; replaying unacknowledged batches");
+    shared.metrics.set_link_error(None);
+    info!(%collector, "connected; the collector accepted the Hello; replaying unacknowledged batches");
 
-    let mut acked = false;
     let mut last_sent: Option<u64> = None;
     loop {
         // Cloned only when it is sent: most wake-ups are acknowledgements.
@@ -292,11 +378,9 @@ async fn session(
             reply = inbound.message() => match reply {
                 Ok(Some(v1::CollectorMessage { msg: Some(m) })) => match m {
                     collector_message::Msg::Ack(a) => {
-                        acked = true;
                         shared.ack(a.seq);
                     }
                     collector_message::Msg::Reject(r) => {
-                        acked = true;
                         error!(seq = r.seq, reason = %r.reason, "the collector refused a batch; it is dropped: {}", r.message);
                         shared.reject(r.seq);
                     }
@@ -305,8 +389,8 @@ async fn session(
                     }
                 },
                 Ok(Some(_)) => {}
-                Ok(None) => return lost(acked, "the collector closed the stream".into()),
-                Err(status) => return lost(acked, format!("{:?}: {}", status.code(), status.message())),
+                Ok(None) => return lost(true, LinkError::StreamLost, "the collector closed the stream".into()),
+                Err(status) => return lost(true, LinkError::of_status(&status, https, true), status_text(&status)),
             },
             permit = tx.reserve(), if has_next => match (permit, shared.next_after(last_sent)) {
                 (Ok(permit), Some(batch)) => {
@@ -316,9 +400,51 @@ async fn session(
                 }
                 // Only this task removes batches past `last_sent`; drop the permit and look again.
                 (Ok(_), None) => {}
-                (Err(_), _) => return lost(acked, "the send queue closed".into()),
+                (Err(_), _) => return lost(true, LinkError::StreamLost, "the send queue closed".into()),
             },
             _ = shared.wake.notified(), if !has_next => {}
         }
+    }
+}
+
+/// A status with its code and the causes behind it.
+fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!(
+            "{:?}: {}: {}",
+            status.code(),
+            status.message(),
+            crate::link::chain(source)
+        ),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_attempts_are_logged_each_while_the_wait_is_short_then_once_a_minute() {
+        let mut outage = Outage {
+            attempts: 0,
+            last_success: None,
+            last_logged: None,
+        };
+        let short = LOG_EACH_ATTEMPT_BELOW / 2;
+        let long = LOG_EACH_ATTEMPT_BELOW * 2;
+        let start = tokio::time::Instant::now();
+        let refused = LinkError::Refused;
+        assert!(outage.should_log(refused, short, start));
+        assert!(outage.should_log(refused, short, start + short));
+        // The wait has grown: quiet until a minute has passed since the last line...
+        let t = start + short + long;
+        assert!(!outage.should_log(refused, long, t));
+        assert!(!outage.should_log(refused, long, start + short + LOG_EVERY / 2));
+        assert!(outage.should_log(refused, long, start + short + LOG_EVERY));
+        // ...unless the reason changes.
+        let at = start + short + LOG_EVERY + long;
+        assert!(outage.should_log(LinkError::Dns, long, at));
+        assert!(!outage.should_log(LinkError::Dns, long, at + long));
     }
 }

@@ -20,7 +20,7 @@ use gpulse_exposition::dcgm::DcgmCompat;
 /// Settings come from the config file, then GPULSE_COLLECTOR_* environment variables,
 /// then flags; each overrides the one before.
 #[derive(Debug, Parser)]
-#[command(name = "gpulse-collector", version)]
+#[command(name = "gpulse-collector", version = gpulse_exposition::build_info::LONG_VERSION)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "GPULSE_COLLECTOR_CONFIG", global = true)]
@@ -162,8 +162,67 @@ impl Cli {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A user error is one message, whatever RUST_BACKTRACE says: the causes on one line,
+/// each once, and exit status 1.
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, each cause only when the message before it does not already
+/// say it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// Environment variables with this binary's prefix that no setting reads: a typo there
+/// is otherwise silently ignored.
+fn warn_unknown_env(command: &clap::Command, prefix: &str) {
+    let mut known = std::collections::BTreeSet::new();
+    let mut stack = vec![command];
+    while let Some(c) = stack.pop() {
+        for arg in c.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        stack.extend(c.get_subcommands());
+    }
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix) && !known.contains(name.as_ref()) {
+            tracing::warn!(
+                variable = %name,
+                "{name} is set but no setting reads it; known: {}",
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         // Logs go to stderr: stdout carries what a command prints (JSON, CSV, tables).
         .with_writer(std::io::stderr)
@@ -174,6 +233,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let mut cli = Cli::parse();
+    warn_unknown_env(
+        &<Cli as clap::CommandFactory>::command(),
+        "GPULSE_COLLECTOR_",
+    );
     if cli.print_example_config {
         write_stdout(&gpulse_collector::example_config())?;
         return Ok(());

@@ -40,6 +40,7 @@ impl SelfMetrics {
                 &["reason"],
             )?,
         };
+        gpulse_exposition::build_info::register(registry)?;
         registry.register(Box::new(m.agents_connected.clone()))?;
         registry.register(Box::new(m.agents_known.clone()))?;
         registry.register(Box::new(m.agents_expired.clone()))?;

@@ -434,6 +434,15 @@ fn golden_text() -> String {
 }
 
 /// The golden fleet, exposed under the names `dcgm` asks for.
+/// The build's own revision and date are the same placeholder in the golden file.
+fn without_build_stamp(text: String) -> String {
+    use gpulse_exposition::build_info::{BUILD_DATE, REVISION};
+    text.replace(
+        &format!("build_date=\"{BUILD_DATE}\",revision=\"{REVISION}\""),
+        "build_date=\"BUILD_DATE\",revision=\"REVISION\"",
+    )
+}
+
 fn golden_text_with(dcgm: DcgmCompat) -> String {
     use gpulse_collector::config::BareMetalConfig;
     use gpulse_collector::cost::ledger::Ledger;
@@ -514,16 +523,18 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
             fleet.connect(id, Vec::new(), t0).unwrap();
         }
     }
-    gpulse_collector::http::Scrape {
-        fleet,
-        options: ExpositionOptions {
-            nvlink_per_link: true,
-            dcgm,
-        },
-        registry,
-        cost: Some(CostSeries::new(pricing, Arc::new(RwLock::new(totals)))),
-    }
-    .render()
+    without_build_stamp(
+        gpulse_collector::http::Scrape {
+            fleet,
+            options: ExpositionOptions {
+                nvlink_per_link: true,
+                dcgm,
+            },
+            registry,
+            cost: Some(CostSeries::new(pricing, Arc::new(RwLock::new(totals)))),
+        }
+        .render(),
+    )
 }
 
 /// Diffs an exposition against a golden file, or writes it with GPULSE_BLESS=1.
@@ -1235,14 +1246,14 @@ async fn the_collector_finds_what_each_host_shows() {
     let expected: &[(&str, &str, &str)] = &[
         ("training", "", ""),
         ("idle", "", ""),
-        ("thermal", "thermal_throttling", "critical"),
-        ("power-cap", "provider_power_cap", "warning"),
+        ("thermal", "thermal_throttling", "warning"),
+        ("power-cap", "provider_power_cap", "info"),
         ("pcie-degraded", "pcie_downtrained", "warning"),
         ("lost", "gpu_lost", "critical"),
-        ("hw-slowdown", "hardware_slowdown", "critical"),
+        ("hw-slowdown", "hardware_slowdown", "warning"),
         ("sync-boost", "sync_boost", "info"),
         ("app-clocks", "application_clocks_locked", "warning"),
-        ("nvlink-errors", "nvlink_down", "critical"),
+        ("nvlink-errors", "nvlink_down", "warning"),
         ("xid", "xid", "info"),
         // The uncorrectable error came a minute ago, before the 30 s window; what is
         // still true now is the remap waiting for a reset.
@@ -1340,7 +1351,7 @@ async fn the_collector_finds_what_each_host_shows() {
     assert_eq!(series.len(), findings.len(), "{series:?}");
     assert!(series.iter().any(|l| l.contains("host=\"host-thermal\"")
         && l.contains("kind=\"thermal_throttling\"")
-        && l.contains("severity=\"critical\"")
+        && l.contains("severity=\"warning\"")
         && l.ends_with(" 1")));
     drop(streams);
     c.shutdown().await;
@@ -1828,4 +1839,79 @@ fn the_binary_names_the_tls_file_it_cannot_use() {
         stderr.contains("grpc_listen") && stderr.contains("TLS alone"),
         "{stderr}"
     );
+}
+
+/// A port in use is one clear message whatever RUST_BACKTRACE says, and a mistyped
+/// GPULSE_COLLECTOR_ variable is named.
+#[test]
+fn a_start_up_error_is_one_message_without_a_stack_trace() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-collector"))
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .env("GPULSE_COLLECTOR_DATADIR", "/tmp/nowhere")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&taken.local_addr().unwrap().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("acktrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("Error: ")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("GPULSE_COLLECTOR_DATADIR is set but no setting reads it")
+            && stderr.contains("GPULSE_COLLECTOR_DATA_DIR"),
+        "{stderr}"
+    );
+}
+
+/// Two hosts that report the same GPU UUID (cloned images, a misconfigured simulator)
+/// keep separate series, each with its own readings: never merged.
+#[tokio::test]
+async fn two_hosts_reporting_the_same_uuid_keep_separate_series() {
+    let c = start().await;
+    // The same seed gives the same UUIDs; the scenarios give different readings.
+    let mut idle = sim("gpus=1,scenario=idle,seed=5");
+    let mut busy = sim("gpus=1,scenario=training,seed=5");
+    let uuid = idle.inventory()[0].uuid.clone();
+    assert_eq!(uuid, busy.inventory()[0].uuid);
+    let t0 = now_ms();
+    for (host, sim) in [("twin-a", &mut idle), ("twin-b", &mut busy)] {
+        let id = identity(host, &format!("m-{host}"));
+        let mut stream = open(&c, hello_for(&id, sim), None).await.unwrap();
+        let batch = vec![snapshot(sim, t0), snapshot(sim, t0 + 5000)];
+        assert_eq!(
+            stream.send(1, batch).await,
+            collector_message::Msg::Ack(v1::Ack { seq: 1 })
+        );
+    }
+    let text = c.render_metrics();
+    let utilisation = |host: &str| -> f64 {
+        let prefix =
+            format!("gpulse_gpu_utilization_ratio{{host=\"{host}\",gpu=\"0\",uuid=\"{uuid}\"");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(lines.len(), 1, "one series for {host}: {lines:?}");
+        lines[0].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (a, b) = (utilisation("twin-a"), utilisation("twin-b"));
+    assert!(
+        a < b,
+        "each host keeps its own readings: idle {a}, training {b}"
+    );
+    c.shutdown().await;
 }

@@ -12,7 +12,7 @@ use clap::Parser;
 
 use gpulse_agent::config::AgentConfig;
 use gpulse_agent::identity::{SystemPaths, host_identity};
-use gpulse_collector::config::CollectorConfig;
+use gpulse_collector::config::{BareMetalConfig, CollectorConfig};
 use gpulse_gpu::{HostFacts, HostIdentity, Learned, ProviderIdentity};
 
 mod fleet;
@@ -33,6 +33,21 @@ struct Cli {
     /// Leave out the local GPUs even when NVML is present.
     #[arg(long)]
     no_local_gpus: bool,
+    /// Keep the collector's data (its cost ledger) in this directory, created if missing,
+    /// and keep it after exit [default: a temporary directory, removed at exit].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+/// The demo's bare-metal figures for its on-prem A100 hosts, so their cost is shown.
+/// Capex: NVIDIA's DGX A100 launch price, US$199,000 for 8 GPUs (May 2020), per GPU.
+/// Operations: an illustrative US$0.40 per GPU-hour for staff, space and support.
+fn demo_bare_metal() -> BareMetalConfig {
+    BareMetalConfig {
+        capex_usd_per_gpu: [("a100-80gb".to_string(), 199_000.0 / 8.0)].into(),
+        ops_usd_per_gpu_hour: 0.40,
+        ..BareMetalConfig::default()
+    }
 }
 
 #[tokio::main]
@@ -48,18 +63,29 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    // A fresh ledger per run, removed at exit: the simulated GPUs have the same UUIDs
-    // every run but start their counters afresh, which a kept ledger would read as a
-    // driver reload on every GPU.
-    let data = tempfile::Builder::new()
-        .prefix("gpulse-demo-")
-        .tempdir()
-        .context("cannot create a temporary data directory")?;
-    let data_dir = data.path().to_path_buf();
+    // Without --data-dir, a fresh ledger per run, removed at exit. With it, the ledger
+    // is kept: each run's simulated hosts announce a new boot id, so their counters
+    // starting afresh read as a reboot, not as a counter going backwards.
+    let (_temporary, data_dir) = match &cli.data_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let data = tempfile::Builder::new()
+                .prefix("gpulse-demo-")
+                .tempdir()
+                .context("cannot create a temporary data directory")?;
+            let dir = data.path().to_path_buf();
+            (Some(data), dir)
+        }
+    };
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
     let collector = gpulse_collector::start(CollectorConfig {
         grpc_listen: cli.grpc_listen,
         http_listen: cli.http_listen,
-        data_dir,
+        data_dir: data_dir.clone(),
+        bare_metal: demo_bare_metal(),
         ..CollectorConfig::default()
     })
     .await
@@ -80,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let identity = HostIdentity {
             agent_id: host.name.to_string(),
-            boot_id: format!("boot-{}", host.spec.seed),
+            boot_id: format!("boot-{}-{run}", host.spec.seed),
             hostname: host.name.to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             provider: ProviderIdentity {
@@ -151,6 +177,16 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  agents:   {collector_url} (gRPC), sampling every {:?}",
         cli.interval
+    );
+    let kept = if cli.data_dir.is_some() {
+        "kept after exit"
+    } else {
+        "removed at exit; keep it with --data-dir DIR"
+    };
+    println!("  data:     {} ({kept})", data_dir.display());
+    println!(
+        "  cli:      gpulse-collector report --since 1h --data-dir {} (or cargo run -p gpulse-collector -- report ...)",
+        data_dir.display()
     );
     println!(
         "  try:      curl -s http://{}/metrics | grep gpulse_gpu_throttle_active | grep ' 1$'",

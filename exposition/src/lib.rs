@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build_info;
 pub mod dcgm;
 mod families;
 pub mod names;

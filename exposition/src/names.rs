@@ -514,6 +514,14 @@ pub const AGENT_CONNECTED: Def = gauge(
     "gpulse_agent_connected",
     "1 while the agent has an open stream to the collector.",
 );
+pub const BUILD_INFO: Def = gauge(
+    "gpulse_build_info",
+    "Always 1; the labels say which version, git revision and build date this binary is.",
+);
+pub const AGENT_CONNECTION_ERROR: Def = gauge(
+    "gpulse_agent_connection_error",
+    "1 for why the agent is not connected to the collector (dns, connection_refused, timeout, tls_to_plaintext, plaintext_to_tls, certificate, not_grpc, unauthenticated, rejected, stream_lost, other); 0 while connected.",
+);
 pub const AGENT_SAMPLE_DURATION: Def = gauge(
     "gpulse_agent_sample_duration_seconds",
     "How long the last reading of all GPUs took, in seconds.",
@@ -539,7 +547,7 @@ pub const COLLECTOR: [Def; 15] = [
 ];
 
 /// The agent's self-metrics.
-pub const AGENT: [Def; 10] = [
+pub const AGENT: [Def; 11] = [
     AGENT_BATCHES_SENT,
     AGENT_BATCHES_ACKED,
     AGENT_BATCHES_REJECTED,
@@ -549,6 +557,7 @@ pub const AGENT: [Def; 10] = [
     AGENT_SPOOL_ERRORS,
     AGENT_CONNECTS,
     AGENT_CONNECTED,
+    AGENT_CONNECTION_ERROR,
     AGENT_SAMPLE_DURATION,
 ];
 
@@ -559,11 +568,16 @@ mod tests {
     /// Every family once: the agent's delivery counters are both its own
     /// self-metrics and, per host, the collector's.
     fn all() -> impl Iterator<Item = Def> {
-        FLEET.into_iter().chain(COST).chain(COLLECTOR).chain(
-            AGENT
-                .into_iter()
-                .filter(|a| !FLEET.iter().any(|f| f.name == a.name)),
-        )
+        FLEET
+            .into_iter()
+            .chain(COST)
+            .chain(COLLECTOR)
+            .chain([BUILD_INFO])
+            .chain(
+                AGENT
+                    .into_iter()
+                    .filter(|a| !FLEET.iter().any(|f| f.name == a.name)),
+            )
     }
 
     #[test]

@@ -52,7 +52,73 @@ pub enum FindingKind {
     HiddenFields,
 }
 
+/// XID codes that mean data, the GPU or the node are at risk (NVIDIA's XID catalogue:
+/// 48 double-bit ECC, 64 row-remap failure, 79 fallen off the bus, 94/95
+/// contained/uncontained ECC, 119/120 GSP errors, 140 unrecovered ECC).
+pub const CRITICAL_XIDS: [u64; 8] = [48, 64, 79, 94, 95, 119, 120, 140];
+/// XID codes that are usually the application's fault (13 graphics engine exception,
+/// 31 MMU fault, 43 stopped channel, 45 preemptive cleanup).
+pub const APPLICATION_XIDS: [u64; 4] = [13, 31, 43, 45];
+
+/// The severity of an XID: critical, info for the application's own, else warning
+/// (63/92 memory degrading, 74 NVLink, and codes not catalogued here).
+pub fn xid_severity(code: u64) -> Severity {
+    if CRITICAL_XIDS.contains(&code) {
+        Severity::Critical
+    } else if APPLICATION_XIDS.contains(&code) {
+        Severity::Info
+    } else {
+        Severity::Warning
+    }
+}
+
 impl FindingKind {
+    /// Each kind's severity: the one table the rules and the alert rules
+    /// (packaging/prometheus/gpulse-alerts.yml) follow; a packaging test fails when they
+    /// drift. `None` for `xid`, whose severity is its worst code's ([`xid_severity`]).
+    /// Performance lost (throttling, caps, a down link) is a warning; data, jobs or
+    /// hardware at risk is critical.
+    pub fn severity(self) -> Option<Severity> {
+        use FindingKind::*;
+        Some(match self {
+            GpuLost | UncorrectableEcc | RowRemapFailed => Severity::Critical,
+            ThermalThrottling
+            | HardwareSlowdown
+            | ApplicationClocksLocked
+            | PcieDowntrained
+            | PcieReplays
+            | NvlinkDown
+            | NvlinkErrors
+            | RowRemapPending
+            | RetiredPagesPending
+            | IdleWhileHeld => Severity::Warning,
+            ProviderPowerCap | PowerLimited | SyncBoost | HiddenFields => Severity::Info,
+            Xid => return None,
+        })
+    }
+
+    /// Every kind, for tables and tests.
+    pub const ALL: [FindingKind; 18] = [
+        FindingKind::GpuLost,
+        FindingKind::ThermalThrottling,
+        FindingKind::ProviderPowerCap,
+        FindingKind::PowerLimited,
+        FindingKind::HardwareSlowdown,
+        FindingKind::SyncBoost,
+        FindingKind::ApplicationClocksLocked,
+        FindingKind::PcieDowntrained,
+        FindingKind::PcieReplays,
+        FindingKind::NvlinkDown,
+        FindingKind::NvlinkErrors,
+        FindingKind::Xid,
+        FindingKind::UncorrectableEcc,
+        FindingKind::RowRemapFailed,
+        FindingKind::RowRemapPending,
+        FindingKind::RetiredPagesPending,
+        FindingKind::IdleWhileHeld,
+        FindingKind::HiddenFields,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FindingKind::GpuLost => "gpu_lost",

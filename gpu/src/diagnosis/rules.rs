@@ -12,16 +12,19 @@ const POWER_CAP_TOLERANCE: f64 = 0.98;
 /// Memory a process holds for an idle GPU to count as held.
 const HELD_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// XID codes that mean data, the GPU or the node are at risk (NVIDIA's XID catalogue:
-/// 48 double-bit ECC, 63/64 row-remap events, 74 NVLink, 79 fallen off the bus,
-/// 92 high single-bit ECC rate, 94/95 contained/uncontained ECC, 119/120 GSP errors,
-/// 140 unrecovered ECC).
-const CRITICAL_XIDS: [u64; 11] = [48, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140];
-/// XID codes that are usually the application's fault (13 graphics engine exception,
-/// 31 MMU fault, 43 stopped channel, 45 preemptive cleanup).
-const APPLICATION_XIDS: [u64; 4] = [13, 31, 43, 45];
-
+/// A finding at its kind's severity (the table in [`FindingKind::severity`]).
 fn finding(
+    w: &GpuWindow<'_>,
+    kind: FindingKind,
+    summary: String,
+    evidence: Vec<String>,
+    action: &str,
+) -> Finding {
+    let severity = kind.severity().unwrap_or(Severity::Warning);
+    finding_at(w, kind, severity, summary, evidence, action)
+}
+
+fn finding_at(
     w: &GpuWindow<'_>,
     kind: FindingKind,
     severity: Severity,
@@ -73,7 +76,6 @@ fn gpu_lost(w: &GpuWindow<'_>) -> Option<Finding> {
         finding(
             w,
             FindingKind::GpuLost,
-            Severity::Critical,
             "the GPU stopped answering (fallen off the bus)".into(),
             vec![format!("{lost} of {} readings found no GPU", w.samples.len())],
             "drain the node; check `dmesg` for XID 79 and PCIe errors; reseat or replace the GPU, or ask the provider for a new host",
@@ -114,15 +116,9 @@ fn thermal(w: &GpuWindow<'_>) -> Option<Finding> {
         ));
     }
     evidence.extend(clock_evidence(w));
-    let severity = if hw >= SUSTAINED_SHARE {
-        Severity::Critical
-    } else {
-        Severity::Warning
-    };
     Some(finding(
         w,
         FindingKind::ThermalThrottling,
-        severity,
         "the GPU is too hot and its clocks are cut".into(),
         evidence,
         "check airflow, fan and inlet temperature, and the cooling of the chassis; on a cloud host, report the instance to the provider and move the job",
@@ -153,7 +149,6 @@ fn power_cap(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::ProviderPowerCap,
-            Severity::Warning,
             "a power cap below the board's default holds this GPU back".into(),
             evidence,
             "ask the provider (or whoever set it with nvidia-smi -pl) why the limit is lowered; price the instance for the performance it gives",
@@ -169,7 +164,6 @@ fn power_cap(w: &GpuWindow<'_>) -> Vec<Finding> {
             out.push(finding(
                 w,
                 FindingKind::PowerLimited,
-                Severity::Info,
                 "the workload draws the board's full power budget".into(),
                 evidence,
                 "nothing is wrong; expect clocks below maximum under this load",
@@ -192,7 +186,6 @@ fn hardware_slowdown(w: &GpuWindow<'_>) -> Option<Finding> {
         finding(
             w,
             FindingKind::HardwareSlowdown,
-            Severity::Critical,
             "an external signal (power brake or hardware slowdown) halves the clocks".into(),
             evidence,
             "check the power supplies and the chassis' power and thermal events (BMC/IPMI logs); on a cloud host, report it to the provider",
@@ -211,7 +204,6 @@ fn sync_boost(w: &GpuWindow<'_>) -> Option<Finding> {
         finding(
             w,
             FindingKind::SyncBoost,
-            Severity::Info,
             "clocks follow the slowest GPU of a sync-boost group".into(),
             evidence,
             "look for the slowest GPU in the group; it sets the pace for all of them",
@@ -246,7 +238,6 @@ fn application_clocks(w: &GpuWindow<'_>) -> Option<Finding> {
     Some(finding(
         w,
         FindingKind::ApplicationClocksLocked,
-        Severity::Warning,
         "clocks are locked below maximum by a setting".into(),
         evidence,
         "reset them with `nvidia-smi -rac` (application clocks) or `nvidia-smi -rgc` (locked clocks) unless they were set on purpose",
@@ -283,7 +274,6 @@ fn pcie(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::PcieDowntrained,
-            Severity::Warning,
             "the PCIe link trained below its maximum while the GPU is busy".into(),
             vec![
                 format!(
@@ -304,7 +294,6 @@ fn pcie(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::PcieReplays,
-            Severity::Warning,
             "the PCIe link is retransmitting".into(),
             vec![format!("{replays} replays in {:.0} s ({rate:.1}/s)", w.seconds())],
             "a marginal link: reseat the GPU or riser, check cables and slot; replace if it persists",
@@ -334,7 +323,6 @@ fn nvlink(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::NvlinkDown,
-            Severity::Critical,
             "NVLink links are down".into(),
             vec![format!("links down: {} of {}", down.join(", "), links.len())],
             "collectives fall back to slower paths or fail: drain the node and check the NVLink bridges and fabric manager",
@@ -365,7 +353,6 @@ fn nvlink(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::NvlinkErrors,
-            Severity::Warning,
             "NVLink links are counting errors".into(),
             erroring,
             "watch the rate; rising CRC or recovery errors precede a link going down: plan to service the node",
@@ -392,18 +379,16 @@ fn xid(w: &GpuWindow<'_>) -> Option<Finding> {
     if seen.is_empty() {
         return None;
     }
-    let severity = if seen.iter().any(|(c, _)| CRITICAL_XIDS.contains(c)) {
-        Severity::Critical
-    } else if seen.iter().all(|(c, _)| APPLICATION_XIDS.contains(c)) {
-        Severity::Info
-    } else {
-        Severity::Warning
-    };
+    let severity = seen
+        .iter()
+        .map(|(c, _)| super::xid_severity(*c))
+        .max()
+        .unwrap_or(Severity::Info);
     let evidence = seen
         .iter()
         .map(|(c, n)| format!("XID {c} x{n}{}", xid_meaning(*c)))
         .collect();
-    Some(finding(
+    Some(finding_at(
         w,
         FindingKind::Xid,
         severity,
@@ -453,7 +438,6 @@ fn memory_health(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::UncorrectableEcc,
-            Severity::Critical,
             "uncorrectable ECC errors occurred".into(),
             vec![format!(
                 "{new_uncorrected} new uncorrectable errors in the window ({} over the GPU's life)",
@@ -471,7 +455,6 @@ fn memory_health(w: &GpuWindow<'_>) -> Vec<Finding> {
             out.push(finding(
                 w,
                 FindingKind::RowRemapFailed,
-                Severity::Critical,
                 "a row remap failed: the GPU's memory cannot heal itself".into(),
                 evidence,
                 "replace the GPU (RMA); it is unsafe for production work",
@@ -480,7 +463,6 @@ fn memory_health(w: &GpuWindow<'_>) -> Vec<Finding> {
             out.push(finding(
                 w,
                 FindingKind::RowRemapPending,
-                Severity::Warning,
                 "a row remap waits for a GPU reset".into(),
                 evidence,
                 "drain the GPU and reset it (nvidia-smi -r) or reboot, so the remap takes effect",
@@ -493,7 +475,6 @@ fn memory_health(w: &GpuWindow<'_>) -> Vec<Finding> {
         out.push(finding(
             w,
             FindingKind::RetiredPagesPending,
-            Severity::Warning,
             "memory pages wait to be retired at the next reboot".into(),
             vec![format!(
                 "{} single-bit and {} double-bit pages retired so far",
@@ -533,7 +514,6 @@ fn idle_while_held(w: &GpuWindow<'_>) -> Option<Finding> {
         finding(
             w,
             FindingKind::IdleWhileHeld,
-            Severity::Warning,
             "the GPU is idle but a process holds it: paid for and unused".into(),
             evidence,
             "find the owner of the workload; stop it or release the GPU",
@@ -561,7 +541,6 @@ fn hidden_fields(w: &GpuWindow<'_>) -> Option<Finding> {
         finding(
             w,
             FindingKind::HiddenFields,
-            Severity::Info,
             "the host hides some fields; findings that need them cannot be made".into(),
             vec![format!("not exposed: {}", hidden.join(", "))],
             "on a cloud host this is the provider's choice; ask for them or account for the blind spot",
@@ -632,15 +611,12 @@ mod tests {
         for (spec, expected) in [
             (
                 "gpus=2,scenario=thermal",
-                (K::ThermalThrottling, S::Critical),
+                (K::ThermalThrottling, S::Warning),
             ),
-            (
-                "gpus=2,scenario=power-cap",
-                (K::ProviderPowerCap, S::Warning),
-            ),
+            ("gpus=2,scenario=power-cap", (K::ProviderPowerCap, S::Info)),
             (
                 "gpus=2,scenario=hw-slowdown",
-                (K::HardwareSlowdown, S::Critical),
+                (K::HardwareSlowdown, S::Warning),
             ),
             ("gpus=2,scenario=sync-boost", (K::SyncBoost, S::Info)),
             (
@@ -655,10 +631,7 @@ mod tests {
                 "gpus=2,scenario=pcie-degraded",
                 (K::PcieReplays, S::Warning),
             ),
-            (
-                "gpus=8,scenario=nvlink-errors",
-                (K::NvlinkDown, S::Critical),
-            ),
+            ("gpus=8,scenario=nvlink-errors", (K::NvlinkDown, S::Warning)),
             (
                 "gpus=8,scenario=nvlink-errors",
                 (K::NvlinkErrors, S::Warning),

@@ -76,6 +76,18 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The seed the UUIDs come from: the spec's seed, mixed with the host's identity when
+/// one is given (FNV-1a over its bytes), so that different hosts never share UUIDs.
+fn uuid_seed(spec: &SimSpec) -> u64 {
+    if spec.host.is_empty() {
+        return spec.seed;
+    }
+    let host = spec.host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    mix(spec.seed ^ mix(host))
+}
+
 fn uuid_for(seed: u64, index: u32) -> String {
     let a = mix(seed ^ mix(u64::from(index)));
     let b = mix(a);
@@ -95,7 +107,7 @@ impl Simulator {
         let inventory = (0..spec.gpus)
             .map(|index| DeviceInfo {
                 index,
-                uuid: uuid_for(spec.seed, index),
+                uuid: uuid_for(uuid_seed(&spec), index),
                 model: model.name.to_string(),
                 pci_bus_id: format!(
                     "00000000:{:02X}:00.0",
@@ -131,7 +143,7 @@ impl Simulator {
                 architecture: model.architecture.to_string(),
                 mig_instances: (0..spec.mig)
                     .map(|k| MigInstance {
-                        uuid: uuid_for(spec.seed ^ 0x6d69_6700, index * 16 + k)
+                        uuid: uuid_for(uuid_seed(&spec) ^ 0x6d69_6700, index * 16 + k)
                             .replacen("GPU-", "MIG-", 1),
                         // One GPU instance with one compute instance per slice, as the
                         // 1g profiles are laid out.
@@ -511,6 +523,30 @@ mod tests {
         assert_eq!(a, b);
         let (_, c) = run("gpus=4,scenario=training,seed=8", 20);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn hosts_with_the_same_seed_get_different_uuids() {
+        let uuids = |host: &str| -> Vec<String> {
+            let spec = SimSpec {
+                host: host.to_string(),
+                ..SimSpec::default()
+            };
+            Simulator::new(spec)
+                .inventory
+                .into_iter()
+                .map(|d| d.uuid)
+                .collect()
+        };
+        let mut all: Vec<String> = ["sim-a", "sim-b", "sim-c", ""]
+            .iter()
+            .flat_map(|h| uuids(h))
+            .collect();
+        assert_eq!(uuids("sim-a"), uuids("sim-a"), "stable for one host");
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "no two hosts share a UUID");
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct SimSpec {
     pub hidden: Vec<Field>,
     /// MIG instances per GPU (0: MIG off). Only on models that have MIG (not the L4).
     pub mig: u32,
+    /// The identity of the host playing these GPUs (the agent id), mixed into the UUIDs
+    /// so that two agents with the same seed never report the same GPU. Not part of the
+    /// `--simulate` syntax; empty (the default) leaves the UUIDs to the seed alone.
+    pub host: String,
 }
 
 impl Default for SimSpec {
@@ -37,12 +41,28 @@ impl Default for SimSpec {
             seed: 1,
             hidden: Vec::new(),
             mig: 0,
+            host: String::new(),
         }
     }
 }
 
 /// MIG instances one GPU can hold (the A100/H100/H200 "1g" profiles: seven).
 pub const MAX_MIG_INSTANCES: u32 = 7;
+
+impl SimSpec {
+    /// The `--simulate` syntax, from the same lists the parser accepts.
+    pub fn help() -> String {
+        format!(
+            "Simulate GPUs instead of reading NVML: gpus=N,model=M,scenario=S[,seed=N][,hide=field+field][,mig=N], \
+             e.g. \"gpus=8,model=h100-sxm,scenario=thermal\". gpus: 1 to {MAX_GPUS} [default: {DEFAULT_GPUS}]. \
+             Models: {}. Scenarios: {}. seed: a whole number [default: 1]. hide: fields the host hides ({}). \
+             mig: MIG instances per GPU, 0 to {MAX_MIG_INSTANCES}",
+            GpuModel::NAMES.map(|(n, _)| n).join(", "),
+            Scenario::NAMES.map(|(n, _)| n).join(", "),
+            Field::ALL.map(Field::name).join(", "),
+        )
+    }
+}
 
 impl FromStr for SimSpec {
     type Err = BackendError;
@@ -157,6 +177,20 @@ impl fmt::Display for SimSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_help_lists_every_model_scenario_and_key_the_parser_accepts() {
+        let help = SimSpec::help();
+        for (name, _) in GpuModel::NAMES {
+            assert!(help.contains(name), "{name} missing from {help}");
+        }
+        for (name, _) in Scenario::NAMES {
+            assert!(help.contains(name), "{name} missing from {help}");
+        }
+        for key in ["gpus=", "model=", "scenario=", "seed=", "hide=", "mig="] {
+            assert!(help.contains(key), "{key} missing from {help}");
+        }
+    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -217,3 +217,67 @@ fn amtool_accepts_the_alertmanager_example_and_routes_by_severity() {
         );
     }
 }
+
+/// The alerts that match a finding kind carry that kind's severity from the one table
+/// (`FindingKind::severity`); each XID alert carries the severity of its codes.
+#[test]
+fn alert_severities_follow_the_findings_table() {
+    use gpulse_gpu::diagnosis::{FindingKind as K, xid_severity};
+    let alerts = alerts();
+    let alert = |name: &str| -> (String, String) {
+        let rule = alerts
+            .iter()
+            .find(|a| a["alert"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no alert {name}"));
+        (
+            rule["labels"]["severity"].as_str().unwrap().to_string(),
+            rule["expr"].as_str().unwrap().to_string(),
+        )
+    };
+    let matching = [
+        (K::GpuLost, "GpulseGpuLost"),
+        (K::ThermalThrottling, "GpulseGpuThermalThrottling"),
+        (K::ProviderPowerCap, "GpulseGpuPowerCapped"),
+        (K::HardwareSlowdown, "GpulseGpuHardwareSlowdown"),
+        (K::PcieDowntrained, "GpulsePcieLinkDegraded"),
+        (K::PcieReplays, "GpulsePcieReplaysHigh"),
+        (K::NvlinkDown, "GpulseNvlinkDown"),
+        (K::NvlinkErrors, "GpulseNvlinkErrors"),
+        (K::UncorrectableEcc, "GpulseGpuEccUncorrectable"),
+        (K::RowRemapFailed, "GpulseGpuRowRemapFailed"),
+        (K::RowRemapPending, "GpulseGpuRowRemapPending"),
+    ];
+    for (kind, name) in matching {
+        let (severity, _) = alert(name);
+        assert_eq!(
+            Some(severity.as_str()),
+            kind.severity().map(|s| s.name()),
+            "{name} against finding {}",
+            kind.name()
+        );
+    }
+    let mut codes_seen = 0;
+    for rule in alerts.iter().filter(|a| {
+        a["alert"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("GpulseGpuXid"))
+    }) {
+        let name = rule["alert"].as_str().unwrap();
+        let (severity, expr) = alert(name);
+        let codes = expr
+            .split("xid=")
+            .nth(1)
+            .and_then(|rest| rest.trim_start_matches('~').split('"').nth(1))
+            .unwrap_or_else(|| panic!("{name}: no xid matcher in {expr}"));
+        for code in codes.split('|') {
+            let code: u64 = code.parse().unwrap();
+            assert_eq!(
+                xid_severity(code).name(),
+                severity,
+                "{name}: XID {code} against the findings table"
+            );
+            codes_seen += 1;
+        }
+    }
+    assert!(codes_seen >= 10, "read the XID alerts' codes: {codes_seen}");
+}
