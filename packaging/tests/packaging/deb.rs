@@ -225,7 +225,13 @@ fn check_installed(e: &Expected) {
         "{wants}: the package enabled the service; enabling is the operator's step"
     );
     let version = tool_ok(&e.binary, &["--version"], Path::new("/"));
-    assert_eq!(version.trim(), format!("{} {VERSION}", e.package));
+    // "<package> <version> (revision <git revision or unknown>, built <date>)".
+    let expected = format!("{} {VERSION} (revision ", e.package);
+    assert!(
+        version.trim().starts_with(&expected) && version.contains(", built "),
+        "{}: {version}",
+        e.package
+    );
     let mode = std::fs::metadata(&e.binary).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o755, "{}", e.binary);
     assert_eq!(read(Path::new(&e.unit)), read(&e.unit_source), "{}", e.unit);
