@@ -224,9 +224,9 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
         diagnose::terminal_progress(),
     );
     if args.json {
-        write_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+        gpulse_cli::write_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        write_stdout(&diagnose::render_text(&report))?;
+        gpulse_cli::write_stdout(&diagnose::render_text(&report))?;
     }
     Ok(if report.critical {
         diagnose::EXIT_CRITICAL
@@ -238,77 +238,15 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
 /// A user error is one message, whatever RUST_BACKTRACE says: the causes on one line,
 /// each once, and exit status 1.
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {}", one_line(&e));
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// An error and its causes, each cause only when the message before it does not already
-/// say it.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
-}
-
-/// Environment variables with this binary's prefix that no setting reads: a typo there
-/// is otherwise silently ignored.
-fn warn_unknown_env(command: &clap::Command, prefix: &str) {
-    let mut known = std::collections::BTreeSet::new();
-    let mut stack = vec![command];
-    while let Some(c) = stack.pop() {
-        for arg in c.get_arguments() {
-            if let Some(env) = arg.get_env() {
-                known.insert(env.to_string_lossy().into_owned());
-            }
-        }
-        stack.extend(c.get_subcommands());
-    }
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with(prefix) && !known.contains(name.as_ref()) {
-            tracing::warn!(
-                variable = %name,
-                "{name} is set but no setting reads it; known: {}",
-                known.iter().cloned().collect::<Vec<_>>().join(", ")
-            );
-        }
-    }
+    gpulse_cli::main(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Logs go to stderr: stdout carries what a command prints (JSON, CSV, tables).
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    gpulse_cli::init_logging();
     let mut cli = Cli::parse();
-    warn_unknown_env(&<Cli as clap::CommandFactory>::command(), "GPULSE_AGENT_");
+    gpulse_cli::warn_unknown_env(&<Cli as clap::CommandFactory>::command(), "GPULSE_AGENT_");
     if cli.print_example_config {
-        write_stdout(&gpulse_agent::config::example_config())?;
+        gpulse_cli::write_stdout(&gpulse_agent::config::example_config())?;
         return Ok(());
     }
     match cli.command.take() {
@@ -332,15 +270,4 @@ async fn run() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
-}
-
-/// Writes a command's output. A reader that closed the pipe early (`| head`) has what it
-/// wanted: that is not an error.
-fn write_stdout(text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
-    }
 }
