@@ -679,6 +679,46 @@ mod tests {
         }
     }
 
+    /// A thermal finding says the GPU is too hot: at every moment it is made (every
+    /// window from the first reading on, every model), its evidence shows a temperature
+    /// at the slowdown threshold.
+    #[test]
+    fn thermal_evidence_supports_its_words_from_the_first_reading() {
+        for (model, _) in crate::simulator::GpuModel::NAMES {
+            let spec = format!("gpus=1,model={model},scenario=thermal");
+            let mut sim = Simulator::new(spec.parse().unwrap());
+            let info = sim.inventory()[0].clone();
+            let threshold = info.slowdown_temperature_celsius.unwrap();
+            let mut samples = Vec::new();
+            for t in 0..20 {
+                let s = sim.sample(t * 1000).remove(0);
+                samples.push(Timed {
+                    unix_ms: t * 1000,
+                    sample: s,
+                });
+                for f in diagnose(&GpuWindow {
+                    info: &info,
+                    samples: &samples,
+                }) {
+                    if f.kind != FindingKind::ThermalThrottling {
+                        continue;
+                    }
+                    let max = samples
+                        .iter()
+                        .filter_map(|s| s.sample.temperature_celsius.value())
+                        .max()
+                        .unwrap();
+                    assert!(
+                        max >= threshold,
+                        "{spec} after {} readings: {max} °C max, threshold {threshold} °C: {:?}",
+                        samples.len(),
+                        f.evidence
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn no_hidden_nvlink_claim_for_a_model_without_it() {
         assert_eq!(kinds("gpus=1,model=l4,scenario=training"), []);

@@ -159,10 +159,19 @@ impl Simulator {
         let gpus = (0..spec.gpus)
             .map(|index| {
                 let mut rng = SmallRng::seed_from_u64(mix(spec.seed) ^ u64::from(index));
+                let energy_millijoules = rng.random_range(1_000_000_000..10_000_000_000);
+                let cool = 30.0 + rng.random_range(0.0..4.0);
                 SimGpu {
                     // The driver has been up a while: energy starts at some hours' worth.
-                    energy_millijoules: rng.random_range(1_000_000_000..10_000_000_000),
-                    temperature: 30.0 + rng.random_range(0.0..4.0),
+                    energy_millijoules,
+                    // A thermal GPU is hot from its first reading, past its slowdown
+                    // threshold as its throttle flags say: the scenario is a GPU that is too
+                    // hot, not one warming up with flags it could not yet have.
+                    temperature: if spec.scenario == Scenario::Thermal {
+                        f64::from(model.slowdown_temperature_celsius) + 1.0
+                    } else {
+                        cool
+                    },
                     pcie_tx_bytes: rng.random_range(1u64 << 30..1u64 << 40),
                     pcie_rx_bytes: rng.random_range(1u64 << 30..1u64 << 40),
                     nvlinks: (0..model.nvlink_count)
