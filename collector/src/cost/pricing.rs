@@ -103,6 +103,8 @@ pub struct PriceEntry {
     pub as_of: Arc<str>,
     /// Which file it came from.
     pub file: Arc<str>,
+    /// The line of its `[[price]]` table in that file.
+    pub line: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,9 +257,55 @@ pub fn parse_catalogue(text: &str, file: &str) -> Result<Vec<PriceEntry>, Pricin
             source: source.into(),
             as_of: as_of.into(),
             file: file_name.clone(),
+            line: entry_line,
         });
     }
     Ok(out)
+}
+
+/// Providers a host can report without a catalogue entry of its own: what the agent
+/// detects beside the cloud providers the shipped catalogue prices.
+const DETECTED_PROVIDERS: [&str; 1] = ["on-prem"];
+
+/// Why each of the operator's entries can never match, as warnings naming the entry's
+/// file and line and the keys that are known: a provider that neither the shipped
+/// catalogue nor the agent's detection names (e.g. "amazon" for "aws"), or a model no
+/// GPU name maps to. Such an entry is kept (an agent may set any provider name in its
+/// config), but a typo is otherwise silently unpriced.
+pub fn unknown_keys(user: &[PriceEntry], shipped: &[PriceEntry]) -> Vec<String> {
+    let providers: std::collections::BTreeSet<&str> = shipped
+        .iter()
+        .filter_map(|e| e.provider.as_deref())
+        .chain(DETECTED_PROVIDERS)
+        .collect();
+    let models: std::collections::BTreeSet<&str> =
+        shipped.iter().filter_map(|e| e.model.as_deref()).collect();
+    let join =
+        |set: &std::collections::BTreeSet<&str>| set.iter().copied().collect::<Vec<_>>().join(", ");
+    let mut out = Vec::new();
+    for e in user {
+        if let Some(p) = &e.provider
+            && !providers.contains(p.as_str())
+        {
+            out.push(format!(
+                "{}:{}: provider {p:?} is not one gpulse detects or prices ({}); the entry only matches hosts whose agent sets provider = {p:?}",
+                e.file,
+                e.line,
+                join(&providers)
+            ));
+        }
+        if let Some(m) = &e.model
+            && !models.contains(m.as_str())
+        {
+            out.push(format!(
+                "{}:{}: model {m:?} is not a known GPU model key ({}); it matches only GPUs whose name maps to it",
+                e.file,
+                e.line,
+                join(&models)
+            ));
+        }
+    }
+    out
 }
 
 /// Maps a GPU name as NVML reports it ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB")
@@ -373,7 +421,11 @@ impl Pricing {
             Some((text, file)) => parse_catalogue(text, file)?,
             None => Vec::new(),
         };
-        entries.extend(parse_catalogue(DEFAULT_CATALOGUE, DEFAULT_CATALOGUE_NAME)?);
+        let shipped = parse_catalogue(DEFAULT_CATALOGUE, DEFAULT_CATALOGUE_NAME)?;
+        for warning in unknown_keys(&entries, &shipped) {
+            tracing::warn!("{warning}");
+        }
+        entries.extend(shipped);
         Ok(Pricing {
             entries,
             bare_metal: bare_metal.clone(),
@@ -504,6 +556,35 @@ mod tests {
         ] {
             assert!(providers.contains(p), "no price for {p}");
         }
+    }
+
+    #[test]
+    fn entries_that_can_never_match_are_named_with_their_line_and_the_known_keys() {
+        let shipped = parse_catalogue(DEFAULT_CATALOGUE, DEFAULT_CATALOGUE_NAME).unwrap();
+        let user = "[[price]]\nprovider = \"aws\"\nmodel = \"H100\"\nusd_per_gpu_hour = 1.0\n\
+                    source = \"x\"\nas_of = \"2026-01\"\n\n\
+                    [[price]]\nprovider = \"amazon\"\nmodel = \"H100 80GB\"\n\
+                    usd_per_gpu_hour = 1.0\nsource = \"x\"\nas_of = \"2026-01\"\n\n\
+                    [[price]]\nprovider = \"on-prem\"\nmodel = \"Quantum 9000\"\n\
+                    usd_per_gpu_hour = 1.0\nsource = \"x\"\nas_of = \"2026-01\"\n";
+        let entries = parse_catalogue(user, "prices.toml").unwrap();
+        let warnings = unknown_keys(&entries, &shipped);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("prices.toml:8: provider \"amazon\"")
+                && warnings[0].contains("aws")
+                && warnings[0].contains("on-prem"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].starts_with("prices.toml:15: model \"quantum-9000\"")
+                && warnings[1].contains("h100"),
+            "{}",
+            warnings[1]
+        );
+        // The shipped catalogue knows its own keys.
+        assert!(unknown_keys(&shipped, &shipped).is_empty());
     }
 
     #[test]
