@@ -758,6 +758,19 @@ pub(crate) mod tests {
         (Arc::new(host), sim)
     }
 
+    /// `n` snapshots of `sim`, `interval_ms` apart from `t0`.
+    fn snapshots(sim: &mut Simulator, t0: i64, interval_ms: u64, n: i64) -> Vec<Snapshot> {
+        (0..n)
+            .map(|i| {
+                let t = t0 + i * interval_ms as i64;
+                Snapshot {
+                    timestamp_unix_ms: t,
+                    gpus: sim.sample(t),
+                }
+            })
+            .collect()
+    }
+
     /// Applies each chunk and waits for its commit, from outside any runtime (the
     /// PostgreSQL client blocks).
     pub(crate) fn apply_all(
@@ -789,15 +802,7 @@ pub(crate) mod tests {
             let interval = 10 * 60_000;
             let (host, mut sim) = sim_host("h", "gpus=2,scenario=training,seed=9", interval);
             let t0 = 1_790_000_000_000 - 3 * DAY_MS;
-            let snaps: Vec<Snapshot> = (0..3 * 144)
-                .map(|i| {
-                    let t = t0 + i * interval as i64;
-                    Snapshot {
-                        timestamp_unix_ms: t,
-                        gpus: sim.sample(t),
-                    }
-                })
-                .collect();
+            let snaps = snapshots(&mut sim, t0, interval, 3 * 144);
             apply_all(&rt, &handle, &host, &snaps, 50);
             let mut reader = LedgerReader::open(&target).unwrap();
             let mut hourly = |w: Window| -> f64 {
@@ -845,15 +850,7 @@ pub(crate) mod tests {
         for target in engines(dir.path(), "same") {
             let handle = start(&target, &LedgerConfig::default()).unwrap();
             let (host, mut sim) = sim_host("h", "gpus=3,scenario=training,seed=4", interval);
-            let snaps: Vec<Snapshot> = (0..200)
-                .map(|i| {
-                    let t = t0 + i * interval as i64;
-                    Snapshot {
-                        timestamp_unix_ms: t,
-                        gpus: sim.sample(t),
-                    }
-                })
-                .collect();
+            let snaps = snapshots(&mut sim, t0, interval, 200);
             apply_all(&rt, &handle, &host, &snaps, 7);
             // A replay, whole and in pieces, changes nothing.
             apply_all(&rt, &handle, &host, &snaps, 13);
@@ -906,15 +903,7 @@ pub(crate) mod tests {
                     &format!("gpus=2,scenario=training,seed={h}"),
                     interval,
                 );
-                let snaps = (0..240)
-                    .map(|i| {
-                        let t = t0 + i * interval as i64;
-                        Snapshot {
-                            timestamp_unix_ms: t,
-                            gpus: sim.sample(t),
-                        }
-                    })
-                    .collect();
+                let snaps = snapshots(&mut sim, t0, interval, 240);
                 (host, snaps)
             })
             .collect();
