@@ -226,7 +226,7 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
     if args.json {
         gpulse_cli::write_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        gpulse_cli::write_stdout(&diagnose::render_text(&report))?;
+        gpulse_cli::write_stdout(&diagnose::render_text(&report, &diagnose::Style::detect()))?;
     }
     Ok(if report.critical {
         diagnose::EXIT_CRITICAL

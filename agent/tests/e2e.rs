@@ -852,15 +852,24 @@ fn diagnose_prints_a_table_with_sparklines() {
             "--rate",
             "100ms",
         ])
+        .env("LANG", "C.UTF-8")
+        .env_remove("LC_ALL")
+        .env_remove("LC_CTYPE")
+        .env_remove("COLUMNS")
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     // Thermal throttling costs performance: a warning, so no critical exit status.
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("SM CLOCK") && text.contains("TEMPERATURE"),
+        text.contains("SM CLOCK") && text.contains("TEMP") && text.contains("POWER"),
         "{text}"
     );
+    // Piped: 80 columns and no colour.
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "wider than 80 columns: {line}");
+    }
+    assert!(!text.contains('\x1b'), "{text}");
     assert!(
         text.chars().any(|c| ('▁'..='█').contains(&c)),
         "a sparkline: {text}"
@@ -872,6 +881,33 @@ fn diagnose_prints_a_table_with_sparklines() {
     assert!(text.contains("what to do:"), "{text}");
     // Not a terminal: no progress bar on stderr.
     assert!(!String::from_utf8_lossy(&out.stderr).contains("sampling ["));
+}
+
+#[test]
+fn diagnose_speaks_ascii_where_the_locale_is_not_utf8() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpulse-agent"))
+        .args([
+            "diagnose",
+            "--simulate",
+            "gpus=2,scenario=thermal",
+            "--duration",
+            "1s",
+            "--rate",
+            "100ms",
+        ])
+        .env("LANG", "en_US.UTF-8")
+        .env("LC_ALL", "C")
+        .env("COLUMNS", "132")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.is_ascii(), "{text}");
+    assert!(text.contains("thermal_throttling"), "{text}");
+    assert!(
+        text.lines().any(|l| l.chars().count() > 80),
+        "COLUMNS=132 widens the table: {text}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 132), "{text}");
 }
 
 /// Captures (real ones committed under gpu/fixtures/captures, and one taken here from
