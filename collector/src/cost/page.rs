@@ -2,7 +2,7 @@
 //! the GPUs that waste the most, as one HTML document with server-rendered SVG charts.
 //! No script and nothing fetched from elsewhere: it renders the same offline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::ledger::Usage;
@@ -61,6 +61,57 @@ fn thousands(v: i64) -> String {
         out.push(c);
     }
     if v < 0 { format!("-{out}") } else { out }
+}
+
+/// A quantity (GPU-hours, kWh) with the precision its magnitude needs: whole numbers
+/// with separators from 100 up, three significant digits below, so that a short
+/// window's 0.25 GPU-hours does not read as 0.
+fn quantity(v: f64) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    if v.abs() >= 100.0 {
+        return thousands(v.round() as i64);
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
+    let text = format!("{v:.decimals$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    if text == "0" || text == "-0" {
+        // Below a millionth: say it is there.
+        "<0.000001".into()
+    } else {
+        text
+    }
+}
+
+/// GPU indices as ranges: [0, 1, 2, 3, 5] as "0-3, 5".
+fn index_ranges(mut indices: Vec<u32>) -> String {
+    indices.sort_unstable();
+    indices.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < indices.len() {
+        let start = indices[i];
+        let mut end = start;
+        while i + 1 < indices.len() && indices[i + 1] == end + 1 {
+            i += 1;
+            end = indices[i];
+        }
+        parts.push(if end > start {
+            format!("{start}-{end}")
+        } else {
+            start.to_string()
+        });
+        i += 1;
+    }
+    parts.join(", ")
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -142,11 +193,7 @@ pub fn render(window: Window, per_gpu: &[GpuUsage], per_day: &[GpuUsage]) -> Str
 fn cards(h: &mut String, t: &Summary) {
     let cards = [
         ("spend", usd(t.list_cost_usd), "list cost"),
-        (
-            "gpu-hours",
-            thousands(t.gpu_hours.round() as i64),
-            "GPU-hours observed",
-        ),
+        ("gpu-hours", quantity(t.gpu_hours), "GPU-hours observed"),
         ("busy", pct(t.busy_ratio), "of GPU time busy"),
         (
             "per-busy-hour",
@@ -158,12 +205,12 @@ fn cards(h: &mut String, t: &Summary) {
         ("throttle", usd(t.throttle_loss_usd), "throttle loss"),
         (
             "energy",
-            format!("{} kWh", thousands(t.energy_kwh.round() as i64)),
+            format!("{} kWh", quantity(t.energy_kwh)),
             "GPU energy",
         ),
         (
             "unpriced",
-            thousands(t.unpriced_gpu_hours.round() as i64),
+            quantity(t.unpriced_gpu_hours),
             "unpriced GPU-hours",
         ),
     ];
@@ -237,18 +284,18 @@ fn scorecard(h: &mut String, rows: &[GpuUsage], colour: &BTreeMap<String, &str>)
             let _ = write!(
                 h,
                 "<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td><td>{}</td>\
-                 <td>{:.0}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{:.0}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td class=\"l\">{}</td></tr>",
                 colour.get(provider).copied().unwrap_or("#999"),
                 esc(or_none(provider)),
                 s.gpus,
-                s.gpu_hours,
+                quantity(s.gpu_hours),
                 per_busy,
                 pct(s.busy_ratio),
                 usd(s.idle_cost_usd),
                 waste_share,
                 usd(s.throttle_loss_usd),
-                s.energy_kwh,
+                quantity(s.energy_kwh),
                 clock,
                 s.errors_per_1000_gpu_hours
                     .map_or_else(|| "–".into(), |v| format!("{v:.1}")),
@@ -439,7 +486,8 @@ fn nice_max(v: f64) -> f64 {
 fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
     h.push_str(
         "<h2 id=\"worst\">GPUs that waste the most</h2><p class=\"note\">Idle waste plus throttle \
-         loss; unpriced GPUs by wasted GPU-hours after them.</p>",
+         loss; unpriced GPUs by wasted GPU-hours after them. GPUs of one host whose figures \
+         read the same share a row; its figures are per GPU.</p>",
     );
     let waste = |u: &Usage| u.idle_cost + u.throttle_loss;
     let wasted_hours = |u: &Usage| (u.idle_s + u.lost_s) / 3600.0;
@@ -450,14 +498,17 @@ fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
             .then_with(|| wasted_hours(&b.usage).total_cmp(&wasted_hours(&a.usage)))
             .then_with(|| a.dims.cmp(&b.dims))
     });
-    h.push_str(
-        "<table id=\"worst-table\"><tr><th>host</th><th>GPU</th><th class=\"l\">model</th>\
-         <th class=\"l\">provider</th><th>GPU-h</th><th>busy</th><th>clock under load</th>\
-         <th>idle waste</th><th>throttle loss</th><th>wasted GPU-h</th><th>errors</th></tr>",
-    );
-    let mut seen = BTreeSet::new();
-    for r in rows.into_iter().take(WORST_GPUS) {
-        seen.insert((&r.dims.host, &r.dims.uuid));
+    // Rows in waste order; a GPU joins the first row of its host, model and provider
+    // whose cells read exactly as its own would.
+    struct Row {
+        host: String,
+        model: String,
+        provider: String,
+        cells: String,
+        gpus: Vec<u32>,
+    }
+    let mut table: Vec<Row> = Vec::new();
+    for r in rows {
         let mut a = Aggregate::default();
         a.add(r);
         let s = a.summary();
@@ -469,21 +520,52 @@ fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
                 "<span class=\"muted\">unpriced</span>".into()
             }
         };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{:.1}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
-            esc(&r.dims.host),
-            r.dims.index,
-            esc(&model_key(&r.dims.model)),
-            esc(or_none(&r.dims.provider)),
-            s.gpu_hours,
+        let cells = format!(
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            quantity(s.gpu_hours),
             pct(s.busy_ratio),
             pct(s.clock_under_load_ratio),
             money(r.usage.idle_cost),
             money(r.usage.throttle_loss),
-            wasted_hours(&r.usage),
-            r.usage.pcie_replays.saturating_add(r.usage.lost_samples),
+            quantity(wasted_hours(&r.usage)),
+            thousands(i64::try_from(r.usage.pcie_replays).unwrap_or(i64::MAX)),
+            thousands(i64::try_from(r.usage.lost_samples).unwrap_or(i64::MAX)),
+        );
+        let model = model_key(&r.dims.model);
+        let same = table.iter().position(|row| {
+            row.host == r.dims.host
+                && row.model == model
+                && row.provider == r.dims.provider
+                && row.cells == cells
+        });
+        match same {
+            Some(i) => table[i].gpus.push(r.dims.index),
+            None if table.len() < WORST_GPUS => table.push(Row {
+                host: r.dims.host.clone(),
+                model,
+                provider: r.dims.provider.clone(),
+                cells,
+                gpus: vec![r.dims.index],
+            }),
+            None => {}
+        }
+    }
+    h.push_str(
+        "<table id=\"worst-table\"><tr><th>host</th><th>GPUs</th><th class=\"l\">model</th>\
+         <th class=\"l\">provider</th><th>GPU-h</th><th>busy</th><th>clock under load</th>\
+         <th>idle waste</th><th>throttle loss</th><th>wasted GPU-h</th><th>PCIe replays</th>\
+         <th>lost readings</th></tr>",
+    );
+    for row in &table {
+        let _ = write!(
+            h,
+            "<tr data-gpus=\"{}\"><td>{}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>{}</tr>",
+            row.gpus.len(),
+            esc(&row.host),
+            esc(&index_ranges(row.gpus.clone())),
+            esc(&row.model),
+            esc(or_none(&row.provider)),
+            row.cells,
         );
     }
     h.push_str("</table>");
@@ -504,6 +586,80 @@ mod tests {
         assert_eq!(usd(12.5), "$12.50");
         assert_eq!(usd(21_269.4), "$21,269");
         assert_eq!(nice_max(3_600.0), 5_000.0);
+        assert_eq!(quantity(0.25), "0.25");
+        assert_eq!(quantity(0.004_17), "0.00417");
+        assert_eq!(quantity(1.0), "1");
+        assert_eq!(quantity(12.345), "12.3");
+        assert_eq!(quantity(99.96), "100");
+        assert_eq!(quantity(1_234.4), "1,234");
+        assert_eq!(quantity(0.0), "0");
+        assert_eq!(index_ranges(vec![5, 0, 1, 2, 3, 7, 8]), "0-3, 5, 7-8");
+    }
+
+    fn gpu(host: &str, index: u32, idle_s: f64) -> GpuUsage {
+        GpuUsage {
+            dims: std::sync::Arc::new(crate::cost::store::GpuDims {
+                host: host.into(),
+                uuid: format!("GPU-{host}-{index}"),
+                index,
+                model: "NVIDIA H100 80GB HBM3".into(),
+                provider: "aws".into(),
+                region: String::new(),
+                zone: String::new(),
+                instance_type: String::new(),
+                labels: Default::default(),
+            }),
+            day_ms: None,
+            usage: Usage {
+                observed_s: 900.0,
+                idle_s,
+                busy_s: 900.0 - idle_s,
+                utilization_known_s: 900.0,
+                list_cost: 1.0,
+                idle_cost: idle_s / 900.0,
+                pcie_replays: 5,
+                samples: 180,
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// The worst table's rows: (GPUs cell, number of GPUs).
+    fn worst_rows(html: &str) -> Vec<(String, usize)> {
+        let table = &html[html.find("id=\"worst-table\"").unwrap()..];
+        let table = &table[..table.find("</table>").unwrap()];
+        table
+            .split("<tr data-gpus=\"")
+            .skip(1)
+            .map(|row| {
+                let n = row[..row.find('"').unwrap()].parse().unwrap();
+                let cells: Vec<&str> = row.split("<td>").collect();
+                let gpus = cells[2].split('<').next().unwrap().to_string();
+                (gpus, n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_gpus_of_a_host_share_a_row() {
+        let mut rows: Vec<GpuUsage> = (0..8).map(|i| gpu("a", i, 900.0)).collect();
+        // GPU 5 of host a worked: a row of its own; host b's identical GPUs: another.
+        rows[5] = gpu("a", 5, 0.0);
+        rows.extend((0..4).map(|i| gpu("b", i, 900.0)));
+        let html = render(Window::aligned(0, DAY_MS), &rows, &[]);
+        let table = worst_rows(&html);
+        assert_eq!(
+            table,
+            vec![
+                ("0-4, 6-7".to_string(), 7),
+                ("0-3".to_string(), 4),
+                ("5".to_string(), 1)
+            ],
+            "{html}"
+        );
+        // A quarter of an hour each: GPU-hours read 0.25, not 0.
+        assert!(html.contains("<td>0.25</td>"), "{html}");
+        assert!(html.contains(">3<"), "the cards: 12 GPUs x 0.25 h: {html}");
     }
 
     #[test]
