@@ -61,6 +61,20 @@ pub fn prometheus_dir() -> PathBuf {
 }
 
 pub const ALERT_RULES: &str = "gpulse-alerts.yml";
+/// The example scrape configuration.
+pub const SCRAPE_EXAMPLE: &str = "prometheus.example.yml";
+
+/// The `metric_relabel_configs` of the example's `job` scrape job.
+pub fn example_metric_relabelling(job: &str) -> serde_yaml::Value {
+    let config = yaml(&prometheus_dir().join(SCRAPE_EXAMPLE));
+    config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .find(|j| j["job_name"] == job)
+        .unwrap_or_else(|| panic!("the example scrapes no job {job}"))["metric_relabel_configs"]
+        .clone()
+}
 pub const RECORDING_RULES: &str = "gpulse-recording.yml";
 pub const RULE_FILES: [&str; 2] = [ALERT_RULES, RECORDING_RULES];
 

@@ -463,6 +463,28 @@ fn the_service_monitor_scrapes_the_collector_with_the_token() {
     assert_eq!(e["authorization"]["credentials"]["key"], TOKEN_KEY);
     // No job relabelling: the job is the Service's name, which the rules expect.
     assert!(sm["spec"]["jobLabel"].is_null() && e["relabelings"].is_null());
+    // The DCGM view's instance relabelling, the same as the example scrape
+    // configuration's (which a real Prometheus runs in the stack test), in the
+    // operator's spelling.
+    let operator_spelling = |key: &str| match key {
+        "source_labels" => "sourceLabels".to_string(),
+        "target_label" => "targetLabel".to_string(),
+        k => k.to_string(),
+    };
+    let example: Vec<Value> = seq(&crate::common::example_metric_relabelling(
+        "gpulse-collector",
+    ))
+    .iter()
+    .map(|rule| {
+        let mut m = serde_yaml::Mapping::new();
+        for (k, v) in rule.as_mapping().unwrap() {
+            m.insert(Value::from(operator_spelling(s(k))), v.clone());
+        }
+        Value::Mapping(m)
+    })
+    .collect();
+    assert!(!example.is_empty());
+    assert_eq!(seq(&e["metricRelabelings"]), example.as_slice());
 }
 
 /// The PrometheusRule as it must be: the rule files' groups, alerts first.

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 
 use crate::common::{
-    ALERT_RULES, RECORDING_RULES, RULE_FILES, prometheus_dir, root, rules, tool_ok, yaml,
+    ALERT_RULES, RECORDING_RULES, RULE_FILES, SCRAPE_EXAMPLE, prometheus_dir, root, rules, tool_ok,
+    yaml,
 };
 
 /// Where runbook links point (README.md, "Alerting").
@@ -32,6 +33,27 @@ fn promtool_checks_the_rule_files() {
         out.contains(&format!("SUCCESS: {alerts} rules found")),
         "{out}"
     );
+}
+
+/// The example scrape configuration is one Prometheus accepts, with the rule files
+/// beside it and the token file it names.
+#[test]
+fn promtool_checks_the_example_scrape_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-token-of-at-least-16-characters").unwrap();
+    let text = std::fs::read_to_string(prometheus_dir().join(SCRAPE_EXAMPLE)).unwrap();
+    assert!(text.contains("/etc/gpulse/token"), "{text}");
+    std::fs::write(
+        dir.path().join(SCRAPE_EXAMPLE),
+        text.replace("/etc/gpulse/token", token.to_str().unwrap()),
+    )
+    .unwrap();
+    for file in [ALERT_RULES, RECORDING_RULES] {
+        std::fs::copy(prometheus_dir().join(file), dir.path().join(file)).unwrap();
+    }
+    let out = tool_ok("promtool", &["check", "config", SCRAPE_EXAMPLE], dir.path());
+    assert!(out.contains("SUCCESS"), "{out}");
 }
 
 #[test]

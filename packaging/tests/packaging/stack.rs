@@ -30,7 +30,9 @@ use gpulse_dashboards::{Dashboard, Expansion, PENDING_COST_METRICS, expand, pars
 use gpulse_exposition::dcgm::DcgmCompat;
 use gpulse_gpu::{HostFacts, HostIdentity, Learned, ProviderIdentity};
 
-use crate::common::{ALERT_RULES, RECORDING_RULES, prometheus_dir, root, rules, yaml};
+use crate::common::{
+    ALERT_RULES, RECORDING_RULES, example_metric_relabelling, prometheus_dir, root, rules, yaml,
+};
 
 /// How long any one phase may wait for the peers.
 const WAIT: Duration = Duration::from_secs(90);
@@ -353,6 +355,7 @@ fn a_real_prometheus_and_alertmanager_see_the_fleet() {
          alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{am_addr}']\n\
          scrape_configs:\n\
          \x20 - job_name: {JOB_COLLECTOR}\n    static_configs:\n      - targets: ['{collector}']\n\
+         \x20   metric_relabel_configs: {dcgm_instance}\n\
          \x20 - job_name: {JOB_AGENT}\n    static_configs:\n      - targets: [{agents}]\n\
          \x20   metric_relabel_configs:\n\
          \x20     - source_labels: [__name__]\n\
@@ -360,6 +363,8 @@ fn a_real_prometheus_and_alertmanager_see_the_fleet() {
          \x20       action: keep\n",
         rules = rule_files.join(", "),
         collector = collector.http_addr,
+        // The example's relabelling, as JSON (which YAML reads as a flow sequence).
+        dcgm_instance = serde_json::to_string(&example_metric_relabelling(JOB_COLLECTOR)).unwrap(),
         agents = agent_targets.join(", "),
     );
     let config_path = dir.path().join("prometheus.yml");
@@ -442,8 +447,40 @@ fn a_real_prometheus_and_alertmanager_see_the_fleet() {
     });
     assert!(recorded, "recording rules without a result: {unrecorded:?}");
 
-    // The DCGM view is scraped too.
+    // The DCGM view is scraped too, each host its own `instance` as behind
+    // dcgm-exporter (the example's relabelling), while gpulse's own series keep the
+    // collector's.
     assert!(query(prom_addr, "DCGM_FI_DEV_GPU_TEMP").is_some_and(|n| n > 10));
+    let instances = |q: &str| -> BTreeSet<String> {
+        get_json(
+            prom_addr,
+            &format!("/api/v1/query?query={}", percent_encode(q)),
+        )
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["metric"]["instance"].as_str().map(str::to_string))
+        .collect()
+    };
+    let simulated: BTreeSet<String> = FLEET
+        .iter()
+        .filter(|(_, _, spec)| spec.is_some())
+        .map(|(host, _, _)| host.to_string())
+        .collect();
+    assert_eq!(
+        instances("count by (instance) (DCGM_FI_DEV_GPU_TEMP)"),
+        simulated,
+        "one instance per host on the DCGM series"
+    );
+    assert_eq!(
+        instances("count by (instance) (DCGM_FI_DEV_GPU_TEMP{gpu=\"0\"})").len(),
+        simulated.len(),
+        "GPU 0 of each host is its own series in a per-instance legend"
+    );
+    assert_eq!(
+        instances("count by (instance) (gpulse_gpu_temperature_celsius)"),
+        BTreeSet::from([collector.http_addr.to_string()]),
+    );
 
     // The scenarios fire their alerts into Alertmanager.
     let alerts_in_am = || -> Vec<(String, String, String)> {
