@@ -2,7 +2,12 @@
 //! so the build needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["gpulse/v1/ingest.proto"];
+    // gpulse's own protocol, and the kubelet's pod-resources API the agent reads on
+    // Kubernetes nodes (a server too, for the test kubelet).
+    let files = [
+        "gpulse/v1/ingest.proto",
+        "kubelet/podresources/v1/api.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

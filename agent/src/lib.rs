@@ -21,6 +21,7 @@ pub mod diagnose;
 pub mod identity;
 pub mod link;
 pub mod local;
+pub mod pod_resources;
 pub mod provider;
 pub mod sampler;
 pub mod spool;

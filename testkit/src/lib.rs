@@ -1,7 +1,8 @@
 //! gpulse-testkit: real peers for tests, started and cleaned up by the test itself.
-//! Today a PostgreSQL server ([`postgres`]); it is test support only and ships in no
-//! binary.
+//! A PostgreSQL server ([`postgres`]) and a kubelet's pod-resources API on a unix
+//! socket ([`kubelet`]); it is test support only and ships in no binary.
 
 #![forbid(unsafe_code)]
 
+pub mod kubelet;
 pub mod postgres;
