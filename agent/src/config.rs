@@ -97,6 +97,13 @@ pub struct AgentConfig {
     /// procfs used to attribute GPU processes to pods, containers, jobs and units.
     /// Default "/proc"; in a container, mount the host's /proc and point here.
     pub proc_root: PathBuf,
+    /// The kubelet's pod-resources socket, read to learn which pod and container hold
+    /// each GPU; used when it exists (on a Kubernetes node, mount its directory).
+    /// Empty: never asked. Default [`crate::pod_resources::DEFAULT_SOCKET`].
+    pub pod_resources_socket: PathBuf,
+    /// How often the kubelet is asked again. Default 10s; at least 100ms.
+    #[serde(with = "humantime_serde")]
+    pub pod_resources_refresh: Duration,
     /// File with the collector's bearer token (shared, or this agent's own).
     pub auth_token_file: Option<PathBuf>,
     /// PEM CA certificate(s) the collector's certificate must be signed by, for an
@@ -151,6 +158,8 @@ impl Default for AgentConfig {
             agent_id: None,
             nvml_library: None,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            pod_resources_socket: PathBuf::from(crate::pod_resources::DEFAULT_SOCKET),
+            pod_resources_refresh: crate::pod_resources::DEFAULT_REFRESH,
             auth_token_file: None,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -220,6 +229,15 @@ impl AgentConfig {
     /// Checks the settings, without touching the network or disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if self.pod_resources_refresh < Duration::from_millis(100) {
+            return invalid(
+                "pod_resources_refresh",
+                format!(
+                    "{} is too short: at least 100ms (the kubelet is asked on its own schedule, default 10s)",
+                    humantime::format_duration(self.pod_resources_refresh)
+                ),
+            );
+        }
         let https = self.collector.starts_with("https://");
         if !https && !self.collector.starts_with("http://") {
             return invalid(

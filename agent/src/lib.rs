@@ -113,6 +113,8 @@ pub struct RunningAgent {
     pub http_addr: Option<SocketAddr>,
     pub metrics: AgentMetrics,
     pub local: Arc<LocalHost>,
+    /// Which pod holds each GPU, when the kubelet's socket is configured.
+    pub pod_resources: Option<pod_resources::PodResources>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -154,6 +156,16 @@ pub async fn start(
     let local = Arc::new(LocalHost::default());
     let (registry, metrics) = local::registry()?;
     let (stop, stop_rx) = watch::channel(false);
+    let pod_resources = (!config.pod_resources_socket.as_os_str().is_empty()).then(|| {
+        let metrics = metrics.clone();
+        pod_resources::PodResources::spawn(
+            config.pod_resources_socket.clone(),
+            config.pod_resources_refresh,
+            pod_resources::DEFAULT_TIMEOUT,
+            stop_rx.clone(),
+            move |view| metrics.set_kubelet_state(&view.state),
+        )
+    });
     let mut tasks = Vec::new();
 
     let http_addr = match config.http_listen {
@@ -247,6 +259,7 @@ pub async fn start(
         http_addr,
         metrics,
         local,
+        pod_resources,
         stop,
         tasks,
     })

@@ -52,6 +52,8 @@ pub struct AgentMetrics {
     pub connected: IntGauge,
     /// 1 for the reason the agent is not connected; all 0 while it is.
     pub connection_error: IntGaugeVec,
+    /// 1 for the kubelet's state as the pod-resources client last saw it.
+    pub kubelet_state: IntGaugeVec,
     pub sample_duration: Gauge,
 }
 
@@ -72,6 +74,7 @@ impl AgentMetrics {
             connects: IntCounterVec::new(opts(&names::AGENT_CONNECTS), &["result"])?,
             connected: IntGauge::with_opts(opts(&names::AGENT_CONNECTED))?,
             connection_error: IntGaugeVec::new(opts(&names::AGENT_CONNECTION_ERROR), &["reason"])?,
+            kubelet_state: IntGaugeVec::new(opts(&names::AGENT_KUBELET_STATE), &["state"])?,
             sample_duration: Gauge::with_opts(opts(&names::AGENT_SAMPLE_DURATION))?,
         };
         registry.register(Box::new(m.batches_sent.clone()))?;
@@ -84,7 +87,9 @@ impl AgentMetrics {
         registry.register(Box::new(m.connects.clone()))?;
         registry.register(Box::new(m.connected.clone()))?;
         registry.register(Box::new(m.connection_error.clone()))?;
+        registry.register(Box::new(m.kubelet_state.clone()))?;
         registry.register(Box::new(m.sample_duration.clone()))?;
+        m.set_kubelet_state(&crate::pod_resources::KubeletState::Starting);
         for result in ["ok", "error"] {
             m.connects.with_label_values(&[result]);
         }
@@ -105,6 +110,15 @@ impl AgentMetrics {
             self.connection_error
                 .with_label_values(&[kind.as_str()])
                 .set(i64::from(error == Some(kind)));
+        }
+    }
+
+    /// `gpulse_agent_kubelet_state{state}`: 1 for `state`, 0 for the others.
+    pub fn set_kubelet_state(&self, state: &crate::pod_resources::KubeletState) {
+        for label in crate::pod_resources::KubeletState::LABELS {
+            self.kubelet_state
+                .with_label_values(&[label])
+                .set(i64::from(label == state.label()));
         }
     }
 

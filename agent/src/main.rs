@@ -63,6 +63,10 @@ struct Cli {
     /// File with the bearer token the collector asks for (shared, or this agent's own).
     #[arg(long, env = "GPULSE_AGENT_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// The kubelet's pod-resources socket, used when it exists ("" never asks)
+    /// [default: /var/lib/kubelet/pod-resources/kubelet.sock].
+    #[arg(long, env = "GPULSE_AGENT_POD_RESOURCES_SOCKET", global = true)]
+    pod_resources_socket: Option<PathBuf>,
     /// PEM CA the collector's certificate must be signed by [default: the system's CAs].
     #[arg(long, env = "GPULSE_AGENT_TLS_CA_FILE")]
     tls_ca_file: Option<PathBuf>,
@@ -155,6 +159,9 @@ impl Cli {
         }
         if let Some(v) = self.auth_token_file {
             c.auth_token_file = Some(v);
+        }
+        if let Some(v) = self.pod_resources_socket {
+            c.pod_resources_socket = v;
         }
         if let Some(v) = self.tls_ca_file {
             c.tls_ca_file = Some(v);

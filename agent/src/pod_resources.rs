@@ -323,11 +323,13 @@ pub struct PodResources {
 impl PodResources {
     /// Refreshes from `socket` every `refresh` until `stop` turns true. Logs each change
     /// of state once, not every refresh.
+    /// `observe` sees the view after every refresh (the agent's self-metric).
     pub fn spawn(
         socket: PathBuf,
         refresh: Duration,
         timeout: Duration,
         mut stop: watch::Receiver<bool>,
+        observe: impl Fn(&PodView) + Send + 'static,
     ) -> PodResources {
         let view = Arc::new(RwLock::new(PodView::default()));
         let shared = view.clone();
@@ -357,6 +359,7 @@ impl PodResources {
                             v.refreshes_failed += 1;
                         }
                     }
+                    observe(&v);
                     (before.label() != v.state.label()).then(|| v.clone())
                 };
                 if let Some(v) = changed {

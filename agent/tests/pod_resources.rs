@@ -2,6 +2,7 @@
 //! pod-resources API on a unix socket: pods that start, end and move GPUs, and a
 //! kubelet that refuses, stops and comes back.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpulse_agent::pod_resources::{
@@ -50,11 +51,20 @@ async fn the_agent_follows_the_kubelets_allocation() {
         TestPod::new("web", "api", "api", "cpu", &["0"]),
     ]);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // What the agent's self-metric is told, in order of change.
+    let seen: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let observed = seen.clone();
     let pods = PodResources::spawn(
         kubelet.socket().to_path_buf(),
         REFRESH,
         DEFAULT_TIMEOUT,
         stop,
+        move |view| {
+            let mut seen = observed.lock().unwrap();
+            if seen.last() != Some(&view.state.label()) {
+                seen.push(view.state.label());
+            }
+        },
     );
 
     let v = until(&pods, "answering", |v| v.state == KubeletState::Answering).await;
@@ -138,6 +148,17 @@ async fn the_agent_follows_the_kubelets_allocation() {
     let v = until(&pods, "absent", |v| v.state == KubeletState::Absent).await;
     assert!(v.allocations.is_empty());
     stop_tx.send(true).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "answering",
+            "refused",
+            "answering",
+            "unreachable",
+            "answering",
+            "absent"
+        ]
+    );
 }
 
 /// A kubelet that accepts connections but never answers is bounded by the timeout.

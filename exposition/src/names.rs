@@ -522,6 +522,10 @@ pub const AGENT_CONNECTION_ERROR: Def = gauge(
     "gpulse_agent_connection_error",
     "1 for why the agent is not connected to the collector (dns, connection_refused, timeout, tls_to_plaintext, plaintext_to_tls, certificate, not_grpc, unauthenticated, rejected, stream_lost, other); 0 while connected.",
 );
+pub const AGENT_KUBELET_STATE: Def = gauge(
+    "gpulse_agent_kubelet_state",
+    "1 for what the agent knows of the kubelet's pod-resources API (starting, absent: not a Kubernetes node, answering, unreachable, refused); 0 for the others.",
+);
 pub const AGENT_SAMPLE_DURATION: Def = gauge(
     "gpulse_agent_sample_duration_seconds",
     "How long the last reading of all GPUs took, in seconds.",
@@ -547,7 +551,7 @@ pub const COLLECTOR: [Def; 15] = [
 ];
 
 /// The agent's self-metrics.
-pub const AGENT: [Def; 11] = [
+pub const AGENT: [Def; 12] = [
     AGENT_BATCHES_SENT,
     AGENT_BATCHES_ACKED,
     AGENT_BATCHES_REJECTED,
@@ -558,6 +562,7 @@ pub const AGENT: [Def; 11] = [
     AGENT_CONNECTS,
     AGENT_CONNECTED,
     AGENT_CONNECTION_ERROR,
+    AGENT_KUBELET_STATE,
     AGENT_SAMPLE_DURATION,
 ];
 
