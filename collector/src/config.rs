@@ -23,6 +23,7 @@ pub const DEFAULT_AGENT_EXPIRY: Duration = Duration::from_secs(5 * 60);
 /// A Hello must arrive this soon after a stream opens.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents connected at once; past it, new agents are refused (RESOURCE_EXHAUSTED).
+/// Departed agents never count: as many are remembered, the longest gone forgotten first.
 pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 /// GPUs one host may declare; the largest servers have 16.
 pub const DEFAULT_MAX_GPUS_PER_HOST: usize = 64;
@@ -227,7 +228,9 @@ impl Default for LedgerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Agents connected at once. Default [`DEFAULT_MAX_AGENTS`].
+    /// Agents connected at once; a Hello from one more is refused. Agents that went away
+    /// do not count: up to this many of them are remembered until `agent_expiry`, the
+    /// one gone longest forgotten first. Default [`DEFAULT_MAX_AGENTS`].
     pub max_agents: usize,
     /// GPUs per host. Default [`DEFAULT_MAX_GPUS_PER_HOST`].
     pub max_gpus_per_host: usize,

@@ -9,12 +9,15 @@ use gpulse_exposition::{HostSource, HostView};
 use gpulse_gpu::{DeviceInfo, HostIdentity, Snapshot};
 
 use crate::config::Limits;
+use crate::delivery::{self, SeqMark, Verdict};
 use crate::validate::{self, RejectKind, Rejection};
 
 /// One open stream of one agent. A newer stream from the same agent supersedes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub agent_id: String,
+    /// The host boot the stream's sequence numbers belong to (from its Hello).
+    pub boot_id: String,
     id: u64,
 }
 
@@ -40,14 +43,103 @@ pub enum ApplyError {
 struct AgentEntry {
     view: HostView,
     session: Option<u64>,
-    /// Highest sequence number applied for the current boot.
-    last_seq: Option<u64>,
+    /// The highest batch applied, and its boot ([`delivery::verdict`] decides on it).
+    mark: Option<SeqMark>,
+}
+
+impl AgentEntry {
+    /// Checks a batch whole (its seq and every snapshot) without changing anything.
+    fn check(
+        &self,
+        seq: u64,
+        snapshots: &[Snapshot],
+        limits: &Limits,
+        now_unix_ms: i64,
+    ) -> Result<(), Rejection> {
+        delivery::check_seq(seq, now_unix_ms, limits.max_clock_skew)?;
+        let view = &self.view;
+        let known = |uuid: &str| view.gpus.iter().any(|g| g.info.uuid == uuid);
+        validate::snapshots(snapshots, &known, limits, now_unix_ms)
+    }
+
+    /// Applies a checked batch and moves the mark to it; returns the GPU samples applied.
+    fn apply_checked(&mut self, seq: u64, snapshots: Vec<Snapshot>) -> usize {
+        let gpu_samples = snapshots.iter().map(|s| s.gpus.len()).sum();
+        for snapshot in snapshots {
+            self.view
+                .apply(snapshot)
+                .expect("checked against the same inventory");
+        }
+        self.mark = Some(SeqMark {
+            boot_id: self.view.identity.boot_id.clone(),
+            seq,
+        });
+        gpu_samples
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     agents: HashMap<String, AgentEntry>,
+    /// Entries with an open stream, kept as they change rather than counted per Hello.
+    connected: usize,
     next_session: u64,
+}
+
+impl Inner {
+    fn current(&mut self, session: &Session) -> Result<&mut AgentEntry, ApplyError> {
+        self.agents
+            .get_mut(&session.agent_id)
+            .filter(|e| e.session == Some(session.id))
+            .ok_or_else(|| ApplyError::Superseded(session.agent_id.clone()))
+    }
+
+    /// Forgets the disconnected agents gone longest until at most `keep` remain.
+    fn evict_departed(&mut self, keep: usize) -> Vec<String> {
+        let mut evicted = Vec::new();
+        while self.agents.len() - self.connected > keep {
+            let Some(oldest) = self
+                .agents
+                .iter()
+                .filter(|(_, e)| e.session.is_none())
+                .min_by(|(a_id, a), (b_id, b)| {
+                    (a.view.last_seen_unix_ms, a_id).cmp(&(b.view.last_seen_unix_ms, b_id))
+                })
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            self.agents.remove(&oldest);
+            evicted.push(oldest);
+        }
+        evicted
+    }
+}
+
+/// Whether two Hellos come from the same host: by machine id when both carry one, else
+/// by the kernel's boot id (random for each boot of a host) when both carry one. A Hello
+/// with neither cannot show that it comes from the host that holds the id.
+fn same_host(a: &HostIdentity, b: &HostIdentity) -> bool {
+    let present = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    match (present(&a.facts.machine_id), present(&b.facts.machine_id)) {
+        (Some(x), Some(y)) => x == y,
+        _ => matches!(
+            (present(&a.boot_id), present(&b.boot_id)),
+            (Some(x), Some(y)) if x == y
+        ),
+    }
+}
+
+/// How a host identified itself, for a refusal's message.
+fn host_evidence(identity: &HostIdentity) -> String {
+    match (
+        identity.facts.machine_id.as_str(),
+        identity.boot_id.as_str(),
+    ) {
+        ("", "") => "no machine id or boot id".into(),
+        ("", boot) => format!("no machine id, boot id {boot}"),
+        (machine, _) => format!("machine id {machine}"),
+    }
 }
 
 /// The collector's view of every agent it knows.
@@ -88,6 +180,11 @@ impl Fleet {
     }
 
     /// Registers an agent's Hello and opens a session for its stream.
+    ///
+    /// An id whose stream is open is taken over only by a Hello from the same host (a
+    /// reconnect); `limits.max_agents` bounds the agents connected at once. Agents that
+    /// went away never count against it: they are forgotten, the one gone longest first,
+    /// once more than `max_agents` of them are remembered.
     pub fn connect(
         &self,
         identity: HostIdentity,
@@ -97,53 +194,84 @@ impl Fleet {
         validate::hello(&identity, &inventory, &self.limits)?;
         let mut inner = self.write();
         let agent_id = identity.agent_id.clone();
-        let last_seq = match inner.agents.get(&agent_id) {
-            Some(existing) => {
-                let theirs = &existing.view.identity.facts.machine_id;
-                let ours = &identity.facts.machine_id;
-                if existing.session.is_some() && !theirs.is_empty() && theirs != ours {
-                    return Err(Rejection::new(
-                        RejectKind::AgentIdConflict,
-                        format!(
-                            "agent id {agent_id:?} is already connected from another machine \
-                             (machine id {theirs}); give each host its own agent_id"
-                        ),
-                    ));
-                }
-                // The same boot continues its sequence; a new boot starts a new one.
-                if existing.view.identity.boot_id == identity.boot_id {
-                    existing.last_seq
-                } else {
-                    None
-                }
-            }
-            None if inner.agents.len() >= self.limits.max_agents => {
+        let existing = inner.agents.get(&agent_id);
+        let reconnect = existing.is_some_and(|e| e.session.is_some());
+        if let Some(existing) = existing.filter(|_| reconnect) {
+            let theirs = &existing.view.identity;
+            if !same_host(theirs, &identity) {
                 return Err(Rejection::new(
-                    RejectKind::TooManyAgents,
+                    RejectKind::AgentIdConflict,
                     format!(
-                        "the collector already tracks {} agents (limits.max_agents); \
-                         add a collector or raise the limit",
-                        inner.agents.len()
+                        "agent id {agent_id:?} is already connected from another host ({}; this                          Hello has {}); give each host its own agent_id",
+                        host_evidence(theirs),
+                        host_evidence(&identity)
                     ),
                 ));
             }
-            None => None,
-        };
+        }
+        if !reconnect && inner.connected >= self.limits.max_agents {
+            return Err(Rejection::new(
+                RejectKind::TooManyAgents,
+                format!(
+                    "{} agents are connected, the limit (limits.max_agents);                      add a collector or raise the limit",
+                    inner.connected
+                ),
+            ));
+        }
+        // The mark outlives the stream: a replay after reconnecting is still a duplicate.
+        let mark = existing.and_then(|e| e.mark.clone());
         inner.next_session += 1;
         let id = inner.next_session;
+        let boot_id = identity.boot_id.clone();
         inner.agents.insert(
             agent_id.clone(),
             AgentEntry {
                 view: HostView::new(identity, inventory, now_unix_ms)
                     .with_findings_readings(self.findings_readings),
                 session: Some(id),
-                last_seq,
+                mark,
             },
         );
-        Ok(Session { agent_id, id })
+        if !reconnect {
+            inner.connected += 1;
+        }
+        Ok(Session {
+            agent_id,
+            boot_id,
+            id,
+        })
     }
 
-    /// Applies one batch, or refuses it whole.
+    /// Checks a batch (its seq and every snapshot) without applying it: what is checked
+    /// here is applied by [`Fleet::apply_new`] once the ledger has decided it is new.
+    pub fn check(
+        &self,
+        session: &Session,
+        seq: u64,
+        snapshots: &[Snapshot],
+        now_unix_ms: i64,
+    ) -> Result<(), ApplyError> {
+        let mut inner = self.write();
+        let entry = inner.current(session)?;
+        entry.view.last_seen_unix_ms = now_unix_ms;
+        Ok(entry.check(seq, snapshots, &self.limits, now_unix_ms)?)
+    }
+
+    /// Applies a batch that [`Fleet::check`] passed and the ledger found new; returns the
+    /// GPU samples applied.
+    pub fn apply_new(
+        &self,
+        session: &Session,
+        seq: u64,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<usize, ApplyError> {
+        let mut inner = self.write();
+        let entry = inner.current(session)?;
+        Ok(entry.apply_checked(seq, snapshots))
+    }
+
+    /// Checks and applies one batch whole, deciding by the fleet's own marks whether it is
+    /// new: for a collector without a ledger.
     pub fn apply(
         &self,
         session: &Session,
@@ -152,27 +280,15 @@ impl Fleet {
         now_unix_ms: i64,
     ) -> Result<Applied, ApplyError> {
         let mut inner = self.write();
-        let entry = inner
-            .agents
-            .get_mut(&session.agent_id)
-            .filter(|e| e.session == Some(session.id))
-            .ok_or_else(|| ApplyError::Superseded(session.agent_id.clone()))?;
+        let entry = inner.current(session)?;
         entry.view.last_seen_unix_ms = now_unix_ms;
-        if entry.last_seq.is_some_and(|last| seq <= last) {
-            return Ok(Applied::Duplicate);
+        entry.check(seq, &snapshots, &self.limits, now_unix_ms)?;
+        match delivery::verdict(entry.mark.as_ref(), &session.boot_id, seq) {
+            Verdict::Duplicate => Ok(Applied::Duplicate),
+            Verdict::New => Ok(Applied::New {
+                gpu_samples: entry.apply_checked(seq, snapshots),
+            }),
         }
-        let view = &entry.view;
-        let known = |uuid: &str| view.gpus.iter().any(|g| g.info.uuid == uuid);
-        validate::snapshots(&snapshots, &known, &self.limits, now_unix_ms)?;
-        let gpu_samples = snapshots.iter().map(|s| s.gpus.len()).sum();
-        for snapshot in snapshots {
-            entry
-                .view
-                .apply(snapshot)
-                .expect("validated against the same inventory");
-        }
-        entry.last_seq = Some(seq);
-        Ok(Applied::New { gpu_samples })
     }
 
     /// Records what an agent says of its own delivery (sent with each new batch).
@@ -187,18 +303,18 @@ impl Fleet {
         }
     }
 
-    /// Marks a session's agent as disconnected, unless a newer stream replaced it.
-    pub fn disconnect(&self, session: &Session, now_unix_ms: i64) {
+    /// Marks a session's agent as disconnected, unless a newer stream replaced it; returns
+    /// the ids of agents forgotten to keep at most `limits.max_agents` departed ones.
+    pub fn disconnect(&self, session: &Session, now_unix_ms: i64) -> Vec<String> {
         let mut inner = self.write();
-        if let Some(entry) = inner
-            .agents
-            .get_mut(&session.agent_id)
-            .filter(|e| e.session == Some(session.id))
-        {
-            entry.session = None;
-            entry.view.connected = false;
-            entry.view.last_seen_unix_ms = now_unix_ms;
-        }
+        let Ok(entry) = inner.current(session) else {
+            return Vec::new();
+        };
+        entry.session = None;
+        entry.view.connected = false;
+        entry.view.last_seen_unix_ms = now_unix_ms;
+        inner.connected -= 1;
+        inner.evict_departed(self.limits.max_agents)
     }
 
     /// Forgets agents disconnected for longer than `expiry_ms`; returns their ids.
@@ -221,12 +337,7 @@ impl Fleet {
     /// (connected, known) agent counts.
     pub fn agent_counts(&self) -> (usize, usize) {
         let inner = self.read();
-        let connected = inner
-            .agents
-            .values()
-            .filter(|e| e.session.is_some())
-            .count();
-        (connected, inner.agents.len())
+        (inner.connected, inner.agents.len())
     }
 
     /// A copy of one agent's view, for tests and the API.
@@ -244,5 +355,150 @@ impl HostSource for Fleet {
         for id in ids {
             f(&inner.agents[id].view);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpulse_gpu::GpuBackend;
+    use gpulse_gpu::simulator::Simulator;
+    use proptest::prelude::*;
+
+    fn identity(agent_id: &str, machine_id: &str, boot_id: &str) -> HostIdentity {
+        let mut id = HostIdentity {
+            agent_id: agent_id.into(),
+            boot_id: boot_id.into(),
+            hostname: agent_id.into(),
+            ..HostIdentity::default()
+        };
+        id.facts.machine_id = machine_id.into();
+        id
+    }
+
+    fn inventory() -> Vec<DeviceInfo> {
+        Simulator::new("gpus=1,seed=1".parse().unwrap())
+            .inventory()
+            .to_vec()
+    }
+
+    fn limits(max_agents: usize) -> Limits {
+        Limits {
+            max_agents,
+            ..Limits::default()
+        }
+    }
+
+    /// Host identities as agents send them: a machine id and a boot id, either missing.
+    fn host() -> impl Strategy<Value = (String, String)> {
+        let part = |p: &'static str| {
+            prop_oneof![
+                Just(String::new()),
+                "[ab]".prop_map(move |s| format!("{p}-{s}"))
+            ]
+        };
+        (part("machine"), part("boot"))
+    }
+
+    proptest! {
+        /// While a stream holds an id, a Hello from a host that shares neither its machine
+        /// id nor its boot id is refused, whichever of them either side leaves empty; the
+        /// holding host itself reconnects whenever it sends either.
+        #[test]
+        fn a_held_id_goes_only_to_a_hello_from_the_same_host(
+            (m1, b1) in host(),
+            (m2, b2) in host(),
+        ) {
+            let fleet = Fleet::new(Limits::default());
+            fleet.connect(identity("node", &m1, &b1), inventory(), 1).unwrap();
+            let shares_a_part = (!m1.is_empty() && m1 == m2) || (!b1.is_empty() && b1 == b2);
+            let machine_ids_differ = !m1.is_empty() && !m2.is_empty() && m1 != m2;
+            let second = fleet.connect(identity("node", &m2, &b2), inventory(), 2);
+            let second_ok = second.is_ok();
+            if !shares_a_part || machine_ids_differ {
+                let r = second.unwrap_err();
+                prop_assert_eq!(r.kind, RejectKind::AgentIdConflict);
+                prop_assert!(r.message.contains("give each host its own agent_id"), "{}", r.message);
+            } else {
+                prop_assert!(second.is_ok(), "{:?}", second);
+            }
+            let again = fleet.connect(identity("node", &m1, &b1), inventory(), 3);
+            prop_assert_eq!(again.is_ok(), !m1.is_empty() || !b1.is_empty() || second_ok);
+        }
+    }
+
+    #[test]
+    fn a_departed_agent_never_keeps_a_new_one_out_and_the_longest_gone_go_first() {
+        let fleet = Fleet::new(limits(3));
+        // A burst of Hellos from ids that leave at once.
+        let mut evicted = Vec::new();
+        for i in 0..50 {
+            let s = fleet
+                .connect(identity(&format!("burst-{i:02}"), "", ""), inventory(), i)
+                .unwrap_or_else(|r| panic!("burst-{i:02} refused: {r}"));
+            evicted.extend(fleet.disconnect(&s, 100 + i));
+        }
+        assert_eq!(fleet.agent_counts(), (0, 3));
+        assert_eq!(evicted.len(), 47);
+        assert_eq!(
+            evicted[0], "burst-00",
+            "the longest gone is forgotten first"
+        );
+        for kept in ["burst-47", "burst-48", "burst-49"] {
+            assert!(fleet.host(kept).is_some(), "{kept}");
+        }
+        let new = fleet.connect(identity("newcomer", "m-new", "b"), inventory(), 1000);
+        assert!(new.is_ok(), "{new:?}");
+    }
+
+    #[test]
+    fn max_agents_bounds_the_agents_connected_at_once() {
+        let fleet = Fleet::new(limits(2));
+        let a = fleet
+            .connect(identity("a", "m-a", "b"), inventory(), 1)
+            .unwrap();
+        fleet
+            .connect(identity("b", "m-b", "b"), inventory(), 1)
+            .unwrap();
+        let r = fleet
+            .connect(identity("c", "m-c", "b"), inventory(), 1)
+            .unwrap_err();
+        assert_eq!(r.kind, RejectKind::TooManyAgents);
+        assert!(r.message.contains("limits.max_agents"), "{}", r.message);
+        // A connected agent's reconnect replaces its stream and takes no new place.
+        fleet
+            .connect(identity("a", "m-a", "b"), inventory(), 2)
+            .unwrap();
+        assert_eq!(fleet.agent_counts(), (2, 2));
+        // The superseded stream's end changes nothing; a real departure frees a place.
+        assert!(fleet.disconnect(&a, 3).is_empty());
+        assert_eq!(fleet.agent_counts(), (2, 2));
+    }
+
+    #[test]
+    fn a_seq_beyond_the_start_time_scheme_is_refused_and_the_agent_keeps_sending() {
+        let fleet = Fleet::new(Limits::default());
+        let s = fleet
+            .connect(identity("node", "m", "b"), inventory(), 1)
+            .unwrap();
+        let now = 1_790_000_000_000;
+        let uuid = inventory()[0].uuid.clone();
+        let snap = |t: i64| Snapshot {
+            timestamp_unix_ms: t,
+            gpus: vec![gpulse_gpu::DeviceSample {
+                uuid: uuid.clone(),
+                ..Default::default()
+            }],
+        };
+        let e = fleet.apply(&s, u64::MAX, vec![snap(now)], now).unwrap_err();
+        assert!(
+            matches!(&e, ApplyError::Rejected(r) if r.kind == RejectKind::OutOfRange),
+            "{e:?}"
+        );
+        let seq = now as u64 * 1000;
+        assert_eq!(
+            fleet.apply(&s, seq, vec![snap(now + 1)], now + 1),
+            Ok(Applied::New { gpu_samples: 1 })
+        );
     }
 }

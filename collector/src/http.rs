@@ -59,6 +59,8 @@ pub(crate) struct HttpState {
     pub token: Option<BearerToken>,
     /// The ledger reports read.
     pub ledger: Option<store::LedgerSource>,
+    /// The ledger's writer: readiness asks whether it can commit a batch now.
+    pub ledger_writer: Option<store::StoreHandle>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -78,18 +80,30 @@ async fn index() -> Html<&'static str> {
         "<!doctype html><title>gpulse collector</title><h1>gpulse collector</h1><ul>",
         "<li><a href=\"/metrics\">/metrics</a>: Prometheus exposition of every GPU and agent</li>",
         "<li><a href=\"/healthz\">/healthz</a>: the process is alive</li>",
-        "<li><a href=\"/readyz\">/readyz</a>: listeners are bound and serving</li>",
+        "<li><a href=\"/readyz\">/readyz</a>: listeners are bound and the ledger commits batches</li>",
         "<li><a href=\"/report\">/report</a>: GPU cost and efficiency report (estimate)</li>",
         "<li><a href=\"/api/v1/report\">/api/v1/report</a>: the same as JSON, or CSV with <code>?format=csv</code></li>",
         "<li><a href=\"/api/v1/findings\">/api/v1/findings</a>: what slows each GPU down now, in words (<code>?severity=warning&amp;host=H</code>)</li></ul>"
     ))
 }
 
+/// Ready once serving, while the ledger's last write worked: a collector that cannot
+/// commit cannot acknowledge a batch, and agents are better served by another.
 async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    }
+    match state
+        .ledger_writer
+        .as_ref()
+        .map(store::StoreHandle::writable)
+    {
+        Some(Err(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger cannot commit a batch: {why}\n"),
+        )
+            .into_response(),
+        _ => "ready\n".into_response(),
     }
 }
 

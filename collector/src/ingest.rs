@@ -18,10 +18,11 @@ use gpulse_proto::v1::{self, agent_message, collector_message};
 
 use crate::auth::AgentCredential;
 use crate::cost::Cost;
-use crate::cost::store::{Durable, LedgerHost};
+use crate::cost::store::{BatchId, Durable, LedgerHost};
+use crate::delivery::Verdict;
 use crate::fleet::{Applied, ApplyError, Fleet, Session};
 use crate::metrics::SelfMetrics;
-use crate::validate::{self, RejectKind, Rejection};
+use crate::validate::{RejectKind, Rejection};
 
 /// Responses queued per stream before the handler waits for the agent to read them.
 const OUTBOUND_QUEUE: usize = 64;
@@ -42,10 +43,16 @@ pub struct IngestService {
     cost: Option<Cost>,
 }
 
-/// What to answer a message with: now, or once its ledger rows are durable.
+/// What to answer a message with: now, or once the ledger has committed its batch and
+/// said whether it was new; only then is a new batch applied to the fleet and counted.
 enum Reply {
     Now(Result<v1::CollectorMessage, Status>),
-    WhenDurable { seq: u64, durable: Durable },
+    WhenDurable {
+        seq: u64,
+        durable: Durable,
+        snapshots: Vec<Snapshot>,
+        agent_stats: Option<gpulse_exposition::AgentStats>,
+    },
 }
 
 /// An agent's delivery counters, from the wire to the fleet's view.
@@ -183,6 +190,46 @@ impl IngestService {
         Ok((session, ledger))
     }
 
+    /// Counts a batch applied (committed, when there is a ledger) and keeps what the
+    /// agent says of its own delivery.
+    fn count_new(
+        &self,
+        session: &Session,
+        gpu_samples: usize,
+        agent_stats: Option<gpulse_exposition::AgentStats>,
+    ) {
+        if let Some(stats) = agent_stats {
+            self.fleet.set_agent_stats(session, stats);
+        }
+        self.metrics.batches_received.inc();
+        self.metrics.gpu_samples_received.inc_by(gpu_samples as u64);
+    }
+
+    /// The reply to a committed batch: a new one is applied to the fleet and counted
+    /// now, in the order the agent sent it.
+    fn committed(
+        &self,
+        session: &Session,
+        seq: u64,
+        verdict: Verdict,
+        snapshots: Vec<Snapshot>,
+        agent_stats: Option<gpulse_exposition::AgentStats>,
+    ) -> v1::CollectorMessage {
+        match verdict {
+            Verdict::New => {
+                let gpu_samples = snapshots.iter().map(|s| s.gpus.len()).sum();
+                // The ledger holds it either way; a stream replaced meanwhile only misses
+                // one reading in the live view.
+                if let Err(e) = self.fleet.apply_new(session, seq, snapshots) {
+                    debug!(agent = %session.agent_id, seq, "committed batch not shown: {e}");
+                }
+                self.count_new(session, gpu_samples, agent_stats);
+            }
+            Verdict::Duplicate => self.metrics.duplicate_batches.inc(),
+        }
+        ack(seq)
+    }
+
     fn update_agent_gauges(&self) {
         let (connected, known) = self.fleet.agent_counts();
         self.metrics.agents_connected.set(connected as i64);
@@ -236,45 +283,49 @@ impl IngestService {
             Ok(s) => s,
             Err(e) => return reject(Rejection::new(RejectKind::UnknownEnum, e.to_string())),
         };
-        let for_ledger = ledger.map(|_| snapshots.clone());
         let now = now_unix_ms();
-        let to_ledger = match self.fleet.apply(session, seq, snapshots, now) {
-            Ok(Applied::New { gpu_samples }) => {
-                if let Some(stats) = agent_stats {
-                    self.fleet.set_agent_stats(session, stats);
+        let (Some(host), Some(cost)) = (ledger, &self.cost) else {
+            // No ledger: the fleet's own marks decide, by the same rule.
+            return match self.fleet.apply(session, seq, snapshots, now) {
+                Ok(Applied::New { gpu_samples }) => {
+                    self.count_new(session, gpu_samples, agent_stats);
+                    Reply::Now(Ok(ack(seq)))
                 }
-                self.metrics.batches_received.inc();
-                self.metrics.gpu_samples_received.inc_by(gpu_samples as u64);
-                for_ledger
-            }
-            Ok(Applied::Duplicate) => {
-                self.metrics.duplicate_batches.inc();
-                // Fleet state has it, but the ledger may not (its commit failed, or the
-                // collector restarted): the ledger ignores what it already holds. The fleet
-                // did not check a duplicate, so check it here first.
-                match (for_ledger, ledger) {
-                    (Some(snaps), Some(host)) => {
-                        let known = |uuid: &str| host.gpus.contains_key(uuid);
-                        validate::snapshots(&snaps, &known, self.fleet.limits(), now)
-                            .ok()
-                            .map(|()| snaps)
-                    }
-                    _ => None,
+                Ok(Applied::Duplicate) => {
+                    self.metrics.duplicate_batches.inc();
+                    Reply::Now(Ok(ack(seq)))
                 }
-            }
+                Err(ApplyError::Rejected(r)) => reject(r),
+                Err(e @ ApplyError::Superseded(_)) => {
+                    Reply::Now(Err(Status::aborted(e.to_string())))
+                }
+            };
+        };
+        // Checked whole first, new or not: the ledger then decides, in the transaction
+        // that commits it, whether it is new.
+        match self.fleet.check(session, seq, &snapshots, now) {
+            Ok(()) => {}
             Err(ApplyError::Rejected(r)) => return reject(r),
             Err(e @ ApplyError::Superseded(_)) => {
                 return Reply::Now(Err(Status::aborted(e.to_string())));
             }
+        }
+        let batch = BatchId {
+            boot_id: session.boot_id.clone(),
+            seq,
         };
-        match (to_ledger, ledger, &self.cost) {
-            (Some(snaps), Some(host), Some(cost)) => {
-                match cost.store.apply(host.clone(), snaps).await {
-                    Ok(durable) => Reply::WhenDurable { seq, durable },
-                    Err(e) => Reply::Now(Err(Status::unavailable(e.to_string()))),
-                }
-            }
-            _ => Reply::Now(Ok(ack(seq))),
+        match cost
+            .store
+            .apply_batch(host.clone(), batch, snapshots.clone())
+            .await
+        {
+            Ok(durable) => Reply::WhenDurable {
+                seq,
+                durable,
+                snapshots,
+                agent_stats,
+            },
+            Err(e) => Reply::Now(Err(Status::unavailable(e.to_string()))),
         }
     }
 }
@@ -285,15 +336,23 @@ impl IngestService {
 async fn forward_replies(
     mut replies: mpsc::Receiver<Reply>,
     tx: mpsc::Sender<Result<v1::CollectorMessage, Status>>,
-    agent: String,
+    service: IngestService,
+    session: Session,
 ) {
     while let Some(reply) = replies.recv().await {
         let message = match reply {
             Reply::Now(m) => m,
-            Reply::WhenDurable { seq, durable } => match durable.await {
-                Ok(Ok(())) => Ok(ack(seq)),
+            Reply::WhenDurable {
+                seq,
+                durable,
+                snapshots,
+                agent_stats,
+            } => match durable.await {
+                Ok(Ok(verdict)) => {
+                    Ok(service.committed(&session, seq, verdict, snapshots, agent_stats))
+                }
                 Ok(Err(e)) => {
-                    warn!(agent = %agent, seq, "batch not acknowledged: {e}");
+                    warn!(agent = %session.agent_id, seq, "batch not acknowledged: {e}");
                     Err(Status::unavailable(e.to_string()))
                 }
                 Err(_) => Err(Status::unavailable(
@@ -323,7 +382,7 @@ impl v1::ingest_server::Ingest for IngestService {
         let (session, ledger) = self.accept_hello(&mut inbound, credential.as_ref()).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (replies, pending) = mpsc::channel(OUTBOUND_QUEUE);
-        tokio::spawn(forward_replies(pending, tx, session.agent_id.clone()));
+        tokio::spawn(forward_replies(pending, tx, self.clone(), session.clone()));
         let service = self.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
@@ -358,7 +417,11 @@ impl v1::ingest_server::Ingest for IngestService {
                     }
                 }
             }
-            service.fleet.disconnect(&session, now_unix_ms());
+            let evicted = service.fleet.disconnect(&session, now_unix_ms());
+            if !evicted.is_empty() {
+                info!(agents = ?evicted, "forgot departed agents before their expiry: more than limits.max_agents were remembered");
+                service.metrics.agents_evicted.inc_by(evicted.len() as u64);
+            }
             service.update_agent_gauges();
             info!(agent = %session.agent_id, "agent disconnected");
         });

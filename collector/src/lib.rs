@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod cost;
+pub mod delivery;
 pub mod findings;
 pub mod fleet;
 pub mod http;
@@ -303,6 +304,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
             token
         },
         ledger: Some(cost.store.source().clone()),
+        ledger_writer: Some(cost.store.clone()),
     });
     let http_stop = stop_rx.clone();
     match http_tls {

@@ -12,6 +12,7 @@ pub struct SelfMetrics {
     pub agents_connected: IntGauge,
     pub agents_known: IntGauge,
     pub agents_expired: IntCounter,
+    pub agents_evicted: IntCounter,
     pub batches_received: IntCounter,
     pub duplicate_batches: IntCounter,
     pub gpu_samples_received: IntCounter,
@@ -29,6 +30,7 @@ impl SelfMetrics {
             agents_connected: IntGauge::with_opts(opts(&names::COLLECTOR_AGENTS_CONNECTED))?,
             agents_known: IntGauge::with_opts(opts(&names::COLLECTOR_AGENTS_KNOWN))?,
             agents_expired: IntCounter::with_opts(opts(&names::COLLECTOR_AGENTS_EXPIRED))?,
+            agents_evicted: IntCounter::with_opts(opts(&names::COLLECTOR_AGENTS_EVICTED))?,
             batches_received: IntCounter::with_opts(opts(&names::COLLECTOR_BATCHES_RECEIVED))?,
             duplicate_batches: IntCounter::with_opts(opts(&names::COLLECTOR_DUPLICATE_BATCHES))?,
             gpu_samples_received: IntCounter::with_opts(opts(
@@ -44,6 +46,7 @@ impl SelfMetrics {
         registry.register(Box::new(m.agents_connected.clone()))?;
         registry.register(Box::new(m.agents_known.clone()))?;
         registry.register(Box::new(m.agents_expired.clone()))?;
+        registry.register(Box::new(m.agents_evicted.clone()))?;
         registry.register(Box::new(m.batches_received.clone()))?;
         registry.register(Box::new(m.duplicate_batches.clone()))?;
         registry.register(Box::new(m.gpu_samples_received.clone()))?;

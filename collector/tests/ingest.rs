@@ -1915,3 +1915,6 @@ async fn two_hosts_reporting_the_same_uuid_keep_separate_series() {
     );
     c.shutdown().await;
 }
+
+#[path = "ingest/delivery.rs"]
+mod delivery;

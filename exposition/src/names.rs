@@ -426,17 +426,21 @@ pub const COLLECTOR_AGENTS_EXPIRED: Def = counter(
     "gpulse_collector_agents_expired_total",
     "Agents whose series were removed after they stayed away longer than the expiry.",
 );
+pub const COLLECTOR_AGENTS_EVICTED: Def = counter(
+    "gpulse_collector_agents_evicted_total",
+    "Departed agents forgotten before the expiry because more than limits.max_agents were remembered, the longest gone first.",
+);
 pub const COLLECTOR_BATCHES_RECEIVED: Def = counter(
     "gpulse_collector_batches_received_total",
-    "Batches applied (duplicates and rejected batches not included).",
+    "Batches applied and committed to the ledger (duplicates, rejected batches and batches whose commit failed not included).",
 );
 pub const COLLECTOR_DUPLICATE_BATCHES: Def = counter(
     "gpulse_collector_duplicate_batches_total",
-    "Batches received again after a reconnect and acknowledged without being applied twice.",
+    "Batches acknowledged without being applied because a batch with the same or a higher seq of the same boot was already committed, before a reconnect or a collector restart.",
 );
 pub const COLLECTOR_GPU_SAMPLES_RECEIVED: Def = counter(
     "gpulse_collector_gpu_samples_received_total",
-    "GPU samples applied.",
+    "GPU samples in the batches counted by gpulse_collector_batches_received_total.",
 );
 pub const COLLECTOR_RECEIVED_BYTES: Def = counter(
     "gpulse_collector_received_bytes_total",
@@ -532,10 +536,11 @@ pub const AGENT_SAMPLE_DURATION: Def = gauge(
 );
 
 /// The collector's self-metrics.
-pub const COLLECTOR: [Def; 15] = [
+pub const COLLECTOR: [Def; 16] = [
     COLLECTOR_AGENTS_CONNECTED,
     COLLECTOR_AGENTS_KNOWN,
     COLLECTOR_AGENTS_EXPIRED,
+    COLLECTOR_AGENTS_EVICTED,
     COLLECTOR_BATCHES_RECEIVED,
     COLLECTOR_DUPLICATE_BATCHES,
     COLLECTOR_GPU_SAMPLES_RECEIVED,

@@ -21,9 +21,10 @@ use super::store::{
     EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
     WriteEngine, usage_columns,
 };
+use crate::delivery::SeqMark;
 
 /// The newest schema this collector knows: migrations 1..=this are in [`migration`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long connecting may take when the URL does not say (`connect_timeout`).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serialises migrations of collectors that start together (an arbitrary key,
@@ -298,6 +299,15 @@ fn migration(version: i64) -> Option<String> {
                {usage_cols},
                PRIMARY KEY (host, uuid));"
         )),
+        // Each agent's mark: the highest batch applied and its boot (seqs kept bit for
+        // bit in a BIGINT); a row without one is an agent whose first batch is being
+        // applied. And the row a probe rewrites.
+        2 => Some(
+            "CREATE TABLE agent_seqs (agent_id TEXT PRIMARY KEY, boot_id TEXT, seq BIGINT);
+             CREATE TABLE write_probe (
+               id INTEGER PRIMARY KEY CHECK (id = 1), at_unix_ms BIGINT NOT NULL);"
+                .into(),
+        ),
         _ => None,
     }
 }
@@ -444,16 +454,21 @@ fn upsert_sql(table: &str, keys: [(&str, &str); 2], returning: bool) -> String {
     )
 }
 
-/// The writer's connection.
+/// The writer's connection, opened again when the server closed it (a restart, a
+/// failover), so a ledger that comes back takes writes again.
 pub struct PgWriter {
     client: Client,
+    target: PgTarget,
 }
 
 impl PgWriter {
     pub fn open(target: &PgTarget) -> Result<Self, StoreError> {
         let mut client = target.connect()?;
         migrate(&mut client, target)?;
-        Ok(PgWriter { client })
+        Ok(PgWriter {
+            client,
+            target: target.clone(),
+        })
     }
 }
 
@@ -473,6 +488,12 @@ impl WriteEngine for PgWriter {
     }
 
     fn begin(&mut self) -> Result<(), EngineError> {
+        if self.client.is_closed() {
+            self.client = self
+                .target
+                .connect()
+                .map_err(|e| EngineError::new(e.to_string()))?;
+        }
         self.client.batch_execute("BEGIN").map_err(engine)
     }
 
@@ -624,6 +645,82 @@ impl WriteEngine for PgWriter {
 
     fn rollback(&mut self) {
         let _ = self.client.batch_execute("ROLLBACK");
+    }
+
+    fn load_marks(&mut self) -> Result<HashMap<String, SeqMark>, EngineError> {
+        // Marks are read, locked, in each transaction: other collectors move them.
+        Ok(HashMap::new())
+    }
+
+    fn lock_marks(
+        &mut self,
+        agents: &[String],
+    ) -> Result<Option<HashMap<String, SeqMark>>, EngineError> {
+        if agents.is_empty() {
+            return Ok(Some(HashMap::new()));
+        }
+        // A row for each agent first, so that two collectors applying an agent's first
+        // batches take turns, as with cursors.
+        self.client
+            .execute(
+                "INSERT INTO agent_seqs (agent_id) SELECT * FROM unnest($1::text[])
+                 ON CONFLICT DO NOTHING",
+                &[&agents],
+            )
+            .map_err(engine)?;
+        let rows = self
+            .client
+            .query(
+                "SELECT agent_id, boot_id, seq FROM agent_seqs
+                 WHERE agent_id = ANY($1::text[]) ORDER BY agent_id FOR UPDATE",
+                &[&agents],
+            )
+            .map_err(engine)?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            if let (Some(boot_id), Some(seq)) =
+                (r.get::<_, Option<String>>(1), r.get::<_, Option<i64>>(2))
+            {
+                out.insert(
+                    r.get(0),
+                    SeqMark {
+                        boot_id,
+                        seq: seq as u64,
+                    },
+                );
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn write_marks(&mut self, marks: &[(String, SeqMark)]) -> Result<(), EngineError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let agents: Vec<&str> = marks.iter().map(|(a, _)| a.as_str()).collect();
+        let boots: Vec<&str> = marks.iter().map(|(_, m)| m.boot_id.as_str()).collect();
+        let seqs: Vec<i64> = marks.iter().map(|(_, m)| m.seq as i64).collect();
+        self.client
+            .execute(
+                "INSERT INTO agent_seqs (agent_id, boot_id, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (agent_id) DO UPDATE SET boot_id = EXCLUDED.boot_id, seq = EXCLUDED.seq",
+                &[&agents, &boots, &seqs],
+            )
+            .map(|_| ())
+            .map_err(engine)
+    }
+
+    fn probe(&mut self) -> Result<(), EngineError> {
+        self.client
+            .execute(
+                "INSERT INTO write_probe (id, at_unix_ms)
+                 VALUES (1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                 ON CONFLICT (id) DO UPDATE SET at_unix_ms = EXCLUDED.at_unix_ms",
+                &[],
+            )
+            .map(|_| ())
+            .map_err(engine)
     }
 
     fn prune(&mut self, cutoff_hour: i64) -> Result<usize, EngineError> {

@@ -13,6 +13,7 @@ use super::store::{
     EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
     WriteEngine, usage_columns, usage_sums,
 };
+use crate::delivery::SeqMark;
 
 /// The file under the data directory.
 pub const LEDGER_FILE: &str = "ledger.sqlite";
@@ -110,6 +111,7 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
            PRIMARY KEY (host, uuid)) WITHOUT ROWID;"
     ))
     .map_err(&open)?;
+    init_delivery(conn).map_err(&open)?;
     let found: Option<i64> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -136,6 +138,18 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The tables of delivery: each agent's mark (the highest batch applied, and its boot;
+/// seqs kept bit for bit in an INTEGER) and the row a probe rewrites. Added to a ledger
+/// of any age as they are: an older collector ignores them.
+fn init_delivery(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS agent_seqs (
+           agent_id TEXT PRIMARY KEY, boot_id TEXT NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS write_probe (
+           id INTEGER PRIMARY KEY CHECK (id = 1), at_unix_ms INTEGER NOT NULL);",
+    )
 }
 
 /// The writer's connection.
@@ -317,6 +331,62 @@ impl WriteEngine for SqliteWriter {
 
     fn rollback(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    fn load_marks(&mut self) -> Result<HashMap<String, SeqMark>, EngineError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT agent_id, boot_id, seq FROM agent_seqs")
+            .map_err(engine)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    SeqMark {
+                        boot_id: r.get(1)?,
+                        seq: r.get::<_, i64>(2)? as u64,
+                    },
+                ))
+            })
+            .map_err(engine)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(engine)
+    }
+
+    fn lock_marks(
+        &mut self,
+        _agents: &[String],
+    ) -> Result<Option<HashMap<String, SeqMark>>, EngineError> {
+        // One collector writes the file: the marks it holds are the stored ones.
+        Ok(None)
+    }
+
+    fn write_marks(&mut self, marks: &[(String, SeqMark)]) -> Result<(), EngineError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO agent_seqs (agent_id, boot_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent_id) DO UPDATE SET boot_id = excluded.boot_id, seq = excluded.seq",
+            )
+            .map_err(engine)?;
+        for (agent, m) in marks {
+            stmt.execute(params![agent, m.boot_id, m.seq as i64])
+                .map_err(engine)?;
+        }
+        Ok(())
+    }
+
+    fn probe(&mut self) -> Result<(), EngineError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.conn
+            .execute(
+                "INSERT INTO write_probe (id, at_unix_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at_unix_ms = excluded.at_unix_ms",
+                [now],
+            )
+            .map(|_| ())
+            .map_err(engine)
     }
 
     fn prune(&mut self, cutoff_hour: i64) -> Result<usize, EngineError> {

@@ -11,10 +11,14 @@
 //! [`Usage`] field (`usage`), the same per UTC day (`usage_daily`, so a report over weeks
 //! reads days and only its edge hours), per GPU the last snapshot applied and its
 //! counters (`cursors`, so a replay changes nothing, whichever collector gets it), and
-//! per GPU totals since first seen (`totals`, for the Prometheus counters).
+//! per GPU totals since first seen (`totals`, for the Prometheus counters). A batch
+//! with a sequence number is applied only if [`delivery::verdict`] finds it new against
+//! its agent's mark (`agent_seqs`), which moves in the same transaction: the ledger
+//! and the fleet follow one rule, across restarts of the collector.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,7 @@ use gpulse_gpu::Snapshot;
 use super::ledger::{Cursor, GpuTerms, HOUR_MS, Ledger, USAGE_FIELDS, Usage};
 use super::postgres::PgTarget;
 use crate::config::LedgerConfig;
+use crate::delivery::{self, SeqMark, Verdict};
 
 pub use super::sqlite::LEDGER_FILE;
 
@@ -213,6 +218,20 @@ pub trait WriteEngine: Send {
     fn rollback(&mut self);
     /// Deletes hourly rows before `cutoff_hour` and daily rows before its day.
     fn prune(&mut self, cutoff_hour: i64) -> Result<usize, EngineError>;
+    /// Every agent's delivery mark as stored, at start; empty when `lock_marks` reads
+    /// them in each transaction instead.
+    fn load_marks(&mut self) -> Result<HashMap<String, SeqMark>, EngineError>;
+    /// The stored marks of `agents` (sorted), locked until the transaction ends, when
+    /// other writers may have moved them; `None` when this writer's own are the truth.
+    fn lock_marks(
+        &mut self,
+        agents: &[String],
+    ) -> Result<Option<HashMap<String, SeqMark>>, EngineError>;
+    /// Stores agents' marks, inside the transaction that applies their batches.
+    fn write_marks(&mut self, marks: &[(String, SeqMark)]) -> Result<(), EngineError>;
+    /// The smallest real write, inside a transaction: whether the ledger can take a
+    /// batch now.
+    fn probe(&mut self) -> Result<(), EngineError>;
 }
 
 /// Which roll-up a report reads.
@@ -321,12 +340,45 @@ impl LedgerSource {
     }
 }
 
+/// A batch as its agent numbered it: the host boot and the sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchId {
+    pub boot_id: String,
+    pub seq: u64,
+}
+
 enum Request {
     Apply {
         host: Arc<LedgerHost>,
+        /// `None`: rows from elsewhere (benches, tests), applied by their timestamps only.
+        batch: Option<BatchId>,
         snapshots: Vec<Snapshot>,
-        done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+        done: oneshot::Sender<Result<Verdict, Arc<StoreError>>>,
     },
+    /// Try a write, to learn whether a failing ledger works again.
+    Probe,
+}
+
+/// Whether the ledger's last write (a group commit, or a probe while failing) worked:
+/// what readiness reports.
+#[derive(Debug, Default)]
+pub struct LedgerHealth {
+    failure: Mutex<Option<String>>,
+    probe_queued: AtomicBool,
+}
+
+impl LedgerHealth {
+    /// Why the last write failed; `None` when it worked (or none was tried yet).
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record(&self, outcome: Result<(), &str>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = outcome.err().map(str::to_string);
+    }
 }
 
 /// The async side of the store: submit batches, read totals, open readers.
@@ -335,6 +387,7 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     totals: Arc<Totals>,
     source: LedgerSource,
+    health: Arc<LedgerHealth>,
 }
 
 impl std::fmt::Debug for Request {
@@ -343,27 +396,68 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// A pending acknowledgement: resolves once the batch's ledger rows are committed.
-pub type Durable = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+/// A pending acknowledgement: resolves once the batch's ledger rows are committed, to
+/// whether the batch was new (applied) or a duplicate (nothing written but its
+/// agent's unchanged mark).
+pub type Durable = oneshot::Receiver<Result<Verdict, Arc<StoreError>>>;
 
 impl StoreHandle {
-    /// Queues a batch's snapshots (already validated) for the ledger. Waits only when the
+    /// Queues snapshots (already validated) for the ledger, applied by their timestamps
+    /// alone: how rows from elsewhere (benches, tests) come in. Waits only when the
     /// queue is full; the returned receiver resolves at the group commit.
     pub async fn apply(
         &self,
         host: Arc<LedgerHost>,
         snapshots: Vec<Snapshot>,
     ) -> Result<Durable, StoreError> {
+        self.submit(host, None, snapshots).await
+    }
+
+    /// Queues an agent's batch (already validated): applied only if
+    /// [`delivery::verdict`] finds it new against the agent's stored mark, decided in
+    /// the transaction that commits it.
+    pub async fn apply_batch(
+        &self,
+        host: Arc<LedgerHost>,
+        batch: BatchId,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<Durable, StoreError> {
+        self.submit(host, Some(batch), snapshots).await
+    }
+
+    async fn submit(
+        &self,
+        host: Arc<LedgerHost>,
+        batch: Option<BatchId>,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<Durable, StoreError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Request::Apply {
                 host,
+                batch,
                 snapshots,
                 done,
             })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// Whether the ledger can durably take a batch now, as its last write showed; when it
+    /// could not, a probe write is queued (one at a time) so that a ledger that works
+    /// again is seen as such even while no agent sends.
+    pub fn writable(&self) -> Result<(), String> {
+        let Some(failure) = self.health.failure() else {
+            return Ok(());
+        };
+        if !self.health.probe_queued.swap(true, Ordering::AcqRel)
+            && self.tx.try_send(Request::Probe).is_err()
+        {
+            // The queue is full of batches: their commit will tell.
+            self.health.probe_queued.store(false, Ordering::Release);
+        }
+        Err(failure)
     }
 
     /// Per-GPU totals since each GPU was first seen.
@@ -394,16 +488,17 @@ pub fn start(target: &LedgerTarget, config: &LedgerConfig) -> Result<StoreHandle
                     return;
                 }
             };
-            let _ = opened_tx.send(Ok(writer.totals.clone()));
+            let _ = opened_tx.send(Ok((writer.totals.clone(), writer.health.clone())));
             writer.prune();
             writer.run(rx);
         })
         .map_err(|e| StoreError::Write(format!("cannot start the ledger thread: {e}")))?;
-    let totals = opened.recv().map_err(|_| StoreError::Closed)??;
+    let (totals, health) = opened.recv().map_err(|_| StoreError::Closed)??;
     Ok(StoreHandle {
         tx,
         totals,
         source: LedgerSource::new(target.clone()),
+        health,
     })
 }
 
@@ -463,6 +558,9 @@ fn now_ms() -> i64 {
 struct Writer {
     engine: Box<dyn WriteEngine>,
     ledger: Ledger<GpuKey>,
+    /// Each agent's delivery mark, as committed (or as this transaction moves it).
+    marks: HashMap<String, SeqMark>,
+    health: Arc<LedgerHealth>,
     dims: HashMap<GpuDims, i64>,
     totals: Arc<Totals>,
     config: LedgerConfig,
@@ -475,21 +573,29 @@ struct Group {
     rows: Rows,
     /// Cursors as they were before this try touched them, to restore on failure.
     prior: HashMap<GpuKey, Option<Cursor>>,
+    /// Agents' marks as they were before this try touched them, likewise.
+    prior_marks: HashMap<String, Option<SeqMark>>,
+    /// Per request, in order: whether it was new.
+    verdicts: Vec<Verdict>,
     new_dims: Vec<GpuDims>,
 }
 
 impl Writer {
     fn open(target: &LedgerTarget, config: LedgerConfig) -> Result<Writer, StoreError> {
         let mut engine = target.writer()?;
-        let (cursors, totals) = engine.load().map_err(|e| StoreError::Open {
+        let opening = |e: EngineError| StoreError::Open {
             target: target.describe(),
             reason: e.message,
             hint: "check the ledger's settings",
-        })?;
+        };
+        let (cursors, totals) = engine.load().map_err(opening)?;
+        let marks = engine.load_marks().map_err(opening)?;
         info!(ledger = %target.describe(), gpus = totals.len(), "ledger opened");
         Ok(Writer {
             engine,
             ledger: Ledger::with_cursors(cursors),
+            marks,
+            health: Arc::default(),
             dims: HashMap::new(),
             totals: Arc::new(RwLock::new(totals)),
             config,
@@ -518,7 +624,17 @@ impl Writer {
                     }
                 }
             }
-            self.commit_group(requests);
+            let probes = requests.len();
+            requests.retain(|r| matches!(r, Request::Apply { .. }));
+            let probes = probes - requests.len();
+            if !requests.is_empty() {
+                self.commit_group(requests);
+            } else if probes > 0 {
+                self.probe();
+            }
+            if probes > 0 {
+                self.health.probe_queued.store(false, Ordering::Release);
+            }
             if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.prune();
             }
@@ -545,6 +661,12 @@ impl Writer {
                     for (k, prior) in group.prior.drain() {
                         self.ledger.restore(k, prior);
                     }
+                    for (agent, prior) in group.prior_marks.drain() {
+                        match prior {
+                            Some(m) => self.marks.insert(agent, m),
+                            None => self.marks.remove(&agent),
+                        };
+                    }
                     for d in &group.new_dims {
                         self.dims.remove(d);
                     }
@@ -557,7 +679,12 @@ impl Writer {
             }
         };
         let batches = requests.len();
-        let waiters = requests.into_iter().map(|Request::Apply { done, .. }| done);
+        let waiters = requests.into_iter().filter_map(|r| match r {
+            Request::Apply { done, .. } => Some(done),
+            Request::Probe => None,
+        });
+        self.health
+            .record(result.as_ref().map(|_| ()).map_err(String::as_str));
         match result {
             Ok((group, fresh)) => {
                 {
@@ -571,8 +698,8 @@ impl Writer {
                     rows = group.rows.hourly.len(),
                     "ledger group committed"
                 );
-                for w in waiters {
-                    let _ = w.send(Ok(()));
+                for (w, verdict) in waiters.zip(group.verdicts) {
+                    let _ = w.send(Ok(verdict));
                 }
             }
             Err(e) => {
@@ -593,18 +720,18 @@ impl Writer {
         self.engine.begin()?;
         let keys: BTreeSet<GpuKey> = requests
             .iter()
-            .flat_map(
-                |Request::Apply {
-                     host, snapshots, ..
-                 }| {
-                    snapshots.iter().flat_map(move |snap| {
-                        snap.gpus
-                            .iter()
-                            .filter(|s| host.gpus.contains_key(&s.uuid))
-                            .map(|s| (host.agent_id.clone(), s.uuid.clone()))
-                    })
-                },
-            )
+            .flat_map(|r| match r {
+                Request::Apply {
+                    host, snapshots, ..
+                } => Some(snapshots.iter().flat_map(move |snap| {
+                    snap.gpus
+                        .iter()
+                        .filter(|s| host.gpus.contains_key(&s.uuid))
+                        .map(|s| (host.agent_id.clone(), s.uuid.clone()))
+                })),
+                Request::Probe => None,
+            })
+            .flatten()
             .collect();
         let keys: Vec<GpuKey> = keys.into_iter().collect();
         if let Some(mut stored) = self.engine.lock_cursors(&keys)? {
@@ -619,8 +746,10 @@ impl Writer {
                 }
             }
         }
+        self.refresh_marks(requests, group)?;
         for r in requests {
-            self.process(r, group)?;
+            let verdict = self.process(r, group)?;
+            group.verdicts.push(verdict);
         }
         group.rows.cursors = group
             .prior
@@ -628,8 +757,67 @@ impl Writer {
             .filter_map(|k| self.ledger.cursor(k).map(|c| (k.clone(), c.clone())))
             .collect();
         let totals = self.engine.write(&group.rows)?;
+        let marks: Vec<(String, SeqMark)> = group
+            .prior_marks
+            .keys()
+            .filter_map(|a| self.marks.get(a).map(|m| (a.clone(), m.clone())))
+            .collect();
+        self.engine.write_marks(&marks)?;
         self.engine.commit()?;
         Ok(totals)
+    }
+
+    /// Takes the stored marks of the group's agents as the truth when other writers may
+    /// have moved them.
+    fn refresh_marks(
+        &mut self,
+        requests: &[Request],
+        group: &mut Group,
+    ) -> Result<(), EngineError> {
+        let agents: BTreeSet<String> = requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::Apply {
+                    host,
+                    batch: Some(_),
+                    ..
+                } => Some(host.agent_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let agents: Vec<String> = agents.into_iter().collect();
+        if let Some(mut stored) = self.engine.lock_marks(&agents)? {
+            for agent in agents {
+                let now = stored.remove(&agent);
+                let before = self.marks.get(&agent).cloned();
+                if now != before {
+                    group.prior_marks.insert(agent.clone(), before);
+                    match now {
+                        Some(m) => self.marks.insert(agent, m),
+                        None => self.marks.remove(&agent),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A write and its commit, to see whether a failing ledger works again.
+    fn probe(&mut self) {
+        let outcome = self
+            .engine
+            .begin()
+            .and_then(|()| self.engine.probe())
+            .and_then(|()| self.engine.commit());
+        match &outcome {
+            Ok(()) => info!("the ledger takes writes again"),
+            Err(e) => {
+                self.engine.rollback();
+                debug!(error = %e.message, "the ledger still cannot take a write");
+            }
+        }
+        self.health
+            .record(outcome.as_ref().map(|_| ()).map_err(|e| e.message.as_str()));
     }
 
     fn dim_id(&mut self, dims: &GpuDims, group: &mut Group) -> Result<i64, EngineError> {
@@ -642,10 +830,35 @@ impl Writer {
         Ok(id)
     }
 
-    fn process(&mut self, request: &Request, group: &mut Group) -> Result<(), EngineError> {
+    /// Applies one request unless its batch is a duplicate; says which it was.
+    fn process(&mut self, request: &Request, group: &mut Group) -> Result<Verdict, EngineError> {
         let Request::Apply {
-            host, snapshots, ..
-        } = request;
+            host,
+            batch,
+            snapshots,
+            ..
+        } = request
+        else {
+            return Ok(Verdict::Duplicate);
+        };
+        if let Some(b) = batch {
+            let mark = self.marks.get(&host.agent_id);
+            if delivery::verdict(mark, &b.boot_id, b.seq) == Verdict::Duplicate {
+                return Ok(Verdict::Duplicate);
+            }
+            let before = mark.cloned();
+            group
+                .prior_marks
+                .entry(host.agent_id.clone())
+                .or_insert(before);
+            self.marks.insert(
+                host.agent_id.clone(),
+                SeqMark {
+                    boot_id: b.boot_id.clone(),
+                    seq: b.seq,
+                },
+            );
+        }
         let max_gap = self.config.max_credited_gap.as_millis() as i64;
         let mut out = Vec::new();
         for snap in snapshots {
@@ -684,7 +897,7 @@ impl Writer {
                 }
             }
         }
-        Ok(())
+        Ok(Verdict::New)
     }
 
     fn prune(&mut self) {
@@ -969,6 +1182,77 @@ pub(crate) mod tests {
         }
     }
 
+    fn batch(boot: &str, seq: u64) -> BatchId {
+        BatchId {
+            boot_id: boot.into(),
+            seq,
+        }
+    }
+
+    /// Submits one agent batch and waits for its verdict, from outside any runtime.
+    fn commit_batch(
+        rt: &tokio::runtime::Runtime,
+        handle: &StoreHandle,
+        host: &Arc<LedgerHost>,
+        id: BatchId,
+        snaps: &[Snapshot],
+    ) -> Verdict {
+        let done = rt
+            .block_on(handle.apply_batch(host.clone(), id, snaps.to_vec()))
+            .unwrap();
+        done.blocking_recv().unwrap().unwrap()
+    }
+
+    /// A seq already committed is a duplicate whatever it holds, on every engine and
+    /// after the writer starts again: only the agent's mark decides, never the content.
+    #[test]
+    fn a_reused_seq_with_other_content_changes_no_ledger_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let interval = 5_000;
+        let t0 = 1_790_000_000_000 - DAY_MS;
+        for target in engines(dir.path(), "reused_seq") {
+            let (host, mut sim) = sim_host("h", "gpus=2,scenario=training,seed=5", interval);
+            let snaps = snapshots(&mut sim, t0, interval, 30);
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            let totals = |h: &StoreHandle| h.totals().read().unwrap().clone();
+            assert_eq!(
+                commit_batch(&rt, &handle, &host, batch("b1", 7), &snaps[..10]),
+                Verdict::New
+            );
+            let committed = totals(&handle);
+            assert!(!committed.is_empty());
+            // Newer snapshots under a seq already committed: counters that went up by
+            // ten times, time that the first batch never covered.
+            for seq in [7, 3] {
+                assert_eq!(
+                    commit_batch(&rt, &handle, &host, batch("b1", seq), &snaps[10..20]),
+                    Verdict::Duplicate,
+                    "{target:?} seq {seq}"
+                );
+            }
+            assert_eq!(totals(&handle), committed, "{target:?}");
+            drop(handle);
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            assert_eq!(
+                commit_batch(&rt, &handle, &host, batch("b1", 7), &snaps[10..20]),
+                Verdict::Duplicate,
+                "{target:?} after a restart"
+            );
+            assert_eq!(totals(&handle), committed, "{target:?} after a restart");
+            assert_eq!(
+                commit_batch(&rt, &handle, &host, batch("b1", 8), &snaps[10..20]),
+                Verdict::New
+            );
+            assert_ne!(totals(&handle), committed);
+            // A new boot starts a new sequence.
+            assert_eq!(
+                commit_batch(&rt, &handle, &host, batch("b2", 1), &snaps[20..]),
+                Verdict::New
+            );
+        }
+    }
+
     #[test]
     fn a_ledger_with_a_newer_schema_is_refused_naming_both_versions() {
         let dir = tempfile::tempdir().unwrap();
@@ -982,7 +1266,7 @@ pub(crate) mod tests {
         assert_eq!(
             pg.psql(db, "SELECT count(*) FROM gpulse_schema_migrations")
                 .trim(),
-            "1"
+            crate::cost::postgres::SCHEMA_VERSION.to_string()
         );
         pg.psql(
             db,
