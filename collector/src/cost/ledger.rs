@@ -87,6 +87,10 @@ pub struct Usage {
     pub lost_samples: u64,
     /// Snapshots applied.
     pub samples: u64,
+    /// XID events the driver reported (any code).
+    pub xid_errors: u64,
+    /// Uncorrectable ECC errors (the GPU's aggregate counter's increase).
+    pub ecc_uncorrected_errors: u64,
 }
 
 impl Usage {
@@ -111,6 +115,10 @@ impl Usage {
         self.pcie_replays = self.pcie_replays.saturating_add(o.pcie_replays);
         self.lost_samples = self.lost_samples.saturating_add(o.lost_samples);
         self.samples = self.samples.saturating_add(o.samples);
+        self.xid_errors = self.xid_errors.saturating_add(o.xid_errors);
+        self.ecc_uncorrected_errors = self
+            .ecc_uncorrected_errors
+            .saturating_add(o.ecc_uncorrected_errors);
     }
 
     /// The continuous fields times `f` (a share of an interval); counts are not scaled.
@@ -135,6 +143,8 @@ impl Usage {
         u.pcie_replays = 0;
         u.lost_samples = 0;
         u.samples = 0;
+        u.xid_errors = 0;
+        u.ecc_uncorrected_errors = 0;
         u
     }
 }
@@ -200,7 +210,7 @@ macro_rules! usage_field {
 }
 
 /// Every [`Usage`] field in column order (throttle reasons in [`THROTTLE_REASONS`] order).
-pub const USAGE_FIELDS: [UsageField; 23] = [
+pub const USAGE_FIELDS: [UsageField; 25] = [
     usage_field!(real "observed_s", observed_s),
     usage_field!(real "busy_s", busy_s),
     usage_field!(real "utilized_s", utilized_s),
@@ -224,6 +234,8 @@ pub const USAGE_FIELDS: [UsageField; 23] = [
     usage_field!(count "pcie_replays", pcie_replays),
     usage_field!(count "lost_samples", lost_samples),
     usage_field!(count "samples", samples),
+    usage_field!(count "xid_errors", xid_errors),
+    usage_field!(count "ecc_uncorrected_errors", ecc_uncorrected_errors),
 ];
 
 /// What the ledger needs to know about a GPU besides its samples.
@@ -246,6 +258,18 @@ pub struct Cursor {
     pub boot_id: String,
     pub energy_mj: Option<u64>,
     pub pcie_replays: Option<u64>,
+    /// XID events counted by the agent so far (all codes).
+    pub xid_total: Option<u64>,
+    /// The GPU's lifetime uncorrectable ECC count.
+    pub ecc_uncorrected: Option<u64>,
+}
+
+/// The counts of one interval, credited to the hour holding its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    pcie_replays: u64,
+    xid_errors: u64,
+    ecc_uncorrected_errors: u64,
 }
 
 /// A counter's increase from `prev` to `now`; a decrease or a new boot is a reset, and the
@@ -258,6 +282,15 @@ pub fn counter_delta(prev: Option<u64>, now: u64, same_boot: bool) -> u64 {
         // No earlier value to compare with: nothing can be credited yet.
         None => 0,
     }
+}
+
+/// XID events of every code the agent has counted, when it reads them.
+fn xid_total(s: &DeviceSample) -> Option<u64> {
+    s.xid_errors.get().map(|codes| {
+        codes
+            .iter()
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
+    })
 }
 
 /// The longest interval credited: three agent intervals, never more than `max_gap_ms`.
@@ -275,12 +308,14 @@ fn interval_usage(
     terms: &GpuTerms,
     seconds: f64,
     energy_j: Option<f64>,
-    replays: u64,
+    counts: Counts,
 ) -> Usage {
     let mut u = Usage {
         observed_s: seconds,
         samples: 1,
-        pcie_replays: replays,
+        pcie_replays: counts.pcie_replays,
+        xid_errors: counts.xid_errors,
+        ecc_uncorrected_errors: counts.ecc_uncorrected_errors,
         ..Usage::default()
     };
     if let Some(j) = energy_j {
@@ -351,6 +386,8 @@ fn split_hours(end_ms: i64, len_ms: i64, whole: &Usage, out: &mut Vec<(i64, Usag
             part.samples = whole.samples;
             part.pcie_replays = whole.pcie_replays;
             part.lost_samples = whole.lost_samples;
+            part.xid_errors = whole.xid_errors;
+            part.ecc_uncorrected_errors = whole.ecc_uncorrected_errors;
         }
         out.push((hour, part));
         t = next;
@@ -422,6 +459,11 @@ impl<K: std::hash::Hash + Eq + Clone> Ledger<K> {
                 .pcie_replays
                 .value()
                 .or_else(|| prev.and_then(|c| c.pcie_replays)),
+            xid_total: xid_total(s).or_else(|| prev.and_then(|c| c.xid_total)),
+            ecc_uncorrected: s
+                .ecc_uncorrected_errors
+                .value()
+                .or_else(|| prev.and_then(|c| c.ecc_uncorrected)),
         };
         if let Some(prev) = prev {
             let same_boot = prev.boot_id == terms.boot_id;
@@ -433,11 +475,21 @@ impl<K: std::hash::Hash + Eq + Clone> Ledger<K> {
             // Energy measured across an uncounted stretch (the first reading after the
             // field appeared) has no earlier value: count it from the next interval on.
             let energy_j = energy_j.filter(|_| prev.energy_mj.is_some() || !same_boot);
-            let replays = s
-                .pcie_replays
-                .value()
-                .map_or(0, |now| counter_delta(prev.pcie_replays, now, same_boot));
-            let whole = interval_usage(s, terms, credited as f64 / 1000.0, energy_j, replays);
+            let counts = Counts {
+                pcie_replays: s
+                    .pcie_replays
+                    .value()
+                    .map_or(0, |now| counter_delta(prev.pcie_replays, now, same_boot)),
+                // Counted by the agent since it started: a new boot starts them again.
+                xid_errors: xid_total(s)
+                    .map_or(0, |now| counter_delta(prev.xid_total, now, same_boot)),
+                // The GPU's lifetime count survives reboots: only an increase is new.
+                ecc_uncorrected_errors: s
+                    .ecc_uncorrected_errors
+                    .value()
+                    .map_or(0, |now| counter_delta(prev.ecc_uncorrected, now, true)),
+            };
+            let whole = interval_usage(s, terms, credited as f64 / 1000.0, energy_j, counts);
             split_hours(timestamp_ms, credited, &whole, out);
         }
         self.cursors.insert(key.clone(), next);
@@ -484,6 +536,49 @@ mod tests {
             u.add(p);
         }
         u
+    }
+
+    /// XIDs are counted by the agent since it started, so a new boot starts them again;
+    /// the uncorrectable ECC count is the GPU's lifetime one, so only an increase is new,
+    /// across a reboot too.
+    #[test]
+    fn xid_and_ecc_errors_are_counted_as_new_events_only() {
+        let with = |xids: Vec<(u64, u64)>, ecc: u64| DeviceSample {
+            xid_errors: Reading::Value(xids),
+            ecc_uncorrected_errors: Reading::Value(ecc),
+            ..sample(100, 2000, 0)
+        };
+        let mut l = Ledger::new();
+        let mut out = Vec::new();
+        let mut t = terms(None);
+        l.apply(&1, &t, 5_000, &with(vec![(13, 2)], 40), 300_000, &mut out);
+        assert!(out.is_empty(), "the first reading only sets the cursor");
+        l.apply(
+            &1,
+            &t,
+            10_000,
+            &with(vec![(13, 3), (31, 1)], 40),
+            300_000,
+            &mut out,
+        );
+        l.apply(
+            &1,
+            &t,
+            15_000,
+            &with(vec![(13, 3), (31, 1)], 42),
+            300_000,
+            &mut out,
+        );
+        let u = total(&out);
+        assert_eq!((u.xid_errors, u.ecc_uncorrected_errors), (2, 2));
+        // A reboot: the agent's XID counts start from zero, the lifetime ECC count does not.
+        t.boot_id = "b2".into();
+        out.clear();
+        l.apply(&1, &t, 20_000, &with(vec![(79, 1)], 42), 300_000, &mut out);
+        let u = total(&out);
+        assert_eq!((u.xid_errors, u.ecc_uncorrected_errors), (1, 0));
+        // Both land in the hour holding the reading, like replays.
+        assert_eq!(out.iter().filter(|(_, p)| p.xid_errors > 0).count(), 1);
     }
 
     #[test]

@@ -183,7 +183,9 @@ pub fn render(window: Window, per_gpu: &[GpuUsage], per_day: &[GpuUsage]) -> Str
     h.push_str(
         "<p class=\"note\">Effective cost per busy GPU-hour = list cost / busy GPU-hours (busy: \
          utilisation of at least 1%). Idle waste: cost of idle or lost GPU time. Throttle loss: \
-         busy time x (1 - SM clock / max SM clock), priced. Unpriced GPUs are left out of costs, \
+         busy time x (1 - SM clock / max SM clock), priced. Errors: XID events and \
+         uncorrectable ECC errors; PCIe replays (link-level retries, routine in small numbers) \
+         are counted apart. Unpriced GPUs are left out of costs, \
          never counted as free. Same data: <a href=\"/api/v1/report\">/api/v1/report</a> (JSON), \
          <a href=\"/api/v1/report?format=csv\">CSV (FOCUS 1.2)</a>.</p></body></html>",
     );
@@ -261,6 +263,7 @@ fn scorecard(h: &mut String, rows: &[GpuUsage], colour: &BTreeMap<String, &str>)
             "<table class=\"scorecard-table\"><tr><th>provider</th><th>GPUs</th><th>GPU-h</th>\
              <th>$ / busy GPU-h</th><th>busy</th><th>idle waste</th><th>throttle loss</th>\
              <th>energy kWh</th><th>clock under load</th><th>errors / 1k GPU-h</th>\
+             <th>PCIe replays / GPU-h</th>\
              <th class=\"l\">fields hidden</th></tr>",
         );
         for (provider, agg) in &entries {
@@ -285,7 +288,7 @@ fn scorecard(h: &mut String, rows: &[GpuUsage], colour: &BTreeMap<String, &str>)
                 h,
                 "<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td class=\"l\">{}</td></tr>",
+                 <td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
                 colour.get(provider).copied().unwrap_or("#999"),
                 esc(or_none(provider)),
                 s.gpus,
@@ -298,7 +301,9 @@ fn scorecard(h: &mut String, rows: &[GpuUsage], colour: &BTreeMap<String, &str>)
                 quantity(s.energy_kwh),
                 clock,
                 s.errors_per_1000_gpu_hours
-                    .map_or_else(|| "–".into(), |v| format!("{v:.1}")),
+                    .map_or_else(|| "–".into(), quantity),
+                s.pcie_replays_per_gpu_hour
+                    .map_or_else(|| "–".into(), quantity),
                 if s.hidden_fields.is_empty() {
                     "<span class=\"muted\">none</span>".to_string()
                 } else {
@@ -521,13 +526,21 @@ fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
             }
         };
         let cells = format!(
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             quantity(s.gpu_hours),
             pct(s.busy_ratio),
             pct(s.clock_under_load_ratio),
             money(r.usage.idle_cost),
             money(r.usage.throttle_loss),
             quantity(wasted_hours(&r.usage)),
+            thousands(
+                i64::try_from(
+                    r.usage
+                        .xid_errors
+                        .saturating_add(r.usage.ecc_uncorrected_errors)
+                )
+                .unwrap_or(i64::MAX),
+            ),
             thousands(i64::try_from(r.usage.pcie_replays).unwrap_or(i64::MAX)),
             thousands(i64::try_from(r.usage.lost_samples).unwrap_or(i64::MAX)),
         );
@@ -553,7 +566,7 @@ fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
     h.push_str(
         "<table id=\"worst-table\"><tr><th>host</th><th>GPUs</th><th class=\"l\">model</th>\
          <th class=\"l\">provider</th><th>GPU-h</th><th>busy</th><th>clock under load</th>\
-         <th>idle waste</th><th>throttle loss</th><th>wasted GPU-h</th><th>PCIe replays</th>\
+         <th>idle waste</th><th>throttle loss</th><th>wasted GPU-h</th><th>errors</th><th>PCIe replays</th>\
          <th>lost readings</th></tr>",
     );
     for row in &table {

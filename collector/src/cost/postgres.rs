@@ -24,7 +24,7 @@ use super::store::{
 use crate::delivery::SeqMark;
 
 /// The newest schema this collector knows: migrations 1..=this are in [`migration`].
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// How long connecting may take when the URL does not say (`connect_timeout`).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serialises migrations of collectors that start together (an arbitrary key,
@@ -292,7 +292,7 @@ fn migration(version: i64) -> Option<String> {
              -- A row with no timestamp: a GPU whose first snapshot is being applied.
              CREATE TABLE cursors (
                host TEXT NOT NULL, uuid TEXT NOT NULL, timestamp_ms BIGINT, boot_id TEXT,
-               energy_mj BIGINT, pcie_replays BIGINT,
+               energy_mj BIGINT, pcie_replays BIGINT, xid_total BIGINT, ecc_uncorrected BIGINT,
                PRIMARY KEY (host, uuid));
              CREATE TABLE totals (
                host TEXT NOT NULL, uuid TEXT NOT NULL,
@@ -307,6 +307,26 @@ fn migration(version: i64) -> Option<String> {
              CREATE TABLE write_probe (
                id INTEGER PRIMARY KEY CHECK (id = 1), at_unix_ms BIGINT NOT NULL);"
                 .into(),
+        ),
+        // XID and uncorrectable ECC errors per hour, and the cursors' counters for them
+        // (already there in a ledger created by this version's migration 1).
+        3 => Some(
+            ["usage", "usage_daily", "totals"]
+                .iter()
+                .flat_map(|table| {
+                    ["xid_errors", "ecc_uncorrected_errors"].map(|column| {
+                        format!(
+                            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} BIGINT NOT NULL DEFAULT 0;"
+                        )
+                    })
+                })
+                .chain([
+                    "ALTER TABLE cursors ADD COLUMN IF NOT EXISTS xid_total BIGINT;".to_string(),
+                    "ALTER TABLE cursors ADD COLUMN IF NOT EXISTS ecc_uncorrected BIGINT;"
+                        .to_string(),
+                ])
+                .collect::<Vec<_>>()
+                .join("\n"),
         ),
         _ => None,
     }
@@ -518,7 +538,8 @@ impl WriteEngine for PgWriter {
         let rows = self
             .client
             .query(
-                "SELECT host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays FROM cursors
+                "SELECT host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays, xid_total,
+                   ecc_uncorrected FROM cursors
                  WHERE (host, uuid) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                  ORDER BY host, uuid FOR UPDATE",
                 &[&hosts, &uuids],
@@ -538,6 +559,8 @@ impl WriteEngine for PgWriter {
                     boot_id,
                     energy_mj: r.get::<_, Option<i64>>(4).map(|v| v as u64),
                     pcie_replays: r.get::<_, Option<i64>>(5).map(|v| v as u64),
+                    xid_total: r.get::<_, Option<i64>>(6).map(|v| v as u64),
+                    ecc_uncorrected: r.get::<_, Option<i64>>(7).map(|v| v as u64),
                 },
             );
         }
@@ -625,14 +648,25 @@ impl WriteEngine for PgWriter {
                 .iter()
                 .map(|(_, c)| c.pcie_replays.map(|v| v as i64))
                 .collect();
+            let xids: Vec<Option<i64>> = c
+                .iter()
+                .map(|(_, c)| c.xid_total.map(|v| v as i64))
+                .collect();
+            let ecc: Vec<Option<i64>> = c
+                .iter()
+                .map(|(_, c)| c.ecc_uncorrected.map(|v| v as i64))
+                .collect();
             self.client
                 .execute(
-                    "INSERT INTO cursors (host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[])
+                    "INSERT INTO cursors (host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays,
+                       xid_total, ecc_uncorrected)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
+                       $6::bigint[], $7::bigint[], $8::bigint[])
                      ON CONFLICT (host, uuid) DO UPDATE SET timestamp_ms = EXCLUDED.timestamp_ms,
                        boot_id = EXCLUDED.boot_id, energy_mj = EXCLUDED.energy_mj,
-                       pcie_replays = EXCLUDED.pcie_replays",
-                    &[&hosts, &uuids, &times, &boots, &energy, &replays],
+                       pcie_replays = EXCLUDED.pcie_replays, xid_total = EXCLUDED.xid_total,
+                       ecc_uncorrected = EXCLUDED.ecc_uncorrected",
+                    &[&hosts, &uuids, &times, &boots, &energy, &replays, &xids, &ecc],
                 )
                 .map_err(engine)?;
         }

@@ -344,7 +344,9 @@ impl Aggregate {
             hidden.push("sm_clock");
         }
         let gpu_hours = h(u.observed_s);
-        let errors = u.pcie_replays.saturating_add(u.lost_samples) as f64;
+        // Errors are what the driver reports as faults; PCIe replays are routine
+        // link-level retries and get a rate of their own.
+        let errors = u.xid_errors.saturating_add(u.ecc_uncorrected_errors) as f64;
         Summary {
             gpus: self.gpus.len(),
             gpu_hours,
@@ -368,7 +370,10 @@ impl Aggregate {
             clock_under_load_ratio: (u.clock_known_s > 0.0)
                 .then(|| 1.0 - u.lost_s / u.clock_known_s),
             pcie_replays: u.pcie_replays,
+            pcie_replays_per_gpu_hour: (gpu_hours > 0.0).then(|| u.pcie_replays as f64 / gpu_hours),
             lost_samples: u.lost_samples,
+            xid_errors: u.xid_errors,
+            ecc_uncorrected_errors: u.ecc_uncorrected_errors,
             errors_per_1000_gpu_hours: (gpu_hours > 0.0).then(|| errors / gpu_hours * 1000.0),
             hidden_fields: hidden,
         }
@@ -398,8 +403,17 @@ pub struct Summary {
     pub busy_ratio: Option<f64>,
     /// SM clock achieved while busy, as a share of the maximum.
     pub clock_under_load_ratio: Option<f64>,
+    /// PCIe link-level retransmissions: routine in small numbers, a failing link or
+    /// riser when they climb.
     pub pcie_replays: u64,
+    pub pcie_replays_per_gpu_hour: Option<f64>,
+    /// Readings in which a GPU did not answer.
     pub lost_samples: u64,
+    /// XID events the driver reported.
+    pub xid_errors: u64,
+    /// Uncorrectable ECC errors.
+    pub ecc_uncorrected_errors: u64,
+    /// XID events and uncorrectable ECC errors per 1,000 GPU-hours.
     pub errors_per_1000_gpu_hours: Option<f64>,
     /// Fields the hosts of this group mostly hide.
     pub hidden_fields: Vec<&'static str>,
@@ -474,7 +488,7 @@ pub fn json(rows: &[GpuUsage], window: Window, group_by: &[Dim]) -> JsonReport {
 }
 
 /// The CSV columns: FOCUS 1.2 first, then gpulse's own (prefixed `x_`).
-pub const CSV_COLUMNS: [&str; 46] = [
+pub const CSV_COLUMNS: [&str; 48] = [
     "BilledCost",
     "EffectiveCost",
     "ListCost",
@@ -520,6 +534,8 @@ pub const CSV_COLUMNS: [&str; 46] = [
     "x_UnpricedGpuHours",
     "x_PcieReplays",
     "x_LostSamples",
+    "x_XidErrors",
+    "x_EccUncorrectedErrors",
     "x_Estimate",
 ];
 
@@ -577,7 +593,7 @@ pub fn csv(rows: &[GpuUsage], window: Window, group_by: &[Dim]) -> Result<String
             .map(|(d, v)| format!("{}={v}", d.name()))
             .collect::<Vec<_>>()
             .join(";");
-        let record: [String; 46] = [
+        let record: [String; 48] = [
             cost(u.list_cost),
             cost(u.list_cost),
             cost(u.list_cost),
@@ -638,6 +654,8 @@ pub fn csv(rows: &[GpuUsage], window: Window, group_by: &[Dim]) -> Result<String
             qty(s.unpriced_gpu_hours),
             u.pcie_replays.to_string(),
             u.lost_samples.to_string(),
+            u.xid_errors.to_string(),
+            u.ecc_uncorrected_errors.to_string(),
             "true".into(),
         ];
         w.write_record(&record)?;

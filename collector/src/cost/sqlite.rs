@@ -100,6 +100,7 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
          CREATE TABLE IF NOT EXISTS cursors (
            host TEXT NOT NULL, uuid TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
            boot_id TEXT NOT NULL, energy_mj INTEGER, pcie_replays INTEGER,
+           xid_total INTEGER, ecc_uncorrected INTEGER,
            PRIMARY KEY (host, uuid)) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS usage_daily (
            day INTEGER NOT NULL, gpu INTEGER NOT NULL,
@@ -112,6 +113,7 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     ))
     .map_err(&open)?;
     init_delivery(conn).map_err(&open)?;
+    add_missing_columns(conn).map_err(&open)?;
     let found: Option<i64> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -152,6 +154,41 @@ fn init_delivery(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Columns added after a ledger was first created: every [`USAGE_FIELDS`] column in
+/// the usage tables, and the cursors' later counters. A ledger of any age gets them
+/// (SQLite has no ADD COLUMN IF NOT EXISTS, so the table's columns are read first);
+/// older collectors ignore them.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        names.collect()
+    };
+    for table in ["usage", "usage_daily", "totals"] {
+        let have = columns(table)?;
+        for f in USAGE_FIELDS
+            .iter()
+            .filter(|f| !have.iter().any(|c| c == f.name))
+        {
+            let t = match f.kind {
+                FieldKind::Real => "REAL",
+                FieldKind::Count => "INTEGER",
+            };
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {} {t} NOT NULL DEFAULT 0",
+                f.name
+            ))?;
+        }
+    }
+    let have = columns("cursors")?;
+    for column in ["xid_total", "ecc_uncorrected"] {
+        if !have.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE cursors ADD COLUMN {column} INTEGER"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The writer's connection.
 pub struct SqliteWriter {
     conn: Connection,
@@ -171,7 +208,8 @@ impl WriteEngine for SqliteWriter {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays FROM cursors",
+                "SELECT host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays, xid_total,
+                   ecc_uncorrected FROM cursors",
             )
             .map_err(engine)?;
         let rows = stmt
@@ -183,6 +221,8 @@ impl WriteEngine for SqliteWriter {
                         boot_id: r.get(3)?,
                         energy_mj: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
                         pcie_replays: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                        xid_total: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                        ecc_uncorrected: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                     },
                 ))
             })
@@ -303,11 +343,13 @@ impl WriteEngine for SqliteWriter {
         let mut cursors = self
             .conn
             .prepare_cached(
-                "INSERT INTO cursors (host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO cursors (host, uuid, timestamp_ms, boot_id, energy_mj, pcie_replays,
+                   xid_total, ecc_uncorrected)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (host, uuid) DO UPDATE SET timestamp_ms = excluded.timestamp_ms,
                    boot_id = excluded.boot_id, energy_mj = excluded.energy_mj,
-                   pcie_replays = excluded.pcie_replays",
+                   pcie_replays = excluded.pcie_replays, xid_total = excluded.xid_total,
+                   ecc_uncorrected = excluded.ecc_uncorrected",
             )
             .map_err(engine)?;
         for ((host, uuid), c) in &rows.cursors {
@@ -318,7 +360,9 @@ impl WriteEngine for SqliteWriter {
                     c.timestamp_ms,
                     c.boot_id,
                     c.energy_mj.map(|v| v as i64),
-                    c.pcie_replays.map(|v| v as i64)
+                    c.pcie_replays.map(|v| v as i64),
+                    c.xid_total.map(|v| v as i64),
+                    c.ecc_uncorrected.map(|v| v as i64)
                 ])
                 .map_err(engine)?;
         }

@@ -1253,6 +1253,79 @@ pub(crate) mod tests {
         }
     }
 
+    /// A ledger written before XID and ECC errors were counted gains their columns on
+    /// either engine, keeps every hour it had, and counts errors from then on.
+    #[test]
+    fn a_ledger_from_before_error_counts_gains_them_and_keeps_its_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let interval = 5_000;
+        let t0 = 1_790_000_000_000 - DAY_MS;
+        let pg = gpulse_testkit::postgres::server();
+        let url = pg.database("before_errors");
+        let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+        let targets = [
+            LedgerTarget::Sqlite(dir.path().join(LEDGER_FILE)),
+            LedgerTarget::new(Some(&url), dir.path()).unwrap(),
+        ];
+        for target in targets {
+            let (host, mut sim) = sim_host("h", "gpus=2,scenario=xid,seed=3", interval);
+            let snaps = snapshots(&mut sim, t0, interval, 40);
+            let totals = |h: &StoreHandle| h.totals().read().unwrap().clone();
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            commit_batch(&rt, &handle, &host, batch("b1", 1), &snaps[..20]);
+            let before = totals(&handle);
+            drop(handle);
+            // Back to the schema before: no error columns anywhere.
+            let tables = ["usage", "usage_daily", "totals"];
+            match &target {
+                LedgerTarget::Sqlite(path) => {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    for t in tables {
+                        for c in ["xid_errors", "ecc_uncorrected_errors"] {
+                            conn.execute_batch(&format!("ALTER TABLE {t} DROP COLUMN {c}"))
+                                .unwrap();
+                        }
+                    }
+                    for c in ["xid_total", "ecc_uncorrected"] {
+                        conn.execute_batch(&format!("ALTER TABLE cursors DROP COLUMN {c}"))
+                            .unwrap();
+                    }
+                }
+                LedgerTarget::Postgres(_) => {
+                    for t in tables {
+                        pg.psql(
+                            db,
+                            &format!(
+                                "ALTER TABLE {t} DROP COLUMN xid_errors, DROP COLUMN ecc_uncorrected_errors"
+                            ),
+                        );
+                    }
+                    pg.psql(
+                        db,
+                        "ALTER TABLE cursors DROP COLUMN xid_total, DROP COLUMN ecc_uncorrected;
+                         DELETE FROM gpulse_schema_migrations WHERE version = 3",
+                    );
+                }
+            }
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            let reopened = totals(&handle);
+            assert_eq!(reopened.len(), before.len(), "{target:?}");
+            for (gpu, u) in before.iter() {
+                let mut without_errors = *u;
+                without_errors.xid_errors = 0;
+                without_errors.ecc_uncorrected_errors = 0;
+                assert_eq!(reopened[gpu], without_errors, "{target:?} {gpu:?}");
+            }
+            commit_batch(&rt, &handle, &host, batch("b1", 2), &snaps[20..]);
+            let after = totals(&handle);
+            assert!(
+                after.values().any(|u| u.xid_errors > 0),
+                "{target:?}: the xid scenario's events are counted: {after:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_ledger_with_a_newer_schema_is_refused_naming_both_versions() {
         let dir = tempfile::tempdir().unwrap();
