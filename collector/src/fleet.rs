@@ -57,8 +57,9 @@ impl AgentEntry {
         now_unix_ms: i64,
     ) -> Result<(), Rejection> {
         delivery::check_seq(seq, now_unix_ms, limits.max_clock_skew)?;
-        let view = &self.view;
-        let known = |uuid: &str| view.gpus.iter().any(|g| g.info.uuid == uuid);
+        // The inventory and the readings kept for findings: what a value may be, and
+        // how fast a counter may have grown since the last reading.
+        let known = validate::Inventory(&self.view.gpus);
         validate::snapshots(snapshots, &known, limits, now_unix_ms)
     }
 

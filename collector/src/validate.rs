@@ -1,11 +1,26 @@
 //! Checks on everything an agent sends, before anything is stored. Each refusal has a
 //! bounded [`RejectKind`] (a metric label) and a message that names the input.
+//!
+//! Every string and every list of a message goes through the protocol's generated
+//! walk ([`wire`]): a string through [`text::AgentText`], a list against its
+//! [`wire::bound`]. Then come what a walk cannot see: keys told apart ([`keys`]),
+//! values within their range and within what the GPU's inventory makes possible
+//! ([`physics`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use gpulse_exposition::GpuView;
 use gpulse_gpu::{DeviceInfo, DeviceSample, DeviceState, HostIdentity, Snapshot};
+use gpulse_proto::v1;
 
 use crate::config::Limits;
+
+#[cfg(test)]
+mod descriptor_tests;
+pub mod keys;
+pub mod physics;
+pub mod text;
+pub mod wire;
 
 /// Why a message was refused. The names are metric label values: keep them stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,10 +47,17 @@ pub enum RejectKind {
     DuplicateGpu,
     OutOfRange,
     UnknownEnum,
+    /// A list of a sample (NVLink links, XIDs, processes, ...) longer than its bound.
+    TooManyItems,
+    /// A keyed list of a sample holding one key twice.
+    DuplicateKey,
+    /// A string of a sample (GPU uuid, workload name) too long or with a forbidden
+    /// character.
+    InvalidString,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 20] = [
+    pub const ALL: [RejectKind; 23] = [
         RejectKind::Unauthenticated,
         RejectKind::Malformed,
         RejectKind::Oversized,
@@ -56,6 +78,9 @@ impl RejectKind {
         RejectKind::DuplicateGpu,
         RejectKind::OutOfRange,
         RejectKind::UnknownEnum,
+        RejectKind::TooManyItems,
+        RejectKind::DuplicateKey,
+        RejectKind::InvalidString,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +105,9 @@ impl RejectKind {
             RejectKind::DuplicateGpu => "duplicate_gpu",
             RejectKind::OutOfRange => "out_of_range",
             RejectKind::UnknownEnum => "unknown_enum",
+            RejectKind::TooManyItems => "too_many_items",
+            RejectKind::DuplicateKey => "duplicate_key",
+            RejectKind::InvalidString => "invalid_string",
         }
     }
 }
@@ -112,42 +140,48 @@ const MAX_POWER_MILLIWATTS: u32 = 10_000_000;
 const MAX_PCIE_GENERATION: u32 = 7;
 const PCIE_WIDTHS: [u32; 7] = [1, 2, 4, 8, 12, 16, 32];
 
-/// Agent ids and label keys travel into metric labels and file names: keep them plain.
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
-}
-
 /// Whether `id` is a usable agent id: 1 to 128 plain characters.
 pub(crate) fn is_agent_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(is_id_char)
+    text::is_agent_id(id)
 }
 
-fn is_label_key(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// What validation knows of a host's GPUs.
+pub trait KnownGpus {
+    /// `None`: the GPU is not in the host's inventory. `Some(None)`: it is, but its
+    /// inventory is not at hand (only the widest physical bounds apply).
+    fn inventory(&self, uuid: &str) -> Option<Option<&DeviceInfo>>;
+    /// The GPU's newest reading already applied, with its timestamp in ms, for the
+    /// rate of its counters; `None` when there is none.
+    fn previous(&self, _uuid: &str) -> Option<(i64, &DeviceSample)> {
+        None
+    }
 }
 
-fn check_string(what: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
-    if value.len() > limits.max_string_bytes {
-        return Err(Rejection::new(
-            RejectKind::InvalidIdentity,
-            format!(
-                "{what} is {} bytes, more than the limit of {}",
-                value.len(),
-                limits.max_string_bytes
-            ),
-        ));
+/// Only whether a GPU is known.
+impl<F: Fn(&str) -> bool> KnownGpus for F {
+    fn inventory(&self, uuid: &str) -> Option<Option<&DeviceInfo>> {
+        self(uuid).then_some(None)
     }
-    if value.chars().any(char::is_control) {
-        return Err(Rejection::new(
-            RejectKind::InvalidIdentity,
-            format!("{what} {value:?} contains control characters"),
-        ));
+}
+
+/// A host's GPUs as the fleet keeps them: inventory and newest readings.
+#[derive(Debug, Clone, Copy)]
+pub struct Inventory<'a>(pub &'a [GpuView]);
+
+impl KnownGpus for Inventory<'_> {
+    fn inventory(&self, uuid: &str) -> Option<Option<&DeviceInfo>> {
+        self.0
+            .iter()
+            .find(|g| g.info.uuid == uuid)
+            .map(|g| Some(&g.info))
     }
-    Ok(())
+
+    fn previous(&self, uuid: &str) -> Option<(i64, &DeviceSample)> {
+        // `recent` is the only reading kept with its timestamp; with findings off it is
+        // empty and counters are checked against their ceiling in all only.
+        let gpu = self.0.iter().find(|g| g.info.uuid == uuid)?;
+        gpu.recent.last().map(|t| (t.unix_ms, &t.sample))
+    }
 }
 
 /// Checks a Hello: identity strings, labels, inventory.
@@ -156,73 +190,8 @@ pub fn hello(
     gpus: &[DeviceInfo],
     limits: &Limits,
 ) -> Result<(), Rejection> {
-    let id = &identity.agent_id;
-    if !is_agent_id(id) {
-        return Err(Rejection::new(
-            RejectKind::InvalidIdentity,
-            format!(
-                "agent id {id:?} is not 1 to 128 characters of A-Z a-z 0-9 . _ - : ; set agent_id in the agent's config"
-            ),
-        ));
-    }
-    let p = &identity.provider;
-    let f = &identity.facts;
-    for (what, value) in [
-        ("boot_id", &identity.boot_id),
-        ("hostname", &identity.hostname),
-        ("agent_version", &identity.agent_version),
-        ("provider", &p.provider.value),
-        ("region", &p.region.value),
-        ("zone", &p.zone.value),
-        ("instance_type", &p.instance_type.value),
-        ("machine_id", &f.machine_id),
-        ("os", &f.os),
-        ("kernel", &f.kernel),
-        ("cpu_model", &f.cpu_model),
-    ] {
-        check_string(what, value, limits)?;
-    }
-    let reason = &identity.gpu_backend_error;
-    if reason.len() > 32 || !reason.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-        return Err(Rejection::new(
-            RejectKind::InvalidIdentity,
-            format!(
-                "gpu_backend_error {reason:?} is not a kind of at most 32 characters of a-z and _"
-            ),
-        ));
-    }
-    if identity.labels.len() > limits.max_labels {
-        return Err(Rejection::new(
-            RejectKind::InvalidLabel,
-            format!(
-                "{} labels, more than the limit of {}",
-                identity.labels.len(),
-                limits.max_labels
-            ),
-        ));
-    }
-    for (k, v) in &identity.labels {
-        if !is_label_key(k) || k.len() > 64 {
-            return Err(Rejection::new(
-                RejectKind::InvalidLabel,
-                format!(
-                    "label key {k:?} must match [a-zA-Z_][a-zA-Z0-9_]* and be at most 64 bytes"
-                ),
-            ));
-        }
-        check_string(&format!("label {k}"), v, limits)
-            .map_err(|r| Rejection::new(RejectKind::InvalidLabel, r.message))?;
-    }
-    if gpus.len() > limits.max_gpus_per_host {
-        return Err(Rejection::new(
-            RejectKind::TooManyGpus,
-            format!(
-                "inventory lists {} GPUs, more than the limit of {} (limits.max_gpus_per_host)",
-                gpus.len(),
-                limits.max_gpus_per_host
-            ),
-        ));
-    }
+    // The Hello as the wire carries it: what the walk checks is what gets stored.
+    wire::check(&gpulse_proto::hello(identity, gpus, 0), limits)?;
     let mut seen = HashSet::new();
     for g in gpus {
         if g.uuid.is_empty() || !seen.insert(g.uuid.as_str()) {
@@ -234,18 +203,22 @@ pub fn hello(
                 ),
             ));
         }
-        for (what, value) in [
-            ("uuid", &g.uuid),
-            ("model", &g.model),
-            ("pci_bus_id", &g.pci_bus_id),
-            ("driver_version", &g.driver_version),
-            ("vbios_version", &g.vbios_version),
-        ] {
-            check_string(&format!("GPU {} {what}", g.index), value, limits)
-                .map_err(|r| Rejection::new(RejectKind::InvalidInventory, r.message))?;
+        let total = g.memory_total_bytes.unwrap_or(physics::MAX_MEMORY_BYTES);
+        if let Some(m) = g
+            .mig_instances
+            .iter()
+            .find(|m| m.memory_total_bytes.is_some_and(|b| b > total))
+        {
+            return Err(Rejection::new(
+                RejectKind::InvalidInventory,
+                format!(
+                    "GPU {}: MIG device {:?} has more memory than the GPU's {total} bytes",
+                    g.uuid, m.uuid
+                ),
+            ));
         }
     }
-    Ok(())
+    keys::inventory(gpus)
 }
 
 fn out_of_range(uuid: &str, what: &str, value: impl std::fmt::Display, bound: &str) -> Rejection {
@@ -307,15 +280,6 @@ fn check_sample(s: &DeviceSample) -> Result<(), Rejection> {
     check_health(s)
 }
 
-/// nvml.h NVML_NVLINK_MAX_LINKS.
-const MAX_NVLINKS: usize = 18;
-/// Processes listed per GPU; a GPU shared by more is summarised by the largest.
-const MAX_PROCESSES_PER_GPU: usize = 256;
-/// Distinct XID codes per GPU (NVIDIA's catalogue has under 200).
-const MAX_XID_CODES: usize = 256;
-/// Workload names (pod UIDs, unit names) longer than this are not names.
-const MAX_WORKLOAD_BYTES: usize = 256;
-
 fn check_health(s: &DeviceSample) -> Result<(), Rejection> {
     let u = &s.uuid;
     for (what, v) in [
@@ -352,65 +316,46 @@ fn check_health(s: &DeviceSample) -> Result<(), Rejection> {
             }
         }
     }
-    if let Some(links) = s.nvlinks.get()
-        && (links.len() > MAX_NVLINKS || links.iter().any(|l| l.link as usize >= MAX_NVLINKS))
+    if let Some(l) = s
+        .nvlinks
+        .get()
+        .and_then(|links| links.iter().find(|l| l.link as usize >= wire::MAX_NVLINKS))
     {
+        return Err(out_of_range(u, "nvlink link", l.link, "0..18"));
+    }
+    if let Some(p) = s.processes.get().and_then(|p| {
+        p.iter()
+            .find(|p| p.sm_utilization_percent.is_some_and(|v| v > 100))
+    }) {
         return Err(out_of_range(
             u,
-            "nvlinks",
-            links.len(),
-            "at most 18 links numbered 0..18",
+            "process sm_utilization_percent",
+            p.sm_utilization_percent.unwrap_or_default(),
+            "0..=100",
         ));
-    }
-    if let Some(x) = s.xid_errors.get().filter(|x| x.len() > MAX_XID_CODES) {
-        return Err(out_of_range(u, "xid codes", x.len(), "0..=256"));
-    }
-    if let Some(procs) = s.processes.get() {
-        if procs.len() > MAX_PROCESSES_PER_GPU {
-            return Err(out_of_range(u, "processes", procs.len(), "0..=256"));
-        }
-        for p in procs {
-            if let Some(v) = p.sm_utilization_percent.filter(|v| *v > 100) {
-                return Err(out_of_range(
-                    u,
-                    "process sm_utilization_percent",
-                    v,
-                    "0..=100",
-                ));
-            }
-            if p.workload.len() > MAX_WORKLOAD_BYTES || p.workload.chars().any(char::is_control) {
-                return Err(Rejection::new(
-                    RejectKind::OutOfRange,
-                    format!(
-                        "GPU {u}: process {} has a workload name that is too long or has control characters",
-                        p.pid
-                    ),
-                ));
-            }
-        }
     }
     Ok(())
 }
 
-/// Checks a batch's snapshots: count, timestamps, GPUs, value ranges.
+/// Checks a batch's snapshots: count, strings and lists, timestamps, GPUs, value
+/// ranges, keys, and counters against each GPU's previous reading (the newest applied,
+/// then each earlier snapshot of the batch).
 pub fn snapshots(
     snapshots: &[Snapshot],
-    known_gpu: &dyn Fn(&str) -> bool,
+    known: &dyn KnownGpus,
     limits: &Limits,
     now_unix_ms: i64,
 ) -> Result<(), Rejection> {
-    if snapshots.len() > limits.max_snapshots_per_batch {
-        return Err(Rejection::new(
-            RejectKind::TooManySnapshots,
-            format!(
-                "batch holds {} snapshots, more than the limit of {}",
-                snapshots.len(),
-                limits.max_snapshots_per_batch
-            ),
-        ));
-    }
+    // The batch as the wire carries it: what the walk checks is what gets stored.
+    let on_the_wire = v1::Batch {
+        seq: 0,
+        snapshots: snapshots.iter().map(v1::Snapshot::from).collect(),
+        agent: None,
+    };
+    wire::check(&on_the_wire, limits)?;
     let skew = limits.max_clock_skew.as_millis() as i64;
     let age = limits.max_sample_age.as_millis() as i64;
+    let mut previous: HashMap<&str, (i64, &DeviceSample)> = HashMap::new();
     for snap in snapshots {
         let t = snap.timestamp_unix_ms;
         if t > now_unix_ms + skew {
@@ -434,7 +379,7 @@ pub fn snapshots(
         }
         let mut seen = HashSet::new();
         for s in &snap.gpus {
-            if !known_gpu(&s.uuid) {
+            let Some(info) = known.inventory(&s.uuid) else {
                 return Err(Rejection::new(
                     RejectKind::UnknownGpu,
                     format!(
@@ -442,7 +387,7 @@ pub fn snapshots(
                         s.uuid
                     ),
                 ));
-            }
+            };
             if !seen.insert(s.uuid.as_str()) {
                 return Err(Rejection::new(
                     RejectKind::DuplicateGpu,
@@ -450,6 +395,16 @@ pub fn snapshots(
                 ));
             }
             check_sample(s)?;
+            keys::sample(s)?;
+            physics::sample(s, info)?;
+            let before = previous
+                .get(s.uuid.as_str())
+                .copied()
+                .or_else(|| known.previous(&s.uuid));
+            if let Some((then, p)) = before {
+                physics::counter_increase(info, p, s, t - then)?;
+            }
+            previous.insert(&s.uuid, (t, s));
         }
     }
     Ok(())
@@ -482,7 +437,13 @@ mod tests {
             gpus: sim.sample(0),
         };
         let inv = sim.inventory().to_vec();
-        snapshots(&[snap], &|u| inv.iter().any(|g| g.uuid == u), &limits, NOW).unwrap();
+        snapshots(
+            &[snap],
+            &|u: &str| inv.iter().any(|g| g.uuid == u),
+            &limits,
+            NOW,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -496,7 +457,7 @@ mod tests {
                     ..id.clone()
                 },
                 RejectKind::InvalidIdentity,
-                "agent id \"\"",
+                "Hello.agent_id \"\" is not an agent id",
             ),
             (
                 HostIdentity {
@@ -590,10 +551,76 @@ mod tests {
                 RejectKind::TooManySnapshots,
             ),
         ] {
-            let r =
-                snapshots(&batch, &|u| inv.iter().any(|g| g.uuid == u), &limits, NOW).unwrap_err();
+            let r = snapshots(
+                &batch,
+                &|u: &str| inv.iter().any(|g| g.uuid == u),
+                &limits,
+                NOW,
+            )
+            .unwrap_err();
             assert_eq!(r.kind, kind, "{}", r.message);
         }
+    }
+
+    /// Values no GPU can report, through the fleet as a batch is applied: against the
+    /// inventory alone, and against the GPU's previous reading in an earlier batch.
+    #[test]
+    fn impossible_values_are_refused_and_leave_the_fleet_as_it_was() {
+        let (id, mut sim) = fixture();
+        let fleet = crate::fleet::Fleet::new(Limits::default());
+        let session = fleet
+            .connect(id.clone(), sim.inventory().to_vec(), NOW)
+            .unwrap();
+        let first = Snapshot {
+            timestamp_unix_ms: NOW - 10_000,
+            gpus: sim.sample(0),
+        };
+        fleet.apply(&session, 1, vec![first.clone()], NOW).unwrap();
+        let next = Snapshot {
+            timestamp_unix_ms: NOW - 5_000,
+            gpus: sim.sample(5_000),
+        };
+        let total = sim.inventory()[0].memory_total_bytes.unwrap();
+        type Damage = fn(&mut DeviceSample, u64);
+        let damage: [(&str, Damage); 5] = [
+            ("memory_used_bytes", |s, total| {
+                s.memory_used_bytes = Reading::Value(total + 1)
+            }),
+            ("memory_used_bytes", |s, _| {
+                s.memory_used_bytes = Reading::Value(u64::MAX)
+            }),
+            ("energy_millijoules", |s, _| {
+                s.energy_millijoules = Reading::Value(u64::MAX)
+            }),
+            ("pcie_replays", |s, _| {
+                s.pcie_replays = Reading::Value(u64::MAX)
+            }),
+            ("ecc_uncorrected_errors", |s, _| {
+                s.ecc_uncorrected_errors = Reading::Value(u64::MAX)
+            }),
+        ];
+        let before = fleet.host("node-1");
+        for (what, damage) in damage {
+            let mut bad = next.clone();
+            damage(&mut bad.gpus[0], total);
+            let err = fleet.apply(&session, 2, vec![bad], NOW).unwrap_err();
+            let crate::fleet::ApplyError::Rejected(r) = err else {
+                panic!("{err}");
+            };
+            assert_eq!(r.kind, RejectKind::OutOfRange, "{what}: {}", r.message);
+            assert!(r.message.contains(what), "{}", r.message);
+            assert_eq!(fleet.host("node-1"), before, "{what} changed the fleet");
+        }
+        // Possible in all, impossible in the five seconds since the previous reading:
+        // a year of the board's power.
+        let mut jump = next.clone();
+        let year_of_power =
+            u64::from(sim.inventory()[0].default_power_limit_milliwatts.unwrap()) * 365 * 86_400;
+        jump.gpus[0].energy_millijoules =
+            Reading::Value(first.gpus[0].energy_millijoules.value().unwrap() + year_of_power);
+        let err = fleet.apply(&session, 2, vec![jump], NOW).unwrap_err();
+        assert!(err.to_string().contains("grew by"), "{err}");
+        fleet.apply(&session, 2, vec![next], NOW).unwrap();
     }
 
     #[test]

@@ -223,7 +223,10 @@ async fn a_bad_batch_is_refused_with_its_reason_and_changes_nothing() {
     ));
     let before = c.fleet.host("node-b").unwrap();
 
-    let future = snapshot(&mut sim, t0 + 3_600_000);
+    // Read now and dated an hour ahead: a reading taken an hour on would carry an
+    // hour of energy, which ten seconds later is impossible.
+    let mut future = snapshot(&mut sim, t0 + 5000);
+    future.timestamp_unix_ms = t0 + 3_600_000;
     let mut hot = snapshot(&mut sim, t0 + 5000);
     hot.gpus[1].temperature_celsius = Some(900);
     let mut stranger = snapshot(&mut sim, t0 + 5000);

@@ -35,6 +35,7 @@ pub mod kubelet {
 }
 
 mod health;
+pub mod walk;
 
 use gpulse_gpu::{
     DeviceInfo, DeviceSample, DeviceState, Field, FieldStatus, HostFacts, HostIdentity,
