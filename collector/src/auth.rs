@@ -39,6 +39,11 @@ impl BearerToken {
         Ok(BearerToken(token.into()))
     }
 
+    /// The token's bytes, to key the fleet page's cookie HMAC with.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
     /// Whether an `authorization` header value carries this token.
     pub fn accepts(&self, header: Option<&HeaderValue>) -> bool {
         presented(header).is_some_and(|p| same(p, &self.0))

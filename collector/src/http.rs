@@ -78,6 +78,7 @@ pub(crate) fn router(state: HttpState) -> Router {
 async fn index() -> Html<&'static str> {
     Html(concat!(
         "<!doctype html><title>gpulse collector</title><h1>gpulse collector</h1><ul>",
+        "<li><a href=\"/fleet\">/fleet</a>: every GPU at a glance, live: busy, idle, throttled and why, lost, erroring</li>",
         "<li><a href=\"/metrics\">/metrics</a>: Prometheus exposition of every GPU and agent</li>",
         "<li><a href=\"/healthz\">/healthz</a>: the process is alive</li>",
         "<li><a href=\"/readyz\">/readyz</a>: listeners are bound and the ledger commits batches</li>",

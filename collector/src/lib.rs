@@ -3,7 +3,7 @@
 //! It validates and deduplicates what agents send ([`ingest`], [`validate`]), keeps
 //! the latest state of every host ([`fleet`]), keeps a cost ledger per GPU per hour in
 //! an embedded store and reports on it ([`cost`]), and serves /metrics, /healthz,
-//! /readyz, the report API and page ([`http`]). Agents and scrapers authenticate with
+//! /readyz, the report API and page ([`http`]), and the live fleet page ([`live`]). Agents and scrapers authenticate with
 //! bearer tokens or client certificates ([`auth`]); both listeners can serve TLS
 //! ([`tls`]). It can also push the same series to remote-write receivers
 //! ([`remote_write`]). [`start`] binds and runs everything;
@@ -22,6 +22,7 @@ pub mod findings;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 #[cfg(test)]
 mod mutation_tests;
@@ -130,6 +131,8 @@ pub struct RunningCollector {
     pub tls: Option<ServerTls>,
     /// The remote-write endpoints, in configuration order.
     pub remote_write: Vec<Arc<remote_write::Endpoint>>,
+    /// What feeds the fleet page's viewers.
+    pub fleet_page: live::hub::Hub,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -294,18 +297,31 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         }
     }
 
+    // A required client certificate authenticates a scraper; no token is asked for.
+    let http_token = if config.http_mutual_tls() {
+        None
+    } else {
+        token
+    };
+    let fleet_page = live::hub::Hub::new(
+        fleet.clone(),
+        Some(cost.pricing.clone()),
+        &registry,
+        stop_rx.clone(),
+    )?;
+    tasks.push(fleet_page.clone().run());
     let app = http::router(http::HttpState {
         scrape: scrape.clone(),
         ready: ready.clone(),
-        // A required client certificate authenticates a scraper; no token is asked for.
-        token: if config.http_mutual_tls() {
-            None
-        } else {
-            token
-        },
+        token: http_token.clone(),
         ledger: Some(cost.store.source().clone()),
         ledger_writer: Some(cost.store.clone()),
-    });
+    })
+    .merge(live::router(live::FleetPage {
+        hub: fleet_page.clone(),
+        source: fleet.clone(),
+        access: live::access::Access::new(http_token, http_tls.is_some()),
+    }));
     let http_stop = stop_rx.clone();
     match http_tls {
         None => tasks.push(tokio::spawn(async move {
@@ -406,6 +422,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         cost,
         tls,
         remote_write,
+        fleet_page,
         stop,
         tasks,
     })

@@ -161,6 +161,10 @@ async fn main() -> anyhow::Result<()> {
         providers.into_iter().collect::<Vec<_>>().join(", ")
     );
     println!("  {local}");
+    println!(
+        "  fleet:    http://{}/fleet (every GPU at a glance, live)",
+        collector.http_addr
+    );
     println!("  metrics:  http://{}/metrics", collector.http_addr);
     println!(
         "  report:   http://{}/report (GPU cost and efficiency)",
