@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use gpulse_exposition::{GpuView, HostSource, HostView};
-use gpulse_gpu::{DeviceSample, FieldStatus, Learned};
+use gpulse_gpu::{DeviceSample, Learned};
 
 use super::tile::Tile;
 use crate::findings::{self, FleetFinding};
@@ -75,9 +75,8 @@ pub struct HostDetail {
     pub os: String,
     pub kernel: String,
     pub labels: BTreeMap<String, String>,
-    /// Fields at least one GPU of the host does not expose, by its newest reading: hidden
-    /// by the host, or absent by design on the model (the `hidden_fields` finding tells
-    /// them apart).
+    /// Fields at least one GPU of the host hides, by its newest reading (a field the
+    /// model does not have is not hidden: the `hidden_fields` finding's rule).
     pub hidden_fields: Vec<&'static str>,
     pub gpus: Vec<GpuDetail>,
     /// Most severe first, exactly as /api/v1/findings?host= has them.
@@ -142,11 +141,13 @@ fn gpu_detail(gpu: &GpuView, connected: bool) -> GpuDetail {
             source: "inventory",
         }),
         power_limit_watts,
+        // The diagnosis rules' own notion: a field the model lacks is not hidden.
         hidden_fields: gpu
             .latest
             .as_ref()
             .map(|l| {
-                l.fields_with(FieldStatus::Unsupported)
+                gpulse_gpu::diagnosis::hidden_fields(info, l)
+                    .into_iter()
                     .map(|f| f.name())
                     .collect()
             })

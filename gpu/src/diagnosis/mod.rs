@@ -5,7 +5,7 @@
 mod rules;
 mod window;
 
-pub use rules::diagnose;
+pub use rules::{diagnose, hidden_fields};
 pub use window::{Activity, GpuWindow, Timed};
 
 /// How urgent a finding is.

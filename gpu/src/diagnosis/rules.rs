@@ -3,7 +3,7 @@
 use super::window::GpuWindow;
 use super::{Finding, FindingKind, Severity};
 use crate::simulator::ModelSpec;
-use crate::{DeviceState, Field, FieldStatus, ThrottleReasons};
+use crate::{DeviceInfo, DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
 
 /// Share of busy readings a throttle reason must hold to be reported: a blip is noise.
 const SUSTAINED_SHARE: f64 = 0.20;
@@ -521,20 +521,26 @@ fn idle_while_held(w: &GpuWindow<'_>) -> Option<Finding> {
     })
 }
 
-fn hidden_fields(w: &GpuWindow<'_>) -> Option<Finding> {
-    let last = w.answering().last()?;
-    let mig = w.info.mig_enabled == Some(true);
-    // NVLink counts as hidden only on a model known to have it (an SXM part in a VM
-    // that hides it, as the H200 capture shows); a PCIe card or an unknown model with
-    // no links hides nothing.
-    let has_nvlink =
-        ModelSpec::by_nvml_name(&w.info.model).is_some_and(|(_, m)| m.nvlink_count > 0);
-    let hidden: Vec<&str> = last
+/// Fields the host hides on a GPU, by one reading: unsupported where the model has
+/// them. Not hidden: retired pages and GPM (absent by design on some generations),
+/// NVLink on a model without it (a PCIe card, an unknown model with no links; an SXM
+/// part in a VM that hides it is hidden, as the H200 capture shows), and whole-GPU
+/// utilisation under MIG (not supported by design).
+pub fn hidden_fields(info: &DeviceInfo, reading: &DeviceSample) -> Vec<Field> {
+    let mig = info.mig_enabled == Some(true);
+    let has_nvlink = ModelSpec::by_nvml_name(&info.model).is_some_and(|(_, m)| m.nvlink_count > 0);
+    reading
         .fields_with(FieldStatus::Unsupported)
         .filter(|f| !matches!(f, Field::RetiredPages | Field::Gpm))
         .filter(|f| *f != Field::NvLink || has_nvlink)
-        // Under MIG, whole-GPU utilisation is not supported by design, not hidden.
         .filter(|f| !(mig && matches!(f, Field::GpuUtilization | Field::MemoryUtilization)))
+        .collect()
+}
+
+fn hidden_fields_finding(w: &GpuWindow<'_>) -> Option<Finding> {
+    let last = w.answering().last()?;
+    let hidden: Vec<&str> = hidden_fields(w.info, last)
+        .into_iter()
         .map(Field::name)
         .collect();
     (!hidden.is_empty()).then(|| {
@@ -562,7 +568,7 @@ pub fn diagnose(w: &GpuWindow<'_>) -> Vec<Finding> {
     out.extend(xid(w));
     out.extend(memory_health(w));
     out.extend(idle_while_held(w));
-    out.extend(hidden_fields(w));
+    out.extend(hidden_fields_finding(w));
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
     out
 }
