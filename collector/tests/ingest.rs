@@ -1886,7 +1886,7 @@ fn a_start_up_error_is_one_message_without_a_stack_trace() {
 /// Two hosts that report the same GPU UUID (cloned images, a misconfigured simulator)
 /// keep separate series, each with its own readings: never merged.
 #[tokio::test]
-async fn two_hosts_reporting_the_same_uuid_keep_separate_series() {
+async fn two_hosts_reporting_the_same_uuid_keep_separate_series_and_ledger_rows() {
     let c = start().await;
     // The same seed gives the same UUIDs; the scenarios give different readings.
     let mut idle = sim("gpus=1,scenario=idle,seed=5");
@@ -1916,6 +1916,24 @@ async fn two_hosts_reporting_the_same_uuid_keep_separate_series() {
         a < b,
         "each host keeps its own readings: idle {a}, training {b}"
     );
+    // The ledger keeps them apart too: each host its own GPU-hours, one busy, one idle.
+    let report = report_totals(&c.http_addr.to_string()).await;
+    let groups = report["groups"].as_array().unwrap();
+    let of = |host: &str| {
+        let g: Vec<&serde_json::Value> = groups
+            .iter()
+            .filter(|g| g["key"]["gpu"] == format!("{host}/{uuid}").as_str())
+            .collect();
+        assert_eq!(g.len(), 1, "one ledger row for {host}: {groups:?}");
+        (
+            g[0]["gpu_hours"].as_f64().unwrap(),
+            g[0]["busy_gpu_hours"].as_f64().unwrap(),
+        )
+    };
+    let ((hours_a, busy_a), (hours_b, busy_b)) = (of("twin-a"), of("twin-b"));
+    assert!(hours_a > 0.0 && hours_b > 0.0, "{hours_a} {hours_b}");
+    assert_eq!(busy_a, 0.0, "the idle twin's time is its own");
+    assert!(busy_b > 0.0, "the busy twin's time is its own");
     c.shutdown().await;
 }
 
