@@ -12,7 +12,8 @@
 #   units; dpkg, getent and useradd, which the .deb test uses, are on every Debian),
 # - kubernetes-validate from PyPI (validates the Kubernetes manifests offline),
 # - Debian's postgresql (initdb and the server: ledger tests start their own server in a
-#   temporary directory; the cluster the package creates is dropped, never started).
+#   temporary directory; the cluster the package creates is dropped, never started),
+# - tmux (runs `gpulse-agent top` in a pseudo-terminal and shows a test its screen).
 # Debian packages need root and Debian's package archive.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
 command -v victoria-metrics >/dev/null 2>&1 || apt_need+=(victoria-metrics)
 command -v systemd-analyze >/dev/null 2>&1 || apt_need+=(systemd)
 command -v python3 >/dev/null 2>&1 || apt_need+=(python3 python3-pip)
+command -v tmux >/dev/null 2>&1 || apt_need+=(tmux)
 pg_initdb() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 pg_initdb || apt_need+=(postgresql)
 mapfile -t apt_need < <(printf '%s\n' "${apt_need[@]}" | sort -u | sed '/^$/d')

@@ -293,7 +293,7 @@ impl Style {
 
     /// `text` in the terminal's character set: where it is not UTF-8, the few
     /// non-ASCII signs the rules write in their ASCII form, anything else as '?'.
-    fn charset(&self, text: String) -> String {
+    pub fn charset(&self, text: String) -> String {
         if self.unicode {
             return text;
         }

@@ -26,6 +26,7 @@ pub mod provider;
 pub mod sampler;
 pub mod spool;
 pub mod tls;
+pub mod top;
 pub mod uplink;
 
 use std::net::SocketAddr;

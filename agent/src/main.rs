@@ -93,6 +93,23 @@ enum Command {
     /// Record this host's GPUs to a capture file (the agent's own protobuf messages),
     /// to replay later with --replay or to keep as a test fixture.
     Capture(CaptureArgs),
+    /// This host's GPUs live in the terminal, with their processes and findings
+    /// (docs/top.md). Needs a terminal; --once prints one plain-text frame instead.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// Time between readings and redraws, e.g. "500ms"; at least 100ms.
+    #[arg(long, visible_alias = "interval", default_value = "1s", value_parser = humantime::parse_duration)]
+    rate: Duration,
+    /// Readings per GPU the findings are judged over, 1 to 64.
+    #[arg(long, default_value_t = gpulse_agent::top::DEFAULT_WINDOW)]
+    window: usize,
+    /// Print one frame as plain text (two readings one --rate apart) and exit: for
+    /// scripts and pipes.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +259,25 @@ fn diagnose(config: AgentConfig, args: &DiagnoseArgs) -> anyhow::Result<i32> {
     })
 }
 
+fn top(config: AgentConfig, args: &TopArgs) -> anyhow::Result<()> {
+    use gpulse_agent::top;
+    let options = top::TopOptions::try_new(args.rate, args.window)?;
+    if !args.once {
+        top::require_terminal()?;
+    }
+    let identity = host_identity(&config, &SystemPaths::default());
+    let opener = gpulse_agent::backend_opener(&config)?;
+    let mut backend = opener().context("cannot read this host's GPUs")?;
+    if args.once {
+        let style = gpulse_agent::diagnose::Style::detect();
+        let frame = top::once(backend.as_mut(), &identity.hostname, options, &style);
+        gpulse_cli::write_stdout(&frame)?;
+        return Ok(());
+    }
+    top::run(backend, &identity.hostname, options)?;
+    Ok(())
+}
+
 /// A user error is one message, whatever RUST_BACKTRACE says: the causes on one line,
 /// each once, and exit status 1.
 fn main() -> std::process::ExitCode {
@@ -262,6 +298,7 @@ async fn run() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Some(Command::Capture(args)) => return capture(cli.into_config()?, &args),
+        Some(Command::Top(args)) => return top(cli.into_config()?, &args),
         None => {}
     }
     let config = cli.into_config()?;
