@@ -338,6 +338,42 @@ mod tests {
         );
     }
 
+    /// A capture holds the allocation its host knew; the committed H200 capture,
+    /// written before samples carried one, still reads, and knows of no pods.
+    #[test]
+    fn allocations_are_captured_and_older_captures_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pods.gpulse");
+        let mut sim = Simulator::new("gpus=2,pods=1".parse().unwrap());
+        let mut file = std::fs::File::create(&path).unwrap();
+        capture(
+            &mut sim,
+            &HostIdentity::default(),
+            Duration::ZERO,
+            Duration::from_millis(10),
+            &mut file,
+        )
+        .unwrap();
+        drop(file);
+        let cap = Capture::read(&path).unwrap();
+        let gpus = &cap.snapshots[0].gpus;
+        let held = gpus[0].allocation.as_ref().unwrap();
+        assert_eq!(held.holders().len(), 1);
+        assert_eq!(held.holders()[0].device_uuid, cap.inventory[0].uuid);
+        assert!(gpus[1].allocation.as_ref().unwrap().is_empty());
+        assert_eq!(Replay::new(cap.clone()).sample(0), *gpus);
+
+        let old = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../gpu/fixtures/captures/h200-matmul-2026-12-01.gpulse");
+        let cap = Capture::read(&old).unwrap();
+        assert!(
+            cap.snapshots
+                .iter()
+                .flat_map(|s| &s.gpus)
+                .all(|g| g.allocation.is_none())
+        );
+    }
+
     #[test]
     fn a_file_that_is_not_a_capture_says_so() {
         let dir = tempfile::tempdir().unwrap();

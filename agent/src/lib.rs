@@ -231,6 +231,7 @@ pub async fn start(
         shared: shared.clone(),
         local: local.clone(),
         hello: hello_tx,
+        pod_resources: pod_resources.clone(),
     };
     // The first Hello must carry the inventory: open the backend before connecting.
     let sampler_stop = stop_rx.clone();

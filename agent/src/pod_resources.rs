@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tonic::transport::{Endpoint, Uri};
 use tracing::{info, warn};
 
+use gpulse_gpu::{Allocation, DeviceHolder, DeviceInfo, DeviceSample};
 use gpulse_proto::kubelet::pod_resources_lister_client::PodResourcesListerClient;
 use gpulse_proto::kubelet::{
     AllocatableResourcesRequest, ContainerResources, ListPodResourcesRequest,
@@ -226,6 +227,49 @@ impl Default for PodView {
     }
 }
 
+impl PodView {
+    /// Whether the allocation is known: the kubelet answers, or answered before and
+    /// is restarting (its last answer is kept). Not on a node without a kubelet, nor
+    /// before the first answer.
+    pub fn knows_allocation(&self) -> bool {
+        match self.state {
+            KubeletState::Answering => true,
+            KubeletState::Unreachable(_) | KubeletState::Refused(_) => self.refreshes_ok > 0,
+            KubeletState::Starting | KubeletState::Absent => false,
+        }
+    }
+
+    /// Who holds `gpu` and each of its MIG devices; `None` when the allocation is
+    /// not known.
+    pub fn allocation(&self, gpu: &DeviceInfo) -> Option<Allocation> {
+        if !self.knows_allocation() {
+            return None;
+        }
+        let whole = self
+            .allocations
+            .holders(&gpu.uuid, Some(gpu.index))
+            .iter()
+            .map(|h| (gpu.uuid.as_str(), h));
+        let mig = gpu.mig_instances.iter().flat_map(|m| {
+            self.allocations
+                .holders(&m.uuid, None)
+                .iter()
+                .map(|h| (m.uuid.as_str(), h))
+        });
+        Some(Allocation::new(
+            whole
+                .chain(mig)
+                .map(|(device, h)| DeviceHolder {
+                    device_uuid: device.to_string(),
+                    namespace: h.namespace.clone(),
+                    pod: h.pod.clone(),
+                    container: h.container.clone(),
+                })
+                .collect(),
+        ))
+    }
+}
+
 /// One round trip to the kubelet failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -397,6 +441,22 @@ impl PodResources {
     pub fn view(&self) -> PodView {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Sets each sample's allocation from the kubelet's last answer: a lookup in the
+    /// cached allocation, made for every reading. While the allocation is not known
+    /// the samples keep what the backend gave (the simulator's own pods, a replayed
+    /// capture's).
+    pub fn attach(&self, inventory: &[DeviceInfo], samples: &mut [DeviceSample]) {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        if !view.knows_allocation() {
+            return;
+        }
+        for s in samples {
+            if let Some(info) = inventory.iter().find(|i| i.uuid == s.uuid) {
+                s.allocation = view.allocation(info);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -542,6 +602,75 @@ mod tests {
             [holder("ml", "dra-pod", "c")]
         );
         assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn a_gpu_s_allocation_names_the_gpu_and_its_mig_devices_only_while_known() {
+        let list = ListPodResourcesResponse {
+            pod_resources: vec![
+                pod(
+                    "ml",
+                    "train-0",
+                    vec![container("trainer", GPU_RESOURCE, &["GPU-a"])],
+                ),
+                pod(
+                    "infer",
+                    "serve-1",
+                    vec![container("server", "nvidia.com/mig-1g.10gb", &["MIG-b1"])],
+                ),
+                pod(
+                    "batch",
+                    "job-2",
+                    vec![container("main", GPU_RESOURCE, &["2"])],
+                ),
+            ],
+        };
+        let gpu = |index: u32, uuid: &str, migs: &[&str]| DeviceInfo {
+            index,
+            uuid: uuid.into(),
+            mig_instances: migs
+                .iter()
+                .map(|m| gpulse_gpu::health::MigInstance {
+                    uuid: m.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..DeviceInfo::default()
+        };
+        let holder = |device: &str, ns: &str, pod: &str, c: &str| DeviceHolder {
+            device_uuid: device.into(),
+            namespace: ns.into(),
+            pod: pod.into(),
+            container: c.into(),
+        };
+        let mut view = PodView {
+            state: KubeletState::Answering,
+            allocations: Allocations::from_list(&list),
+            allocatable: 3,
+            refreshes_ok: 1,
+            refreshes_failed: 0,
+        };
+        let of = |v: &PodView, g: &DeviceInfo| v.allocation(g).map(|a| a.holders);
+        assert_eq!(
+            of(&view, &gpu(0, "GPU-a", &[])),
+            Some(vec![holder("GPU-a", "ml", "train-0", "trainer")])
+        );
+        assert_eq!(
+            of(&view, &gpu(1, "GPU-b", &["MIG-b1", "MIG-b2"])),
+            Some(vec![holder("MIG-b1", "infer", "serve-1", "server")])
+        );
+        // Named by index: the holder names the GPU by its uuid.
+        assert_eq!(
+            of(&view, &gpu(2, "GPU-c", &[])),
+            Some(vec![holder("GPU-c", "batch", "job-2", "main")])
+        );
+        assert_eq!(of(&view, &gpu(3, "GPU-d", &[])), Some(vec![]));
+        view.state = KubeletState::Unreachable("restarting".into());
+        assert!(view.allocation(&gpu(0, "GPU-a", &[])).is_some(), "kept");
+        view.refreshes_ok = 0;
+        assert_eq!(view.allocation(&gpu(0, "GPU-a", &[])), None, "never known");
+        view.state = KubeletState::Absent;
+        assert_eq!(view.allocation(&gpu(0, "GPU-a", &[])), None);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use gpulse_gpu::{BackendError, GpuBackend, HostIdentity, Snapshot};
 use gpulse_proto::v1;
 
 use crate::local::LocalHost;
+use crate::pod_resources::PodResources;
 use crate::uplink::Shared;
 
 /// Opens the GPU backend; called again after a failure, every `retry`.
@@ -42,6 +43,8 @@ pub struct Sampler {
     pub shared: Arc<Shared>,
     pub local: Arc<LocalHost>,
     pub hello: watch::Sender<v1::Hello>,
+    /// Which pod holds each GPU, when the kubelet's socket is configured.
+    pub pod_resources: Option<PodResources>,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -122,10 +125,16 @@ impl Sampler {
             };
             let now = now_unix_ms();
             let (shared, local) = (self.shared.clone(), self.local.clone());
+            let pods = self.pod_resources.clone();
             // Reading NVML blocks, and so may writing the spool: both run off the runtime.
             let done = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let gpus = b.lock().unwrap_or_else(|p| p.into_inner()).sample(now);
+                let mut backend = b.lock().unwrap_or_else(|p| p.into_inner());
+                let mut gpus = backend.sample(now);
+                if let Some(pods) = &pods {
+                    pods.attach(backend.inventory(), &mut gpus);
+                }
+                drop(backend);
                 shared
                     .metrics
                     .sample_duration

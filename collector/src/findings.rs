@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use gpulse_exposition::HostSource;
+use gpulse_gpu::DeviceHolder;
 use gpulse_gpu::diagnosis::Severity;
 
 use crate::cost::report::{ParamError, rfc3339};
@@ -28,8 +29,34 @@ pub struct FleetFinding {
     /// Readings the rules looked at, and the time they span.
     pub readings: usize,
     pub window_seconds: f64,
+    /// The Kubernetes containers holding the GPU or its MIG devices when the finding
+    /// was made: empty when none does, null where the host's agent does not know
+    /// (not a Kubernetes node). Added in version 1 without a bump: readers that do not
+    /// know it skip it.
+    pub held_by: Option<Vec<HeldBy>>,
     #[serde(skip)]
     rank: Severity,
+}
+
+/// One container holding a GPU or one of its MIG devices.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HeldBy {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The GPU's uuid, or the MIG device's the container holds.
+    pub device_uuid: String,
+}
+
+impl From<&DeviceHolder> for HeldBy {
+    fn from(h: &DeviceHolder) -> Self {
+        HeldBy {
+            namespace: h.namespace.clone(),
+            pod: h.pod.clone(),
+            container: h.container.clone(),
+            device_uuid: h.device_uuid.clone(),
+        }
+    }
 }
 
 /// What /api/v1/findings returns.
@@ -91,6 +118,11 @@ pub fn report(fleet: &dyn HostSource, filter: &Filter, now_unix_ms: i64) -> Find
         for gpu in &host.gpus {
             gpus += 1;
             let window_seconds = gpu.window().seconds();
+            let held_by: Option<Vec<HeldBy>> = gpu
+                .latest
+                .as_ref()
+                .and_then(|s| s.allocation.as_ref())
+                .map(|a| a.holders().iter().map(HeldBy::from).collect());
             for f in gpu.findings() {
                 if filter.min_severity.is_some_and(|min| f.severity < min) {
                     continue;
@@ -108,6 +140,7 @@ pub fn report(fleet: &dyn HostSource, filter: &Filter, now_unix_ms: i64) -> Find
                     action: f.action,
                     readings: gpu.recent.len(),
                     window_seconds,
+                    held_by: held_by.clone(),
                     rank: f.severity,
                 });
             }
@@ -126,5 +159,75 @@ pub fn report(fleet: &dyn HostSource, filter: &Filter, now_unix_ms: i64) -> Find
         hosts,
         gpus,
         findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpulse_gpu::simulator::Simulator;
+    use gpulse_gpu::{GpuBackend, HostIdentity, Snapshot};
+
+    use crate::fleet::Fleet;
+
+    fn findings_of(spec: &str) -> Vec<FleetFinding> {
+        let fleet = Fleet::new(Default::default());
+        let mut sim = Simulator::new(spec.parse().unwrap());
+        let identity = HostIdentity {
+            agent_id: "k8s-node".into(),
+            hostname: "k8s-node".into(),
+            ..HostIdentity::default()
+        };
+        let t0 = 1_790_000_000_000;
+        let session = fleet
+            .connect(identity, sim.inventory().to_vec(), t0)
+            .unwrap();
+        for k in 0..8 {
+            let t = t0 + k * 5000;
+            let gpus = sim.sample(t);
+            fleet
+                .apply(
+                    &session,
+                    k as u64 + 1,
+                    vec![Snapshot {
+                        timestamp_unix_ms: t,
+                        gpus,
+                    }],
+                    t,
+                )
+                .unwrap();
+        }
+        report(fleet.as_ref(), &Filter::default(), t0 + 40_000).findings
+    }
+
+    #[test]
+    fn a_finding_names_the_pod_holding_the_gpu() {
+        let findings = findings_of("gpus=2,scenario=thermal,pods=1");
+        let on = |gpu: u32| {
+            findings
+                .iter()
+                .find(|f| f.gpu == gpu && f.kind == "thermal_throttling")
+                .unwrap_or_else(|| panic!("GPU {gpu} throttles: {findings:#?}"))
+        };
+        let held = on(0)
+            .held_by
+            .as_ref()
+            .expect("pods= makes the allocation known");
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].namespace, "ml-training");
+        assert_eq!(held[0].device_uuid, on(0).uuid);
+        assert_eq!(on(1).held_by, Some(vec![]), "GPU 1 is held by nobody");
+        let json = serde_json::to_value(on(0)).unwrap();
+        assert_eq!(json["held_by"][0]["namespace"], "ml-training");
+    }
+
+    #[test]
+    fn where_pods_are_unknown_the_finding_says_so() {
+        let findings = findings_of("gpus=1,scenario=thermal");
+        assert!(!findings.is_empty());
+        for f in &findings {
+            assert_eq!(f.held_by, None);
+            assert!(serde_json::to_value(f).unwrap()["held_by"].is_null());
+        }
     }
 }

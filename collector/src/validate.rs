@@ -396,6 +396,7 @@ pub fn snapshots(
             }
             check_sample(s)?;
             keys::sample(s)?;
+            keys::held_devices(s, info)?;
             physics::sample(s, info)?;
             let before = previous
                 .get(s.uuid.as_str())

@@ -462,7 +462,7 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
     let mut totals = HashMap::new();
     let t0 = 1_790_000_000_000;
     for (i, spec) in [
-        "gpus=2,model=h100-sxm,scenario=thermal,seed=11",
+        "gpus=2,model=h100-sxm,scenario=thermal,seed=11,pods=1",
         "gpus=2,model=a100,scenario=power-cap,seed=12",
         "gpus=1,model=l4,scenario=idle,seed=13,hide=energy+pcie_replays",
         "gpus=2,model=h200,scenario=lost,seed=14",
@@ -471,7 +471,7 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
         "gpus=1,model=a100,scenario=ecc,seed=17",
         "gpus=1,model=h100-sxm,scenario=xid,seed=18",
         "gpus=1,model=h100-sxm,scenario=idle-held,seed=19",
-        "gpus=1,model=a100,scenario=training,seed=20,mig=2",
+        "gpus=1,model=a100,scenario=training,seed=20,mig=2,pods=1",
     ]
     .iter()
     .enumerate()

@@ -1,5 +1,7 @@
 //! The simulated fleet: hosts spread over providers, regions and GPU models, each
 //! playing one scenario, so every dashboard panel and alert has something to show.
+//! The Kubernetes-native clouds' hosts (CoreWeave, Nebius) run simulated pods, so the
+//! namespace and pod labels show on day one; the others are not Kubernetes nodes.
 
 use gpulse_gpu::simulator::SimSpec;
 
@@ -26,11 +28,11 @@ const HOSTS: [(&str, &str, &str, &str, &str, &str, &str); 18] = [
     ("gcp-usc1-g2-01", "gcp", "us-central1", "us-central1-b", "g2-standard-4", "inference", "gpus=1,model=l4,scenario=idle"),
     ("azure-eus-nd-01", "azure", "eastus", "eastus-1", "Standard_ND96isr_H100_v5", "llm", "gpus=8,model=h100-sxm,scenario=pcie-degraded"),
     ("azure-eus-nd-02", "azure", "eastus", "eastus-2", "Standard_ND96isr_H100_v5", "research", "gpus=8,model=h100-sxm,scenario=nvlink-errors"),
-    ("cw-use04-h100-01", "coreweave", "us-east-04", "", "gd-8xh100ib-i128", "llm", "gpus=8,model=h100-sxm,scenario=training"),
-    ("cw-use04-h100-02", "coreweave", "us-east-04", "", "gd-8xh100ib-i128", "llm", "gpus=8,model=h100-sxm,scenario=lost"),
+    ("cw-use04-h100-01", "coreweave", "us-east-04", "", "gd-8xh100ib-i128", "llm", "gpus=8,model=h100-sxm,scenario=training,pods=6"),
+    ("cw-use04-h100-02", "coreweave", "us-east-04", "", "gd-8xh100ib-i128", "llm", "gpus=8,model=h100-sxm,scenario=lost,pods=8"),
     ("lambda-uss1-h100-01", "lambda", "us-south-1", "", "gpu_8x_h100_sxm5", "research", "gpus=8,model=h100-sxm,scenario=training,hide=energy+pcie_replays"),
     ("lambda-uss1-h100-02", "lambda", "us-south-1", "", "gpu_8x_h100_sxm5", "inference", "gpus=8,model=h100-sxm,scenario=idle-held"),
-    ("nebius-eun1-h200-01", "nebius", "eu-north1", "", "gpu-h200-sxm", "llm", "gpus=8,model=h200,scenario=xid"),
+    ("nebius-eun1-h200-01", "nebius", "eu-north1", "", "gpu-h200-sxm", "llm", "gpus=8,model=h200,scenario=xid,pods=5"),
     ("crusoe-usnc1-h200-01", "crusoe", "us-northcentral1", "", "h200-141gb-sxm-ib.8x", "llm", "gpus=8,model=h200,scenario=idle"),
     ("oci-iad-h100-01", "oci", "us-ashburn-1", "", "BM.GPU.H100.8", "vision", "gpus=8,model=h100-sxm,scenario=hw-slowdown"),
     ("onprem-dc1-a100-01", "on-prem", "dc1", "row-4", "dgx-a100", "research", "gpus=8,model=a100,scenario=ecc"),
@@ -78,5 +80,22 @@ mod tests {
         );
         let names: BTreeSet<_> = hosts.iter().map(|h| h.name).collect();
         assert_eq!(names.len(), hosts.len());
+    }
+
+    #[test]
+    fn kubernetes_hosts_run_pods_in_more_than_one_namespace_and_others_none() {
+        use gpulse_gpu::GpuBackend;
+        use gpulse_gpu::simulator::Simulator;
+        let mut namespaces = BTreeSet::new();
+        for h in hosts() {
+            let kubernetes = matches!(h.provider, "coreweave" | "nebius");
+            assert_eq!(h.spec.pods > 0, kubernetes, "{}", h.name);
+            for g in Simulator::new(h.spec).sample(0) {
+                for holder in g.allocation.iter().flat_map(|a| a.holders()) {
+                    namespaces.insert(holder.namespace.clone());
+                }
+            }
+        }
+        assert!(namespaces.len() >= 3, "{namespaces:?}");
     }
 }

@@ -542,11 +542,19 @@ const LABEL_NAMES: [&str; 8] = [
     LABEL_DRIVER_VERSION,
 ];
 
+/// dcgm-exporter's Kubernetes mode: the container holding the GPU, on every series of
+/// the GPU, absent when none does.
+pub const LABEL_POD: &str = "pod";
+pub const LABEL_NAMESPACE: &str = "namespace";
+pub const LABEL_CONTAINER: &str = "container";
+
 /// The GPU whose series are being renamed, and what the derived values need.
 #[derive(Debug, Default)]
 struct Current {
     /// Values of [`LABEL_NAMES`].
     labels: [String; 8],
+    /// namespace, pod and container of the holder of the whole GPU.
+    holder: Option<[String; 3]>,
     answering: bool,
     last_xid: Option<u64>,
     total_bytes: Option<f64>,
@@ -578,10 +586,10 @@ impl<'a, S: SeriesSink> WithDcgm<'a, S> {
         if !c.answering {
             return;
         }
-        let labels = labels(&c.labels);
+        let labels = labels(&c.labels, c.holder.as_ref());
         let mut put = |def: &Def, v: Option<f64>| {
             if let Some(v) = v {
-                self.out.series(def, &labels, &[], v);
+                self.out.series(def, labels.as_slice(), &[], v);
             }
         };
         put(
@@ -599,8 +607,34 @@ impl<'a, S: SeriesSink> WithDcgm<'a, S> {
     }
 }
 
-fn labels(values: &[String; 8]) -> [(&'static str, &str); 8] {
-    std::array::from_fn(|i| (LABEL_NAMES[i], values[i].as_str()))
+/// The labels of one DCGM series: dcgm-exporter's eight, then the holder's three
+/// when the GPU is held. An array and its length, not a Vec: it is built for every
+/// series of the view.
+struct DcgmLabels<'a> {
+    pairs: [(&'static str, &'a str); 11],
+    len: usize,
+}
+
+impl<'a> DcgmLabels<'a> {
+    fn as_slice(&self) -> &[(&'static str, &'a str)] {
+        &self.pairs[..self.len]
+    }
+}
+
+fn labels<'a>(values: &'a [String; 8], holder: Option<&'a [String; 3]>) -> DcgmLabels<'a> {
+    let mut pairs = [("", ""); 11];
+    for (i, (n, v)) in LABEL_NAMES.iter().zip(values).enumerate() {
+        pairs[i] = (*n, v.as_str());
+    }
+    let mut len = LABEL_NAMES.len();
+    if let Some([namespace, pod, container]) = holder {
+        // dcgm-exporter writes its attributes in key order after its labels.
+        pairs[len] = (LABEL_CONTAINER, container.as_str());
+        pairs[len + 1] = (LABEL_NAMESPACE, namespace.as_str());
+        pairs[len + 2] = (LABEL_POD, pod.as_str());
+        len += 3;
+    }
+    DcgmLabels { pairs, len }
 }
 
 impl<S: SeriesSink> SeriesSink for WithDcgm<'_, S> {
@@ -624,6 +658,9 @@ impl<S: SeriesSink> SeriesSink for WithDcgm<'_, S> {
             // DCGM reads nothing from a GPU that fell off the bus, nor does this view.
             answering: gpu.answering,
             last_xid: gpu.last_xid,
+            holder: gpu
+                .holder
+                .map(|h| [h.namespace.clone(), h.pod.clone(), h.container.clone()]),
             ..Current::default()
         });
     }
@@ -645,7 +682,7 @@ impl<S: SeriesSink> SeriesSink for WithDcgm<'_, S> {
         let Some(mappings) = by_source().get(def.name) else {
             return;
         };
-        let labels = labels(&c.labels);
+        let labels = labels(&c.labels, c.holder.as_ref());
         for m in mappings {
             let v = match m.rule {
                 Rule::Value(conv) => Some(conv.apply(value)),
@@ -673,7 +710,7 @@ impl<S: SeriesSink> SeriesSink for WithDcgm<'_, S> {
                 Rule::LastXid => None,
             };
             if let Some(v) = v {
-                self.out.series(&m.dcgm, &labels, &[], v);
+                self.out.series(&m.dcgm, labels.as_slice(), &[], v);
             }
         }
     }

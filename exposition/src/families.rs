@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use gpulse_gpu::{DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
+use gpulse_gpu::{DeviceHolder, DeviceSample, DeviceState, Field, FieldStatus, ThrottleReasons};
 
 use crate::dcgm::{self, DcgmCompat};
 use crate::names::{self, Def, Kind};
@@ -58,6 +58,9 @@ pub struct GpuContext<'a> {
     pub answering: bool,
     /// The newest XID code (0 before the first); `None` when XIDs are not read.
     pub last_xid: Option<u64>,
+    /// The container holding the whole GPU, as its newest reading says (the first in
+    /// namespace, pod and container order when several share it).
+    pub holder: Option<&'a DeviceHolder>,
 }
 
 /// Writes every host of `source` in the Prometheus text format (0.0.4).
@@ -298,6 +301,46 @@ pub fn write_host<S: SeriesSink>(sink: &mut S, host: &HostView, options: Exposit
     }
 }
 
+/// Who holds the GPU and each of its MIG devices: one series per device, so that a
+/// join on (host, uuid) finds exactly one, and an unheld device says so with empty
+/// labels rather than by a missing series (which would drop the GPU from a join).
+fn write_allocation<S: SeriesSink>(
+    sink: &mut S,
+    base: &Labels<'_>,
+    gpu: &GpuView,
+    allocation: &gpulse_gpu::Allocation,
+) {
+    let held = |device: &str| {
+        let h = allocation.first_of(device);
+        [
+            (
+                names::LABEL_NAMESPACE,
+                h.map_or("", |h| h.namespace.as_str()),
+            ),
+            (names::LABEL_POD, h.map_or("", |h| h.pod.as_str())),
+            (
+                names::LABEL_CONTAINER,
+                h.map_or("", |h| h.container.as_str()),
+            ),
+        ]
+    };
+    sink.series(
+        &names::GPU_ALLOCATION_INFO,
+        base,
+        &held(&gpu.info.uuid),
+        1.0,
+    );
+    for m in &gpu.info.mig_instances {
+        let [ns, pod, container] = held(&m.uuid);
+        sink.series(
+            &names::GPU_MIG_ALLOCATION_INFO,
+            base,
+            &[("mig_uuid", m.uuid.as_str()), ns, pod, container],
+            1.0,
+        );
+    }
+}
+
 fn write_gpu<S: SeriesSink>(sink: &mut S, host: &str, gpu: &GpuView, options: ExpositionOptions) {
     let d = &gpu.info;
     let latest = gpu.latest.as_ref();
@@ -313,6 +356,9 @@ fn write_gpu<S: SeriesSink>(sink: &mut S, host: &str, gpu: &GpuView, options: Ex
         last_xid: latest
             .and_then(|s| s.xid_errors.get())
             .map(|_| gpu.last_xid.unwrap_or(0)),
+        holder: latest
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.first_of(&d.uuid)),
     });
     let index = d.index.to_string();
     let base = [
@@ -348,6 +394,9 @@ fn write_gpu<S: SeriesSink>(sink: &mut S, host: &str, gpu: &GpuView, options: Ex
             ],
             1.0,
         );
+    }
+    if let Some(allocation) = latest.and_then(|s| s.allocation.as_ref()) {
+        write_allocation(sink, &base, gpu, allocation);
     }
     let hz = |v: u32| f64::from(v) * HZ_PER_MHZ;
     let watts = |v: u32| f64::from(v) * WATTS_PER_MILLIWATT;

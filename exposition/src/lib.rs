@@ -14,6 +14,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod allocation_tests;
 pub mod build_info;
 pub mod dcgm;
 mod families;

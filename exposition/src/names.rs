@@ -40,6 +40,10 @@ pub const LABEL_HOST: &str = "host";
 pub const LABEL_GPU: &str = "gpu";
 pub const LABEL_UUID: &str = "uuid";
 pub const LABEL_MODEL: &str = "model";
+// Who holds a GPU, as dcgm-exporter's Kubernetes mode names it.
+pub const LABEL_NAMESPACE: &str = "namespace";
+pub const LABEL_POD: &str = "pod";
+pub const LABEL_CONTAINER: &str = "container";
 
 pub const GPU_INFO: Def = gauge(
     "gpulse_gpu_info",
@@ -278,6 +282,14 @@ pub const GPU_MIG_INSTANCE_INFO: Def = gauge(
     "gpulse_gpu_mig_instance_info",
     "A MIG instance of the GPU (mig_uuid, gpu_instance, compute_instance); value is always 1.",
 );
+pub const GPU_ALLOCATION_INFO: Def = gauge(
+    "gpulse_gpu_allocation_info",
+    "The Kubernetes container holding the whole GPU (namespace, pod, container; empty when none does); value is always 1. Only for hosts whose agent knows the allocation. Join it to any GPU series with * on(host, uuid) group_left(namespace, pod, container).",
+);
+pub const GPU_MIG_ALLOCATION_INFO: Def = gauge(
+    "gpulse_gpu_mig_allocation_info",
+    "The Kubernetes container holding a MIG device of the GPU (mig_uuid, namespace, pod, container; empty when none does); value is always 1.",
+);
 
 pub const HOST_INFO: Def = gauge(
     "gpulse_host_info",
@@ -297,7 +309,7 @@ pub const AGENT_LAST_SEEN: Def = gauge(
 );
 
 /// Every per-host and per-GPU metric, in exposition order.
-pub const FLEET: [Def; 71] = [
+pub const FLEET: [Def; 73] = [
     HOST_INFO,
     HOST_GPU_BACKEND_ERROR,
     AGENT_UP,
@@ -363,6 +375,8 @@ pub const FLEET: [Def; 71] = [
     GPU_ECC_ENABLED,
     GPU_MIG_ENABLED,
     GPU_MIG_INSTANCE_INFO,
+    GPU_ALLOCATION_INFO,
+    GPU_MIG_ALLOCATION_INFO,
     GPU_FINDING,
     // What each agent reports of its own delivery (AGENT_DELIVERY), per host.
     AGENT_BATCHES_DROPPED,

@@ -10,6 +10,7 @@
 //! about Prometheus. Backends are blocking, as NVML is synchronous FFI; the
 //! agent calls them off its async runtime.
 
+pub mod allocation;
 mod backend;
 pub mod diagnosis;
 pub mod health;
@@ -22,6 +23,7 @@ mod throttle;
 pub mod throttle_time;
 pub mod workload;
 
+pub use allocation::{Allocation, DeviceHolder};
 pub use backend::{BackendError, GpuBackend};
 pub use host::{HostFacts, HostIdentity, IdentitySource, Learned, ProviderIdentity};
 pub use model::{DeviceInfo, DeviceSample, DeviceState, Field, FieldStatus, Reading, Snapshot};

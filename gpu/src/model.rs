@@ -4,6 +4,7 @@
 //! millijoules, bytes. Conversion to base units happens at exposition.
 
 use crate::ThrottleReasons;
+use crate::allocation::Allocation;
 use crate::health::{
     GpmActivity, MigInstance, NvLinkSample, ProcessSample, RemappedRows, RetiredPages, ThrottleTime,
 };
@@ -249,6 +250,10 @@ pub struct DeviceSample {
     pub xid_errors: Reading<Vec<(u64, u64)>>,
     pub gpm: Reading<GpmActivity>,
     pub processes: Reading<Vec<ProcessSample>>,
+    /// Which Kubernetes containers hold the GPU and its MIG devices; `None` where the
+    /// agent does not know (not a Kubernetes node). Not a [`Field`]: an allocation is
+    /// a fact about the node, not a reading the GPU may hide.
+    pub allocation: Option<Allocation>,
 }
 
 /// Whether a field was read, is unsupported, or failed.

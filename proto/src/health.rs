@@ -5,6 +5,7 @@ use gpulse_gpu::health::{
     GpmActivity, MigInstance, NvLinkSample, ProcessSample, RemappedRows, RetiredPages,
     ThrottlePolicy, ThrottleTime, ThrottleTimeSource, WorkloadKind,
 };
+use gpulse_gpu::{Allocation, DeviceHolder};
 
 use crate::{ConversionError, v1};
 
@@ -260,5 +261,37 @@ pub(crate) fn mig_from_wire(m: v1::MigInstance) -> MigInstance {
         gpu_instance_id: m.gpu_instance_id,
         compute_instance_id: m.compute_instance_id,
         memory_total_bytes: m.memory_total_bytes,
+    }
+}
+
+pub(crate) fn allocation_to_wire(a: &Allocation) -> v1::Allocation {
+    v1::Allocation {
+        holders: a
+            .holders
+            .iter()
+            .map(|h| v1::DeviceHolder {
+                device_uuid: h.device_uuid.clone(),
+                namespace: h.namespace.clone(),
+                pod: h.pod.clone(),
+                container: h.container.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Kept as sent (not sorted or cut): the collector's validation refuses a repeated
+/// holder or an overlong list rather than hiding it.
+pub(crate) fn allocation_from_wire(a: v1::Allocation) -> Allocation {
+    Allocation {
+        holders: a
+            .holders
+            .into_iter()
+            .map(|h| DeviceHolder {
+                device_uuid: h.device_uuid,
+                namespace: h.namespace,
+                pod: h.pod,
+                container: h.container,
+            })
+            .collect(),
     }
 }

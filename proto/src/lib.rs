@@ -171,6 +171,7 @@ impl From<&DeviceSample> for v1::GpuSample {
             xid_errors: s.xid_errors.get().map(|x| health::xids_to_wire(x)),
             gpm: s.gpm.value().map(health::gpm_to_wire),
             processes: s.processes.get().map(|p| health::processes_to_wire(p)),
+            allocation: s.allocation.as_ref().map(health::allocation_to_wire),
         }
     }
 }
@@ -226,6 +227,7 @@ impl TryFrom<v1::GpuSample> for DeviceSample {
             xid_errors: reading(s.xid_errors.map(health::xids_from_wire)),
             gpm: reading(s.gpm.map(health::gpm_from_wire)),
             processes: reading(s.processes.map(health::processes_from_wire).transpose()?),
+            allocation: s.allocation.map(health::allocation_from_wire),
         };
         for raw in s.unsupported {
             out.mark(field_from_wire(raw)?, FieldStatus::Unsupported);
@@ -434,6 +436,32 @@ mod tests {
                 assert_eq!(back, snapshot, "{scenario}");
             }
         }
+    }
+
+    /// The allocation travels as it is, including a known-and-empty one, and a sample
+    /// from an agent that predates it (no field 33 on the wire) reads as unknown.
+    #[test]
+    fn the_allocation_survives_the_wire_and_is_unknown_when_absent() {
+        use prost::Message;
+        let mut sim = Simulator::new("gpus=3,model=a100,mig=2,pods=2".parse().unwrap());
+        let snapshot = Snapshot {
+            timestamp_unix_ms: 1_700_000_000_000,
+            gpus: sim.sample(0),
+        };
+        let back = Snapshot::try_from(v1::Snapshot::from(&snapshot)).unwrap();
+        assert_eq!(back, snapshot);
+        let held = back.gpus[0].allocation.as_ref().unwrap();
+        assert_eq!(held.holders().len(), 2, "both MIG devices of GPU 0");
+        assert_eq!(
+            back.gpus[2].allocation,
+            Some(gpulse_gpu::Allocation::default())
+        );
+
+        let mut old = v1::GpuSample::from(&snapshot.gpus[0]);
+        old.allocation = None;
+        let bytes = old.encode_to_vec();
+        let decoded = DeviceSample::try_from(v1::GpuSample::decode(bytes.as_slice()).unwrap());
+        assert_eq!(decoded.unwrap().allocation, None);
     }
 
     /// Mixed travels as violation status plus a flag: a collector that predates the

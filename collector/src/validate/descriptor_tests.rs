@@ -34,7 +34,7 @@ fn pool() -> DescriptorPool {
 /// at least one entry.
 fn fixture() -> (v1::AgentMessage, v1::AgentMessage) {
     let mut sim = Simulator::new(
-        "gpus=2,model=a100,scenario=nvlink-errors,seed=3,mig=2,hide=pcie_width"
+        "gpus=2,model=a100,scenario=nvlink-errors,seed=3,mig=2,hide=pcie_width,pods=1"
             .parse()
             .expect("a valid spec"),
     );

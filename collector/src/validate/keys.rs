@@ -42,7 +42,28 @@ pub fn inventory(gpus: &[DeviceInfo]) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// NVLink links by link number, XIDs by code, processes by pid, throttle time by policy.
+/// Every holder names the GPU itself or one of its MIG devices: a holder of another
+/// device would label, and bill, a GPU that is not this one. Unchecked when the
+/// inventory is not at hand.
+pub fn held_devices(s: &DeviceSample, info: Option<&DeviceInfo>) -> Result<(), Rejection> {
+    let (Some(info), Some(allocation)) = (info, &s.allocation) else {
+        return Ok(());
+    };
+    let known = |uuid: &str| uuid == info.uuid || info.mig_instances.iter().any(|m| m.uuid == uuid);
+    match allocation.holders.iter().find(|h| !known(&h.device_uuid)) {
+        Some(h) => Err(Rejection::new(
+            RejectKind::UnknownGpu,
+            format!(
+                "GPU {}: Allocation.holders names device {:?} (held by {}/{}), which is neither this GPU nor one of its MIG devices in the Hello; restart the agent after changing MIG devices",
+                s.uuid, h.device_uuid, h.namespace, h.pod
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// NVLink links by link number, XIDs by code, processes by pid, holders by the whole
+/// holder, throttle time by policy.
 pub fn sample(s: &DeviceSample) -> Result<(), Rejection> {
     let owner = format!("GPU {}", s.uuid);
     let kind = RejectKind::DuplicateKey;
@@ -82,6 +103,21 @@ pub fn sample(s: &DeviceSample) -> Result<(), Rejection> {
             format!("pid {pid}"),
         ));
     }
+    if let Some(h) = s
+        .allocation
+        .as_ref()
+        .and_then(|a| repeated_key(a.holders.iter()))
+    {
+        return Err(duplicate(
+            kind,
+            &owner,
+            "Allocation.holders",
+            format!(
+                "container {}/{}/{} on device {}",
+                h.namespace, h.pod, h.container, h.device_uuid
+            ),
+        ));
+    }
     if let Some(policy) = s
         .throttle_time
         .get()
@@ -95,4 +131,38 @@ pub fn sample(s: &DeviceSample) -> Result<(), Rejection> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpulse_gpu::simulator::Simulator;
+    use gpulse_gpu::{DeviceHolder, GpuBackend};
+
+    #[test]
+    fn a_holder_of_a_device_the_gpu_does_not_have_is_refused() {
+        let mut sim = Simulator::new("gpus=2,model=a100,mig=2,pods=2".parse().unwrap());
+        let inventory = sim.inventory().to_vec();
+        let mut gpus = sim.sample(0);
+        for (g, info) in gpus.iter().zip(&inventory) {
+            assert_eq!(held_devices(g, Some(info)), Ok(()));
+        }
+        // GPU 1's MIG device held, as told by GPU 0.
+        let other = inventory[1].mig_instances[0].uuid.clone();
+        gpus[0]
+            .allocation
+            .as_mut()
+            .unwrap()
+            .holders
+            .push(DeviceHolder {
+                device_uuid: other.clone(),
+                namespace: "ml".into(),
+                pod: "p".into(),
+                container: "c".into(),
+            });
+        let r = held_devices(&gpus[0], Some(&inventory[0])).unwrap_err();
+        assert_eq!(r.kind, RejectKind::UnknownGpu);
+        assert!(r.message.contains(&other), "{}", r.message);
+        assert_eq!(held_devices(&gpus[0], None), Ok(()));
+    }
 }

@@ -21,11 +21,23 @@ pub enum TextRule {
     /// A bounded kind such as "driver_not_loaded": a-z and _, at most [`MAX_KIND_BYTES`];
     /// empty means none.
     Kind,
+    /// A Kubernetes namespace or container name: an RFC 1123 label, 1 to
+    /// [`MAX_KUBERNETES_LABEL_BYTES`] of a-z 0-9 and -, starting and ending
+    /// alphanumeric (what the API server itself accepts).
+    KubernetesLabel,
+    /// A Kubernetes pod name: an RFC 1123 subdomain, 1 to
+    /// [`MAX_KUBERNETES_SUBDOMAIN_BYTES`] of a-z 0-9 - and ., starting and ending
+    /// alphanumeric.
+    KubernetesSubdomain,
 }
 
 pub const MAX_AGENT_ID_BYTES: usize = 128;
 pub const MAX_LABEL_NAME_BYTES: usize = 64;
 pub const MAX_KIND_BYTES: usize = 32;
+/// Kubernetes' DNS1123LabelMaxLength (k8s.io/apimachinery validation).
+pub const MAX_KUBERNETES_LABEL_BYTES: usize = 63;
+/// Kubernetes' DNS1123SubdomainMaxLength.
+pub const MAX_KUBERNETES_SUBDOMAIN_BYTES: usize = 253;
 
 /// Why a string was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +54,9 @@ pub enum TextError {
     NotAgentId,
     NotLabelName,
     NotKind,
+    NotKubernetesName {
+        dots: bool,
+    },
 }
 
 impl fmt::Display for TextError {
@@ -69,6 +84,11 @@ impl fmt::Display for TextError {
                     "is not a kind of at most {MAX_KIND_BYTES} characters of a-z and _"
                 )
             }
+            TextError::NotKubernetesName { dots } => write!(
+                f,
+                "is not a Kubernetes name: 1 or more of a-z 0-9 -{}, starting and ending with a letter or digit",
+                if *dots { " ." } else { "" }
+            ),
         }
     }
 }
@@ -87,6 +107,15 @@ pub fn is_forbidden(c: char) -> bool {
 
 fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')
+}
+
+/// An RFC 1123 label (`dots: false`) or subdomain (`dots: true`), length aside.
+fn is_kubernetes_name(s: &str, dots: bool) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    edge(s.chars().next())
+        && edge(s.chars().last())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
 }
 
 fn is_label_name(s: &str) -> bool {
@@ -113,6 +142,8 @@ impl<'a> AgentText<'a> {
             TextRule::AgentId => MAX_AGENT_ID_BYTES,
             TextRule::LabelName => MAX_LABEL_NAME_BYTES,
             TextRule::Kind => MAX_KIND_BYTES,
+            TextRule::KubernetesLabel => MAX_KUBERNETES_LABEL_BYTES,
+            TextRule::KubernetesSubdomain => MAX_KUBERNETES_SUBDOMAIN_BYTES,
         };
         // Length first: a huge value is refused without scanning it.
         if value.len() > max {
@@ -136,6 +167,13 @@ impl<'a> AgentText<'a> {
                 Err(TextError::NotKind)
             }
             TextRule::Kind => Ok(()),
+            TextRule::KubernetesLabel if !is_kubernetes_name(value, false) => {
+                Err(TextError::NotKubernetesName { dots: false })
+            }
+            TextRule::KubernetesSubdomain if !is_kubernetes_name(value, true) => {
+                Err(TextError::NotKubernetesName { dots: true })
+            }
+            TextRule::KubernetesLabel | TextRule::KubernetesSubdomain => Ok(()),
         };
         shaped.map(|()| AgentText(value))
     }
@@ -175,6 +213,8 @@ mod tests {
             Just(TextRule::AgentId),
             Just(TextRule::LabelName),
             Just(TextRule::Kind),
+            Just(TextRule::KubernetesLabel),
+            Just(TextRule::KubernetesSubdomain),
         ]
     }
 
@@ -198,6 +238,8 @@ mod tests {
                 TextRule::AgentId => MAX_AGENT_ID_BYTES,
                 TextRule::LabelName => MAX_LABEL_NAME_BYTES,
                 TextRule::Kind => MAX_KIND_BYTES,
+                TextRule::KubernetesLabel => MAX_KUBERNETES_LABEL_BYTES,
+                TextRule::KubernetesSubdomain => MAX_KUBERNETES_SUBDOMAIN_BYTES,
             };
             let value = "a".repeat(max + extra);
             prop_assert_eq!(
@@ -234,5 +276,26 @@ mod tests {
         );
         assert!(AgentText::parse(TextRule::Kind, "", MAX).is_ok());
         assert!(is_agent_id("node-1.example:7"));
+        for (rule, bad) in [
+            (TextRule::KubernetesLabel, ""),
+            (TextRule::KubernetesLabel, "ML"),
+            (TextRule::KubernetesLabel, "-ml"),
+            (TextRule::KubernetesLabel, "ml-"),
+            (TextRule::KubernetesLabel, "a.b"),
+            (TextRule::KubernetesSubdomain, "pod_1"),
+            (TextRule::KubernetesSubdomain, "pod.1."),
+            (TextRule::KubernetesSubdomain, "Pod"),
+        ] {
+            assert!(
+                matches!(
+                    AgentText::parse(rule, bad, MAX),
+                    Err(TextError::NotKubernetesName { .. })
+                ),
+                "{rule:?} took {bad:?}"
+            );
+        }
+        assert!(AgentText::parse(TextRule::KubernetesLabel, "ml-training", MAX).is_ok());
+        assert!(AgentText::parse(TextRule::KubernetesSubdomain, "train-7f9c.0", MAX).is_ok());
+        assert!(AgentText::parse(TextRule::KubernetesLabel, "0", MAX).is_ok());
     }
 }

@@ -24,6 +24,10 @@ pub const MAX_THROTTLE_POLICIES: usize = 8;
 /// Fields a sample can name as unsupported or failed: gpulse.v1.Field's values other
 /// than UNSPECIFIED. A field named twice is named once (the lists are sets).
 pub const MAX_SAMPLE_FIELDS: usize = 25;
+/// Containers holding a GPU and its MIG devices: the agent's own cut
+/// ([`gpulse_gpu::allocation::MAX_HOLDERS_PER_GPU`]), so no agent of this version
+/// sends more.
+pub const MAX_HOLDERS_PER_GPU: usize = gpulse_gpu::allocation::MAX_HOLDERS_PER_GPU;
 
 /// The rule of each string field, and the kind its refusal is counted under.
 pub fn string_rule(field: StringField) -> (TextRule, RejectKind) {
@@ -49,7 +53,9 @@ pub fn string_rule(field: StringField) -> (TextRule, RejectKind) {
         | GpuInfoVbiosVersion | GpuInfoArchitecture | MigInstanceUuid => {
             (TextRule::Text, InvalidInventory)
         }
-        GpuSampleUuid | ProcessWorkload => (TextRule::Text, InvalidString),
+        GpuSampleUuid | ProcessWorkload | DeviceHolderDeviceUuid => (TextRule::Text, InvalidString),
+        DeviceHolderNamespace | DeviceHolderContainer => (TextRule::KubernetesLabel, InvalidString),
+        DeviceHolderPod => (TextRule::KubernetesSubdomain, InvalidString),
     }
 }
 
@@ -140,6 +146,14 @@ pub fn bound(field: RepeatedField, limits: &Limits) -> Bound {
             TooManyItems,
             keyed("policy", DuplicateKey),
         ),
+        // Keyed by the whole holder (device, namespace, pod, container): the same
+        // container named twice for one device would count its GPU time twice.
+        AllocationHolders => (
+            MAX_HOLDERS_PER_GPU,
+            "holders per GPU (256)",
+            TooManyItems,
+            keyed("container", DuplicateKey),
+        ),
         XidCountsCounts => (
             MAX_XID_CODES,
             "XID codes per GPU (256)",
@@ -184,6 +198,9 @@ impl Visitor for Checker<'_> {
                     TextRule::AgentId => "set agent_id in the agent's config",
                     TextRule::LabelName => "rename the label in the agent's config",
                     TextRule::Kind => "upgrade the collector to one that knows it",
+                    TextRule::KubernetesLabel | TextRule::KubernetesSubdomain => {
+                        "the kubelet names pods this way; check what the agent reads at its pod_resources_socket"
+                    }
                     TextRule::Text => {
                         "fix the value where the agent reads it (free text is bounded by limits.max_string_bytes)"
                     }

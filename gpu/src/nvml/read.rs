@@ -236,6 +236,8 @@ pub(crate) fn read_gpu(
             .map_or(Reading::Unsupported, Reading::Value),
         gpm: gpm(nvml, device, state, &lost),
         processes: processes(device, state, procs, &lost),
+        // The kubelet's allocation is the agent's to add: NVML does not know pods.
+        allocation: None,
     };
     if lost.get() {
         sample = DeviceSample::lost(info.uuid.clone());

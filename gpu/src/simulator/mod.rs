@@ -2,6 +2,7 @@
 //! the same readings, so tests can assert on them and demos look alive.
 
 mod models;
+mod pods;
 mod scenario;
 mod spec;
 
@@ -487,6 +488,7 @@ impl Simulator {
             xid_errors: Reading::Value(g.xids.clone()),
             gpm,
             processes: Reading::Value(processes),
+            allocation: None,
         };
         for field in &self.spec.hidden {
             sample.mark(*field, FieldStatus::Unsupported);
@@ -509,7 +511,13 @@ impl GpuBackend for Simulator {
 
     fn sample(&mut self, now_unix_ms: i64) -> Vec<DeviceSample> {
         (0..self.gpus.len())
-            .map(|i| self.sample_gpu(i, now_unix_ms))
+            .map(|i| {
+                let mut sample = self.sample_gpu(i, now_unix_ms);
+                // A lost GPU is still held by its pod: the kubelet does not know it fell
+                // off the bus.
+                sample.allocation = pods::allocation(&self.spec, &self.inventory[i]);
+                sample
+            })
             .collect()
     }
 }

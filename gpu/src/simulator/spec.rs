@@ -26,6 +26,10 @@ pub struct SimSpec {
     pub hidden: Vec<Field>,
     /// MIG instances per GPU (0: MIG off). Only on models that have MIG (not the L4).
     pub mig: u32,
+    /// Pods the simulator plays on the GPUs without a kubelet (0: none, the default):
+    /// pod `k` holds GPU `k` (its MIG devices, with MIG on), GPUs past the last pod
+    /// are unallocated. 0..=`gpus`.
+    pub pods: u32,
     /// The identity of the host playing these GPUs (the agent id), mixed into the UUIDs
     /// so that two agents with the same seed never report the same GPU. Not part of the
     /// `--simulate` syntax; empty (the default) leaves the UUIDs to the seed alone.
@@ -41,6 +45,7 @@ impl Default for SimSpec {
             seed: 1,
             hidden: Vec::new(),
             mig: 0,
+            pods: 0,
             host: String::new(),
         }
     }
@@ -53,13 +58,16 @@ impl SimSpec {
     /// The `--simulate` syntax, from the same lists the parser accepts.
     pub fn help() -> String {
         format!(
-            "Simulate GPUs instead of reading NVML: gpus=N,model=M,scenario=S[,seed=N][,hide=field+field][,mig=N], \
+            "Simulate GPUs instead of reading NVML: gpus=N,model=M,scenario=S[,seed=N][,hide=field+field][,mig=N][,pods=N], \
              e.g. \"gpus=8,model=h100-sxm,scenario=thermal\". gpus: 1 to {MAX_GPUS} [default: {DEFAULT_GPUS}]. \
              Models: {}. Scenarios: {}. seed: a whole number [default: 1]. hide: fields the host hides ({}). \
-             mig: MIG instances per GPU, 0 to {MAX_MIG_INSTANCES}",
+             mig: MIG instances per GPU, 0 to {MAX_MIG_INSTANCES}. \
+             pods: Kubernetes pods holding the first N GPUs, 0 to gpus, in namespaces {} \
+             (a kubelet given with --pod-resources-socket takes precedence)",
             GpuModel::NAMES.map(|(n, _)| n).join(", "),
             Scenario::NAMES.map(|(n, _)| n).join(", "),
             Field::ALL.map(Field::name).join(", "),
+            super::pods::NAMESPACES.join(", "),
         )
     }
 }
@@ -121,6 +129,13 @@ impl FromStr for SimSpec {
                             "mig={value}: give the MIG instances per GPU, 0 to {MAX_MIG_INSTANCES}"
                         ))
                     })?,
+                "pods" => {
+                    out.pods = value.parse().map_err(|_| {
+                        invalid(format!(
+                            "pods={value}: give the number of pods, 0 to the number of GPUs"
+                        ))
+                    })?
+                }
                 "hide" => {
                     out.hidden = value
                         .split('+')
@@ -139,10 +154,16 @@ impl FromStr for SimSpec {
                 }
                 other => {
                     return Err(invalid(format!(
-                        "unknown key {other:?}; known keys: gpus, model, scenario, seed, hide, mig"
+                        "unknown key {other:?}; known keys: gpus, model, scenario, seed, hide, mig, pods"
                     )));
                 }
             }
+        }
+        if out.pods > out.gpus {
+            return Err(invalid(format!(
+                "pods={}: a pod holds one GPU here, so give 0 to gpus ({})",
+                out.pods, out.gpus
+            )));
         }
         if out.mig > 0 && out.model == GpuModel::L4 {
             return Err(invalid(
@@ -170,6 +191,9 @@ impl fmt::Display for SimSpec {
         if self.mig > 0 {
             write!(f, ",mig={}", self.mig)?;
         }
+        if self.pods > 0 {
+            write!(f, ",pods={}", self.pods)?;
+        }
         Ok(())
     }
 }
@@ -187,7 +211,15 @@ mod tests {
         for (name, _) in Scenario::NAMES {
             assert!(help.contains(name), "{name} missing from {help}");
         }
-        for key in ["gpus=", "model=", "scenario=", "seed=", "hide=", "mig="] {
+        for key in [
+            "gpus=",
+            "model=",
+            "scenario=",
+            "seed=",
+            "hide=",
+            "mig=",
+            "pods=",
+        ] {
             assert!(help.contains(key), "{key} missing from {help}");
         }
     }
@@ -208,6 +240,9 @@ mod tests {
         assert_eq!(s.to_string().parse::<SimSpec>().unwrap(), s);
         let s: SimSpec = "gpus=2,model=a100,mig=3".parse().unwrap();
         assert_eq!(s.to_string().parse::<SimSpec>().unwrap(), s);
+        let s: SimSpec = "gpus=4,mig=2,pods=3".parse().unwrap();
+        assert_eq!(s.pods, 3);
+        assert_eq!(s.to_string().parse::<SimSpec>().unwrap(), s);
     }
 
     #[test]
@@ -223,6 +258,8 @@ mod tests {
             ("hide=fan", "unknown field \"fan\""),
             ("mig=9", "0 to 7"),
             ("model=l4,mig=2", "no MIG mode"),
+            ("gpus=2,pods=3", "0 to gpus (2)"),
+            ("pods=x", "pods=x: give the number of pods"),
         ] {
             let err = spec.parse::<SimSpec>().unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");

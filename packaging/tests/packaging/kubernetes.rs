@@ -250,11 +250,25 @@ fn the_agent_runs_on_gpu_nodes_with_nvml_and_the_hosts_proc_only() {
     assert_eq!(host_path(config.proc_root.to_str().unwrap()), "/proc");
     let dmi = config.sysfs_root.join("sys/class/dmi");
     assert_eq!(host_path(dmi.to_str().unwrap()), "/sys/class/dmi");
+    // The kubelet's pod-resources socket, where the agent looks for it: its directory
+    // alone, read-only.
+    let socket = config.pod_resources_socket.clone();
+    let socket_dir = socket.parent().expect("a socket in a directory");
+    assert_eq!(
+        host_path(socket_dir.to_str().unwrap()),
+        socket_dir.to_str().unwrap(),
+        "{} is mounted from the host at the same path",
+        socket.display()
+    );
     let hosts: Vec<&str> = seq(volumes)
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    assert_eq!(hosts, ["/proc", "/sys/class/dmi"], "no other host path");
+    assert_eq!(
+        hosts,
+        ["/proc", "/sys/class/dmi", "/var/lib/kubelet/pod-resources"],
+        "no other host path"
+    );
     // The spool is the one writable mount, sized for spool_max_bytes.
     let spool_dir = config.spool_dir.as_deref().expect("a spool");
     let spool = seq(mounts)
