@@ -159,7 +159,7 @@ const BUSY: (&str, &str) = ("busy", "");
 #[rustfmt::skip]
 const FLEET: &[Host] = &[
     Host { name: "aws-thermal", provider: "aws", region: "us-east-1", instance_type: "p5.48xlarge", spec: "gpus=2,scenario=thermal,seed=1", expect: &[THROTTLED_THERMAL, THROTTLED_THERMAL] },
-    Host { name: "aws-training", provider: "aws", region: "us-east-1", instance_type: "p5.48xlarge", spec: "gpus=2,scenario=training,seed=2", expect: &[BUSY, BUSY] },
+    Host { name: "aws-training", provider: "aws", region: "us-east-1", instance_type: "p5.48xlarge", spec: "gpus=2,scenario=training,seed=2,pods=2", expect: &[BUSY, BUSY] },
     Host { name: "azure-nvlink", provider: "azure", region: "eastus", instance_type: "Standard_ND96isr_H100_v5", spec: "gpus=8,scenario=nvlink-errors,seed=3", expect: &[("erroring", ""); 8] },
     Host { name: "azure-pcie", provider: "azure", region: "eastus", instance_type: "Standard_ND96isr_H100_v5", spec: "gpus=2,scenario=pcie-degraded,seed=4", expect: &[("erroring", ""), ("erroring", "")] },
     Host { name: "crusoe-idle", provider: "crusoe", region: "us-northcentral1", instance_type: "h200-141gb-sxm-ib.8x", spec: "gpus=2,model=h200,scenario=idle,seed=5", expect: &[("idle", ""), ("idle", "")] },
@@ -326,7 +326,25 @@ async fn the_filter_in_the_url_shows_the_same_view_and_a_bad_one_is_named() {
         "{models:?}"
     );
 
-    for (query, named) in [("state=asleep", "state"), ("namespace=ml", "namespace")] {
+    // GPUs held by pods: the namespace filter keeps those of its namespace, and the
+    // tile's label names it.
+    let by_namespace = dump(format!("http://{}/fleet?namespace=inference", c.http_addr)).await;
+    let held: Vec<Attrs> = crate::tiles(&by_namespace);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0]["data-host"].as_str(), held[0]["data-gpu"].as_str()),
+        ("aws-training", "1")
+    );
+    assert!(
+        held[0]["aria-label"].contains("held in namespace inference"),
+        "{held:?}"
+    );
+    assert!(
+        by_namespace.contains("<option value=\"ml-training\">ml-training</option>"),
+        "every namespace is a choice"
+    );
+
+    for (query, named) in [("state=asleep", "state"), ("zone=x", "zone")] {
         let (status, body) = request(c.http_addr, "GET", &format!("/fleet?{query}"), &[], "").await;
         assert_eq!(status, 400, "{query}: {body}");
         assert!(body.contains(named), "{query}: {body}");

@@ -150,6 +150,11 @@ mod tests {
             severity: None,
             finding: None,
             util: Some(util),
+            // A change of pods alone is a change the page must be sent.
+            namespaces: match util % 3 {
+                0 => vec![],
+                n => vec![format!("ns-{n}")],
+            },
         }
     }
 

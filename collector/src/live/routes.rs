@@ -23,9 +23,9 @@ const PAGE: &str = include_str!("assets/fleet.html");
 const SCRIPT: &str = include_str!("assets/fleet.js");
 const STYLE: &str = include_str!("assets/fleet.css");
 
-/// Filter parameters of /fleet. Each narrows the tiles to one value; a namespace
-/// filter joins them once GPUs carry pods.
-pub const FILTERS: [&str; 5] = ["provider", "region", "model", "host", "state"];
+/// Filter parameters of /fleet. Each narrows the tiles to one value; `namespace`
+/// keeps the GPUs a pod of that namespace holds.
+pub const FILTERS: [&str; 6] = ["provider", "region", "model", "host", "namespace", "state"];
 
 /// Everything the fleet page's handlers need.
 #[derive(Clone)]

@@ -110,6 +110,19 @@ impl ReasonClass {
     }
 }
 
+/// The namespaces holding a GPU or any of its MIG devices, by its newest reading.
+fn namespaces(gpu: &GpuView) -> Vec<String> {
+    let mut out: Vec<String> = gpu
+        .latest
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .map(|a| a.holders().iter().map(|h| h.namespace.clone()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Whether a finding means the GPU reports errors (the tile then shows `erroring`).
 /// Every kind is named, so a new kind needs a decision here.
 pub fn is_error(kind: FindingKind) -> bool {
@@ -151,6 +164,10 @@ pub struct Tile {
     /// Newest utilisation in steps of [`TILE_UTILIZATION_STEP_PERCENT`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub util: Option<u32>,
+    /// Namespaces of the pods holding the GPU or its MIG devices, sorted; empty when
+    /// nobody holds it or the host does not say (not Kubernetes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 impl Tile {
@@ -171,6 +188,7 @@ impl Tile {
                 .as_ref()
                 .and_then(|s| s.gpu_utilization_percent.value())
                 .map(step_utilization),
+            namespaces: namespaces(gpu),
         }
     }
 

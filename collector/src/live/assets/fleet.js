@@ -5,7 +5,7 @@
 (function () {
   // Filters the URL may carry. A namespace filter joins them once GPUs carry pods:
   // each filter is a tile dimension, so it is one more entry here.
-  const FILTERS = ["provider", "region", "model", "host", "state"];
+  const FILTERS = ["provider", "region", "model", "host", "namespace", "state"];
   const STATES = ["down", "lost", "erroring", "throttled", "busy", "idle", "unknown"];
   const REASONS = { thermal: "thermal", hardware_slowdown: "hardware slowdown", power: "power", clocks: "clocks" };
   const GLYPH = { critical: "!!", warning: "!", info: "i" };
@@ -48,12 +48,17 @@
   }
 
   function dims(host, tile) {
-    return { provider: host.provider, region: host.region, model: tile.model, host: host.host, state: tile.state };
+    // A GPU shared by pods of several namespaces matches each of them; "" is unheld.
+    const namespaces = tile.namespaces && tile.namespaces.length ? tile.namespaces : [""];
+    return { provider: host.provider, region: host.region, model: tile.model, host: host.host, namespace: namespaces, state: tile.state };
   }
 
   function matches(host, tile, f) {
     const d = dims(host, tile);
-    for (const k in f) if (!f[k].includes(d[k])) return false;
+    for (const k in f) {
+      const v = Array.isArray(d[k]) ? d[k] : [d[k]];
+      if (!v.some((x) => f[k].includes(x))) return false;
+    }
     return true;
   }
 
@@ -61,6 +66,7 @@
     let s = host.host + " GPU " + tile.gpu + " (" + tile.model + "): " + tile.state;
     if (tile.reason) s += " (" + REASONS[tile.reason] + ")";
     if (tile.util !== undefined) s += ", about " + tile.util + "% utilised";
+    if (tile.namespaces && tile.namespaces.length) s += ", held in namespace " + tile.namespaces.join(", ");
     if (tile.severity) s += "; worst finding " + tile.severity + ": " + tile.finding.replace(/_/g, " ");
     return s;
   }
@@ -110,10 +116,13 @@
   function renderFilters(f) {
     const nav = $("filters");
     nav.replaceChildren();
-    const values = { provider: new Set(), region: new Set(), model: new Set(), host: new Set(), state: new Set(STATES) };
+    const values = { provider: new Set(), region: new Set(), model: new Set(), host: new Set(), namespace: new Set(), state: new Set(STATES) };
     for (const h of hosts.values()) {
       values.provider.add(h.provider); values.region.add(h.region); values.host.add(h.host);
-      for (const t of h.gpus) values.model.add(t.model);
+      for (const t of h.gpus) {
+        values.model.add(t.model);
+        for (const n of t.namespaces || []) values.namespace.add(n);
+      }
     }
     for (const k of FILTERS) {
       const id = "filter-" + k;
