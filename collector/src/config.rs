@@ -265,6 +265,80 @@ impl Default for Limits {
     }
 }
 
+/// Connections each listener (gRPC and HTTP, counted apart) holds open at once; past
+/// it, a new connection is closed on arrival. Above `limits.max_agents` so that every
+/// agent fits with room for scrapers and reconnects.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// A connection on which nothing is sent or received this long is closed. gRPC pings
+/// every third of it, so a healthy agent between batches is never idle that long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An HTTP request's head must arrive in full this soon after the connection opens or
+/// the previous answer went; hyper's own default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds on the connections of both listeners (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// Connections open at once on each listener; past it, new ones are closed on
+    /// arrival and counted in `gpulse_collector_connections_refused_total`. Keep the
+    /// process's file descriptor limit (LimitNOFILE) above twice this. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// A connection that sends and receives nothing for this long is closed, counted in
+    /// `gpulse_collector_idle_connections_closed_total`; gRPC keepalive pings go every
+    /// third of it and must be answered within another third. At least 3s. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// An HTTP request's head (request line and headers) must arrive in full this soon
+    /// after the connection opens or the previous answer went, else the connection is
+    /// closed: a client trickling its headers, or idle between requests, lets go of its
+    /// slot. At least 1s. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+impl ListenerLimits {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| ConfigError::Invalid {
+            setting,
+            reason: reason.to_string(),
+        };
+        if self.max_connections == 0 {
+            return Err(invalid("listeners.max_connections", "must be at least 1"));
+        }
+        if self.idle_timeout < Duration::from_secs(3) {
+            return Err(invalid(
+                "listeners.idle_timeout",
+                "must be at least 3s: gRPC keepalive pings go every third of it",
+            ));
+        }
+        if self.header_read_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "listeners.header_read_timeout",
+                "must be at least 1s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How often HTTP/2 connections (all of gRPC's) are pinged, and how long an answer
+    /// may take.
+    pub fn keepalive(&self) -> Duration {
+        self.idle_timeout / 3
+    }
+}
+
 /// The collector's configuration file (`--config`, TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -322,6 +396,7 @@ pub struct CollectorConfig {
     /// off; at most 64. Default [`DEFAULT_FINDINGS_READINGS`].
     pub findings_readings: usize,
     pub limits: Limits,
+    pub listeners: ListenerLimits,
     pub ledger: LedgerConfig,
     pub bare_metal: BareMetalConfig,
     /// Receivers the collector pushes its series to with Prometheus remote write 1.0,
@@ -366,6 +441,7 @@ impl Default for CollectorConfig {
             dcgm_compat: DEFAULT_DCGM_COMPAT,
             findings_readings: DEFAULT_FINDINGS_READINGS,
             limits: Limits::default(),
+            listeners: ListenerLimits::default(),
             ledger: LedgerConfig::default(),
             bare_metal: BareMetalConfig::default(),
             remote_write: Vec::new(),
@@ -483,6 +559,7 @@ impl CollectorConfig {
                 "must be at least 65536 (64 KiB)",
             );
         }
+        self.listeners.check()?;
         let g = &self.ledger;
         if let Some(url) = &g.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -605,6 +682,11 @@ mod tests {
             ("agent_expiry = \"5 parsecs\"", "agent_expiry"),
             ("grpc_listen = \"localhost\"", "grpc_listen"),
             ("[limits]\nmax_agnts = 3", "unknown field `max_agnts`"),
+            (
+                "[listeners]\nidle_timout = \"1m\"",
+                "unknown field `idle_timout`",
+            ),
+            ("[listeners]\nidle_timeout = 60", "idle_timeout"),
             ("dcgm_compat = \"al\"", "use off (gpulse names only), also"),
             ("dcgm_compat = true", "dcgm_compat"),
             ("[ledger]\nurl = 5", "url"),
@@ -838,6 +920,30 @@ mod tests {
             let err = parse(text).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn listener_limits_that_cannot_work_are_named() {
+        for (text, needle) in [
+            (
+                "[listeners]\nmax_connections = 0",
+                "listeners.max_connections: must be at least 1",
+            ),
+            (
+                "[listeners]\nidle_timeout = \"1s\"",
+                "listeners.idle_timeout: must be at least 3s",
+            ),
+            (
+                "[listeners]\nheader_read_timeout = \"0s\"",
+                "listeners.header_read_timeout: must be at least 1s",
+            ),
+        ] {
+            let err = parse(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let c = parse("[listeners]\nidle_timeout = \"30s\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listeners.keepalive(), Duration::from_secs(10));
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! (/api/v1/report, JSON or FOCUS-shaped CSV) and page (/report), and an index at /.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use prometheus::Registry;
+use futures::FutureExt;
+use prometheus::{IntCounter, Registry};
 
 use gpulse_exposition::ExpositionOptions;
 
@@ -61,9 +65,20 @@ pub(crate) struct HttpState {
     pub ledger: Option<store::LedgerSource>,
     /// The ledger's writer: readiness asks whether it can commit a batch now.
     pub ledger_writer: Option<store::StoreHandle>,
+    /// Requests whose handler panicked.
+    pub panics: IntCounter,
 }
 
-pub(crate) fn router(state: HttpState) -> Router {
+/// Every HTTP route: these and `more` (the fleet page's), all behind the one layer that
+/// turns a handler's panic into a counted 500.
+pub(crate) fn router(state: HttpState, more: Router) -> Router {
+    let panics = state.panics.clone();
+    routes(state)
+        .merge(more)
+        .layer(middleware::from_fn_with_state(panics, answer_panics))
+}
+
+fn routes(state: HttpState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
@@ -73,6 +88,92 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/api/v1/findings", get(findings_api))
         .route("/report", get(report_page))
         .with_state(state)
+}
+
+/// A handler that panics answers 500, is logged and counted; the connection and every
+/// other request carry on. Without this the panic would end the connection's task and
+/// the client would see the connection drop.
+async fn answer_panics(State(panics): State<IntCounter>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            panics.inc();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(
+                path,
+                panic = message,
+                "a request failed on a bug and was answered 500; please report it"
+            );
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: this request failed on a bug in the collector; it is logged\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The result of work moved off the async workers; a panic there goes on to
+/// [`answer_panics`] like one in the handler itself.
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// A request's query parameters, each one of `allowed` and given at most once.
+#[derive(Debug)]
+struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Reads the query; whatever is wrong with it is a [`ParamError`] naming the
+    /// parameter, or `query` when no single one is at fault.
+    fn parse(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        allowed: &[&str],
+    ) -> Result<Params, ParamError> {
+        let Query(pairs) = query.map_err(|e| ParamError {
+            parameter: "query",
+            reason: format!("{}; percent-encode each name and value", e.body_text()),
+        })?;
+        let mut params = HashMap::new();
+        for (k, v) in pairs {
+            let Some(known) = allowed.iter().find(|a| **a == k) else {
+                return Err(ParamError {
+                    parameter: "query",
+                    reason: format!("unknown parameter {k:?}; known: {}", allowed.join(", ")),
+                });
+            };
+            if params.insert(k, v).is_some() {
+                return Err(ParamError {
+                    parameter: known_name(known),
+                    reason: "given more than once; give it once".into(),
+                });
+            }
+        }
+        Ok(Params(params))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// The `'static` name of a known parameter, for its error.
+fn known_name(name: &str) -> &'static str {
+    REPORT_PARAMS
+        .iter()
+        .chain(&FINDINGS_PARAMS)
+        .find(|p| **p == name)
+        .copied()
+        .unwrap_or("query")
 }
 
 async fn index() -> Html<&'static str> {
@@ -129,8 +230,8 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     }
     let scrape = state.scrape.clone();
     // Rendering a large fleet takes milliseconds of CPU: keep it off the async workers.
-    match tokio::task::spawn_blocking(move || scrape.render()).await {
-        Ok(body) => (
+    match joined(tokio::task::spawn_blocking(move || scrape.render()).await) {
+        Some(body) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -138,7 +239,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
             body,
         )
             .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
     }
 }
 
@@ -149,38 +250,38 @@ const FINDINGS_PARAMS: [&str; 2] = ["severity", "host"];
 async fn findings_api(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    let filter = match check_params(&q, &FINDINGS_PARAMS).and_then(|()| {
-        crate::findings::Filter::parse(
-            q.get("severity").map(String::as_str),
-            q.get("host").map(String::as_str),
-        )
-    }) {
+    let filter = match Params::parse(query, &FINDINGS_PARAMS)
+        .and_then(|q| crate::findings::Filter::parse(q.get("severity"), q.get("host")))
+    {
         Ok(f) => f,
         Err(e) => return bad_param(&e),
     };
     let fleet = state.scrape.fleet.clone();
     // The rules run on every GPU: keep that off the async workers.
-    match tokio::task::spawn_blocking(move || {
-        crate::findings::report(fleet.as_ref(), &filter, now_ms())
-    })
-    .await
-    {
-        Ok(report) => (
+    match joined(
+        tokio::task::spawn_blocking(move || {
+            crate::findings::report(fleet.as_ref(), &filter, now_ms())
+        })
+        .await,
+    ) {
+        Some(report) => (
             [(header::CONTENT_TYPE, "application/json")],
             serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
         )
             .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "findings failed\n").into_response(),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "findings failed\n").into_response(),
     }
 }
 
 /// Report parameters accepted; anything else is refused, so a typo does not pass silently.
 const REPORT_PARAMS: [&str; 5] = ["from", "to", "group_by", "format", "granularity"];
+/// The report page's parameters.
+const PAGE_PARAMS: [&str; 2] = ["from", "to"];
 
 fn bad_param(e: &ParamError) -> Response {
     let body = serde_json::json!({ "error": e.to_string(), "parameter": e.parameter });
@@ -190,16 +291,6 @@ fn bad_param(e: &ParamError) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-fn check_params(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ParamError> {
-    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ParamError {
-            parameter: "query",
-            reason: format!("unknown parameter {k:?}; known: {}", allowed.join(", ")),
-        }),
-        None => Ok(()),
-    }
 }
 
 fn now_ms() -> i64 {
@@ -218,28 +309,28 @@ async fn with_ledger<T: Send + 'static>(
         )
             .into_response());
     };
-    let result = tokio::task::spawn_blocking(move || source.read(f)).await;
+    let result = joined(tokio::task::spawn_blocking(move || source.read(f)).await);
     match result {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "a report failed");
             Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response())
         }
-        Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "the report failed\n").into_response()),
+        None => Err((StatusCode::INTERNAL_SERVER_ERROR, "the report failed\n").into_response()),
     }
 }
 
 async fn report_api(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     let parsed = (|| {
-        check_params(&q, &REPORT_PARAMS)?;
-        let csv = match q.get("format").map(String::as_str) {
+        let q = Params::parse(query, &REPORT_PARAMS)?;
+        let csv = match q.get("format") {
             None | Some("json") => false,
             Some("csv") => true,
             Some(other) => {
@@ -249,7 +340,7 @@ async fn report_api(
                 });
             }
         };
-        let by_day = match q.get("granularity").map(String::as_str) {
+        let by_day = match q.get("granularity") {
             None | Some("day") => csv,
             Some("window") => false,
             Some(other) => {
@@ -259,13 +350,9 @@ async fn report_api(
                 });
             }
         };
-        let window = Window::parse(
-            q.get("from").map(String::as_str),
-            q.get("to").map(String::as_str),
-            now_ms(),
-        )?;
+        let window = Window::parse(q.get("from"), q.get("to"), now_ms())?;
         let default: &[Dim] = if csv { &[Dim::Gpu] } else { &[Dim::Provider] };
-        let group_by = Dim::parse_list(q.get("group_by").map(String::as_str), default)?;
+        let group_by = Dim::parse_list(q.get("group_by"), default)?;
         Ok((csv, by_day, window, group_by))
     })();
     let (csv, by_day, window, group_by) = match parsed {
@@ -303,18 +390,13 @@ async fn report_api(
 async fn report_page(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    let window = check_params(&q, &["from", "to"]).and_then(|()| {
-        Window::parse(
-            q.get("from").map(String::as_str),
-            q.get("to").map(String::as_str),
-            now_ms(),
-        )
-    });
+    let window = Params::parse(query, &PAGE_PARAMS)
+        .and_then(|q| Window::parse(q.get("from"), q.get("to"), now_ms()));
     let window = match window {
         Ok(w) => w,
         Err(e) => {
@@ -337,5 +419,73 @@ async fn report_page(
     {
         Ok(html) => Html(html).into_response(),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `app` behind the panic guard on loopback; its address and the counter.
+    async fn serve(app: Router) -> (std::net::SocketAddr, IntCounter) {
+        let panics = IntCounter::new("panics_total", "panics").unwrap();
+        let app = app.layer(middleware::from_fn_with_state(
+            panics.clone(),
+            answer_panics,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, panics)
+    }
+
+    /// One GET on its own connection: the status, or `None` when the connection dropped.
+    async fn status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        String::from_utf8_lossy(&raw)
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn bug() -> &'static str {
+        panic!("a bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_counted_500_and_the_server_carries_on() {
+        let app = Router::new()
+            .route("/in-handler", get(|| async { bug() }))
+            .route(
+                "/off-the-workers",
+                get(|| async {
+                    joined(tokio::task::spawn_blocking(bug).await).unwrap_or("cancelled")
+                }),
+            )
+            .route("/fine", get(|| async { "ok" }));
+        let (addr, panics) = serve(app).await;
+        assert_eq!(status(addr, "/in-handler").await, Some(500));
+        assert_eq!(status(addr, "/off-the-workers").await, Some(500));
+        assert_eq!(panics.get(), 2);
+        assert_eq!(status(addr, "/fine").await, Some(200));
+        assert_eq!(panics.get(), 2);
+    }
+
+    #[test]
+    fn a_parameter_given_twice_is_named() {
+        let uri: axum::http::Uri = "/api/v1/report?from=7d&from=1d".parse().unwrap();
+        let e = Params::parse(Query::try_from_uri(&uri), &REPORT_PARAMS).unwrap_err();
+        assert_eq!(e.parameter, "from");
+        let uri: axum::http::Uri = "/report?form=7d".parse().unwrap();
+        let e = Params::parse(Query::try_from_uri(&uri), &PAGE_PARAMS).unwrap_err();
+        assert_eq!(e.parameter, "query");
+        assert!(e.reason.contains("\"form\""), "{e}");
     }
 }

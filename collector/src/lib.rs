@@ -22,6 +22,7 @@ pub mod findings;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 #[cfg(test)]
@@ -41,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info};
 
@@ -52,8 +53,9 @@ use crate::config::{CollectorConfig, ConfigError};
 use crate::cost::metrics::CostSeries;
 use crate::cost::{Cost, CostError};
 use crate::fleet::Fleet;
+use crate::listener::ListenerMetrics;
 use crate::metrics::SelfMetrics;
-use crate::tls::{ServerTls, TlsError, TlsListener};
+use crate::tls::{ServerTls, TlsError};
 use crate::validate::RejectKind;
 
 /// Why the collector could not start.
@@ -210,6 +212,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
     let cost = Cost::start(&config)?;
     let registry = Registry::new();
     let metrics = SelfMetrics::new(&registry)?;
+    let listener_metrics = ListenerMetrics::new(&registry)?;
     let fleet = Fleet::with_findings_readings(config.limits.clone(), config.findings_readings);
     let scrape = http::Scrape {
         fleet: fleet.clone(),
@@ -260,13 +263,26 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         metrics: metrics.clone(),
     };
     let interceptor = move |req| auth.check(req);
+    // Pings keep a healthy but quiet agent's connection from looking idle, and close
+    // one whose peer stopped answering.
+    let keepalive = config.listeners.keepalive();
     let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         .add_service(InterceptedService::new(server, interceptor));
     let grpc_stop = stop_rx.clone();
+    let (grpc_acceptor, grpc_connections) = listener::accept(
+        "grpc",
+        grpc_listener,
+        &config.listeners,
+        &listener_metrics,
+        stop_rx.clone(),
+    );
+    tasks.push(grpc_acceptor);
     match grpc_tls {
         None => tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(grpc_listener);
+            let incoming = ReceiverStream::new(grpc_connections)
+                .map(|(conn, _)| Ok::<_, std::io::Error>(conn));
             if let Err(e) = grpc
                 .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
                 .await
@@ -276,14 +292,14 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         })),
         Some(server_config) => {
             let refused = metrics.clone();
-            let (acceptor, accepted) = tls::accept(
+            let (handshakes, accepted) = tls::accept(
                 "gRPC",
-                grpc_listener,
+                grpc_connections,
                 server_config,
                 move || refused.reject(RejectKind::Unauthenticated),
                 stop_rx.clone(),
             );
-            tasks.push(acceptor);
+            tasks.push(handshakes);
             tasks.push(tokio::spawn(async move {
                 let incoming =
                     ReceiverStream::new(accepted).map(|(tls, _)| Ok::<_, std::io::Error>(tls));
@@ -310,44 +326,55 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         stop_rx.clone(),
     )?;
     tasks.push(fleet_page.clone().run());
-    let app = http::router(http::HttpState {
-        scrape: scrape.clone(),
-        ready: ready.clone(),
-        token: http_token.clone(),
-        ledger: Some(cost.store.source().clone()),
-        ledger_writer: Some(cost.store.clone()),
-    })
-    .merge(live::router(live::FleetPage {
-        hub: fleet_page.clone(),
-        source: fleet.clone(),
-        access: live::access::Access::new(http_token, http_tls.is_some()),
-    }));
+    let app = http::router(
+        http::HttpState {
+            scrape: scrape.clone(),
+            ready: ready.clone(),
+            token: http_token.clone(),
+            ledger: Some(cost.store.source().clone()),
+            ledger_writer: Some(cost.store.clone()),
+            panics: listener_metrics.http_panics.clone(),
+        },
+        live::router(live::FleetPage {
+            hub: fleet_page.clone(),
+            source: fleet.clone(),
+            access: live::access::Access::new(http_token, http_tls.is_some()),
+        }),
+    );
     let http_stop = stop_rx.clone();
+    let (http_acceptor, http_connections) = listener::accept(
+        "http",
+        http_listener,
+        &config.listeners,
+        &listener_metrics,
+        stop_rx.clone(),
+    );
+    tasks.push(http_acceptor);
+    let header_read_timeout = config.listeners.header_read_timeout;
     match http_tls {
-        None => tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(stopped(http_stop))
-                .await
-            {
-                error!(error = %e, "HTTP server failed; /metrics is not served");
-            }
-        })),
+        None => tasks.push(tokio::spawn(listener::serve_http(
+            http_connections,
+            app,
+            header_read_timeout,
+            keepalive,
+            http_stop,
+        ))),
         Some(server_config) => {
-            let (acceptor, accepted) =
-                tls::accept("HTTP", http_listener, server_config, || {}, stop_rx.clone());
-            tasks.push(acceptor);
-            let listener = TlsListener {
+            let (handshakes, accepted) = tls::accept(
+                "HTTP",
+                http_connections,
+                server_config,
+                || {},
+                stop_rx.clone(),
+            );
+            tasks.push(handshakes);
+            tasks.push(tokio::spawn(listener::serve_http(
                 accepted,
-                local: http_addr,
-            };
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped(http_stop))
-                    .await
-                {
-                    error!(error = %e, "HTTP server failed; /metrics is not served");
-                }
-            }));
+                app,
+                header_read_timeout,
+                keepalive,
+                http_stop,
+            )));
         }
     }
 

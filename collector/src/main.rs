@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use gpulse_collector::config::{CollectorConfig, HttpClientAuth};
 use gpulse_collector::cost::report::{self, Dim, Window};
-use gpulse_collector::cost::store;
+use gpulse_collector::cost::{sqlite, store};
 use gpulse_collector::remote_write::RemoteWriteConfig;
 use gpulse_exposition::dcgm::DcgmCompat;
 
@@ -107,6 +107,15 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Copy the SQLite ledger under --data-dir to a new file, while a collector keeps
+    /// writing it (SQLite's online backup API). The copy is one file that passed SQLite's
+    /// quick check; docs/ledger.md says how to restore it. A PostgreSQL ledger is backed
+    /// up with PostgreSQL's own tools (pg_dump, or base backups with WAL archiving).
+    Backup {
+        /// The file to write; it must not exist yet.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 impl Cli {
@@ -179,20 +188,28 @@ async fn run() -> anyhow::Result<()> {
         gpulse_cli::write_stdout(&gpulse_collector::example_config())?;
         return Ok(());
     }
-    if let Some(Command::Report {
-        since,
-        until,
-        group_by,
-        format,
-    }) = cli.command.take()
-    {
-        let config = cli.into_config()?;
-        // Off the async workers: the PostgreSQL client blocks on a runtime of its own.
-        return tokio::task::spawn_blocking(move || {
-            print_report(&config, &since, until.as_deref(), &group_by, &format)
-        })
-        .await
-        .context("the report stopped")?;
+    match cli.command.take() {
+        Some(Command::Report {
+            since,
+            until,
+            group_by,
+            format,
+        }) => {
+            let config = cli.into_config()?;
+            // Off the async workers: the PostgreSQL client blocks on a runtime of its own.
+            return tokio::task::spawn_blocking(move || {
+                print_report(&config, &since, until.as_deref(), &group_by, &format)
+            })
+            .await
+            .context("the report stopped")?;
+        }
+        Some(Command::Backup { to }) => {
+            let config = cli.into_config()?;
+            return tokio::task::spawn_blocking(move || backup(&config, &to))
+                .await
+                .context("the backup stopped")?;
+        }
+        None => {}
     }
     let config = cli.into_config()?;
     let running = gpulse_collector::start(config)
@@ -212,6 +229,23 @@ async fn run() -> anyhow::Result<()> {
         .context("cannot listen for Ctrl-C")?;
     tracing::info!("shutting down");
     running.shutdown().await;
+    Ok(())
+}
+
+fn backup(config: &CollectorConfig, to: &std::path::Path) -> anyhow::Result<()> {
+    if config.ledger.url.is_some() {
+        anyhow::bail!(
+            "the ledger is in PostgreSQL (--ledger-url): back it up with pg_dump or \
+             PostgreSQL's base backups (docs/ledger.md); this command copies the SQLite ledger"
+        );
+    }
+    let ledger = config.data_dir.join(store::LEDGER_FILE);
+    let bytes = sqlite::backup(&ledger, to)?;
+    gpulse_cli::write_stdout(&format!(
+        "backed up {} to {} ({bytes} bytes)\n",
+        ledger.display(),
+        to.display()
+    ))?;
     Ok(())
 }
 

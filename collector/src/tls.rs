@@ -14,12 +14,14 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClient
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
+
+use crate::listener::Guarded;
 
 /// A TLS handshake must finish this soon after the TCP connection opens, so a client
 /// that connects and says nothing does not hold a slot.
@@ -293,20 +295,21 @@ fn is_certificate_refusal(e: &io::Error) -> bool {
     )
 }
 
-/// Accepts TCP connections on `listener` and runs their TLS handshakes concurrently
-/// (at most [`MAX_PENDING_HANDSHAKES`], each within [`HANDSHAKE_TIMEOUT`]); finished
-/// ones come out of the returned queue. `on_refused` is called for each client whose
-/// certificate was missing or refused. Stops when `stop` turns true.
+/// A TLS connection over an accepted, guarded TCP connection.
+pub type TlsConnection = TlsStream<Guarded<TcpStream>>;
+
+/// Runs the TLS handshakes of the connections `listener::accept` gives concurrently (at
+/// most [`MAX_PENDING_HANDSHAKES`], each within [`HANDSHAKE_TIMEOUT`]); finished ones
+/// come out of the returned queue. `on_refused` is called for each client whose
+/// certificate was missing or refused. Stops when `stop` turns true or the connections
+/// end.
 pub fn accept(
     what: &'static str,
-    listener: TcpListener,
+    mut connections: mpsc::Receiver<(Guarded<TcpStream>, SocketAddr)>,
     config: Arc<ServerConfig>,
     on_refused: impl Fn() + Send + Sync + 'static,
     mut stop: watch::Receiver<bool>,
-) -> (
-    JoinHandle<()>,
-    mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-) {
+) -> (JoinHandle<()>, mpsc::Receiver<(TlsConnection, SocketAddr)>) {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -321,18 +324,12 @@ pub fn accept(
                 _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
             };
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait rather than spin.
-                        warn!(listener = what, error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
+                accepted = connections.recv() => match accepted {
+                    Some(a) => a,
+                    None => return,
                 },
                 _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
             };
-            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let on_refused = on_refused.clone();
@@ -357,30 +354,6 @@ pub fn accept(
         }
     });
     (task, rx)
-}
-
-/// The HTTP server's view of a TLS listener: connections whose handshake is done.
-#[derive(Debug)]
-pub struct TlsListener {
-    pub(crate) accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    pub(crate) local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor stopped: the server is shutting down; wait for it to notice.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]

@@ -495,6 +495,28 @@ pub const REMOTE_WRITE_LAST_SUCCESS: Def = gauge(
     "Unix time in seconds of a remote-write endpoint's last accepted request; 0 before the first.",
 );
 
+// The listeners (label `listener`: grpc or http) and the HTTP handlers.
+pub const COLLECTOR_CONNECTIONS_OPEN: Def = gauge(
+    "gpulse_collector_connections_open",
+    "Connections a listener holds open now, counted against its max_connections.",
+);
+pub const COLLECTOR_CONNECTIONS_REFUSED: Def = counter(
+    "gpulse_collector_connections_refused_total",
+    "Connections closed on arrival because the listener already held max_connections.",
+);
+pub const COLLECTOR_IDLE_CONNECTIONS_CLOSED: Def = counter(
+    "gpulse_collector_idle_connections_closed_total",
+    "Connections closed because nothing was sent or received on them for idle_timeout.",
+);
+pub const COLLECTOR_ACCEPT_ERRORS: Def = counter(
+    "gpulse_collector_accept_errors_total",
+    "Failed accepts by reason: fd_exhausted (EMFILE, ENFILE; the listener backs off) or other.",
+);
+pub const COLLECTOR_HTTP_PANICS: Def = counter(
+    "gpulse_collector_http_panics_total",
+    "HTTP requests whose handler panicked; each was answered 500 and logged.",
+);
+
 // The agent's own health (on the agent's optional /metrics).
 pub const AGENT_BATCHES_SENT: Def = counter(
     "gpulse_agent_batches_sent_total",
@@ -550,7 +572,7 @@ pub const AGENT_SAMPLE_DURATION: Def = gauge(
 );
 
 /// The collector's self-metrics.
-pub const COLLECTOR: [Def; 16] = [
+pub const COLLECTOR: [Def; 21] = [
     COLLECTOR_AGENTS_CONNECTED,
     COLLECTOR_AGENTS_KNOWN,
     COLLECTOR_AGENTS_EXPIRED,
@@ -567,6 +589,11 @@ pub const COLLECTOR: [Def; 16] = [
     REMOTE_WRITE_QUEUE_SAMPLES,
     REMOTE_WRITE_QUEUE_CAPACITY,
     REMOTE_WRITE_LAST_SUCCESS,
+    COLLECTOR_CONNECTIONS_OPEN,
+    COLLECTOR_CONNECTIONS_REFUSED,
+    COLLECTOR_IDLE_CONNECTIONS_CLOSED,
+    COLLECTOR_ACCEPT_ERRORS,
+    COLLECTOR_HTTP_PANICS,
 ];
 
 /// The agent's self-metrics.

@@ -120,41 +120,83 @@ impl Dim {
     }
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Earliest time a report covers: the epoch, where the ledger's hours start.
+pub const EARLIEST_MS: i64 = 0;
+/// Latest time a report covers: the start of the last hour RFC 3339 writes with a
+/// four-digit year (9999-12-31T23:00:00Z), so that `to`, rounded up to its hour, is
+/// still a time every report can print.
+pub const LATEST_MS: i64 = 253_402_297_200_000;
+/// The last second RFC 3339 writes with a four-digit year (9999-12-31T23:59:59Z).
+const LAST_WRITABLE_MS: i64 = LATEST_MS + HOUR_MS - 1000;
+
+/// Milliseconds since the epoch, or `None` before it or past `i64`.
+fn unix_ms(t: SystemTime) -> Option<i64> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC (`2026-11-01T00:00:00Z`).
+/// Milliseconds since the epoch as RFC 3339 UTC (`2026-11-01T00:00:00Z`). A time
+/// outside 1970..=9999 is written as the nearest one inside: windows never reach
+/// there ([`Window::parse`] refuses them), and writing must not fail on the way to
+/// saying so.
 pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let ms = ms.clamp(EARLIEST_MS, LAST_WRITABLE_MS);
+    let t = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// The range a report covers, for error messages.
+fn covered_range() -> String {
+    format!("{} to {}", rfc3339(EARLIEST_MS), rfc3339(LATEST_MS))
+}
+
 /// Reads a time: RFC 3339 in UTC, a date (midnight UTC), `now`, or a duration before now.
+/// Every time read lies in [`EARLIEST_MS`]..=[`LATEST_MS`]; one outside is an error
+/// naming `parameter`, as is a duration reaching back before the epoch.
 pub fn parse_time(parameter: &'static str, s: &str, now_ms: i64) -> Result<i64, ParamError> {
     let s = s.trim();
-    if s == "now" {
-        return Ok(now_ms);
-    }
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(unix_ms(t));
-    }
-    if s.len() == 10
-        && let Ok(t) = humantime::parse_rfc3339(&format!("{s}T00:00:00Z"))
+    let ms = if s == "now" {
+        Some(now_ms)
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        unix_ms(t)
+    } else if let Some(t) = (s.len() == 10)
+        .then(|| humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).ok())
+        .flatten()
     {
-        return Ok(unix_ms(t));
+        unix_ms(t)
+    } else if let Ok(d) = humantime::parse_duration(s) {
+        // A user's number meets the clock here: any duration must give a time or a clear
+        // error, never a wrapped one.
+        let before_epoch = || {
+            param(
+                parameter,
+                format!(
+                    "{s:?} before now is before 1970-01-01T00:00:00Z; a report covers {}",
+                    covered_range()
+                ),
+            )
+        };
+        let back = i64::try_from(d.as_millis()).map_err(|_| before_epoch())?;
+        Some(now_ms.checked_sub(back).ok_or_else(before_epoch)?)
+    } else {
+        return Err(param(
+            parameter,
+            format!(
+                "{s:?} is neither an RFC 3339 time in UTC (2026-11-01T00:00:00Z), a date \
+                 (2026-11-01), `now`, nor a duration before now (7d, 12h)"
+            ),
+        ));
+    };
+    match ms {
+        Some(ms) if (EARLIEST_MS..=LATEST_MS).contains(&ms) => Ok(ms),
+        _ => Err(param(
+            parameter,
+            format!(
+                "{s:?} is outside the times a report covers, {}",
+                covered_range()
+            ),
+        )),
     }
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now_ms - d.as_millis() as i64);
-    }
-    Err(param(
-        parameter,
-        format!(
-            "{s:?} is neither an RFC 3339 time in UTC (2026-11-01T00:00:00Z), a date \
-             (2026-11-01), `now`, nor a duration before now (7d, 12h)"
-        ),
-    ))
 }
 
 /// A report window, aligned to the ledger's hour buckets: `from` rounds down and `to` up.
@@ -165,15 +207,19 @@ pub struct Window {
 }
 
 impl Window {
-    /// From optional `from`/`to` parameters; `from` defaults to 7 days before `to`.
+    /// From optional `from`/`to` parameters; `from` defaults to 7 days before `to` (not
+    /// before the epoch). Both ends lie in [`EARLIEST_MS`]..=[`LATEST_MS`], so nothing
+    /// computed from them overflows.
     pub fn parse(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<Window, ParamError> {
         let to_ms = match to {
             Some(s) => parse_time("to", s, now_ms)?,
-            None => now_ms,
+            None => now_ms.clamp(EARLIEST_MS, LATEST_MS),
         };
         let from_ms = match from {
             Some(s) => parse_time("from", s, now_ms)?,
-            None => to_ms - DEFAULT_SINCE.as_millis() as i64,
+            None => to_ms
+                .saturating_sub(DEFAULT_SINCE.as_millis() as i64)
+                .max(EARLIEST_MS),
         };
         if from_ms >= to_ms {
             return Err(param(
@@ -194,10 +240,13 @@ impl Window {
         Ok(Window::aligned(from_ms, to_ms))
     }
 
+    /// `from` rounded down and `to` rounded up to whole hours; `to` saturates rather
+    /// than overflow.
     pub fn aligned(from_ms: i64, to_ms: i64) -> Window {
+        let to_hours = to_ms.div_euclid(HOUR_MS) + i64::from(to_ms.rem_euclid(HOUR_MS) != 0);
         Window {
             from_ms: from_ms.div_euclid(HOUR_MS) * HOUR_MS,
-            to_ms: (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS,
+            to_ms: to_hours.saturating_mul(HOUR_MS),
         }
     }
 
@@ -769,6 +818,118 @@ mod tests {
         let e = Window::parse(Some("now"), Some("1h"), now).unwrap_err();
         assert_eq!(e.parameter, "from");
         assert!(Window::parse(Some("1000d"), None, now).is_err());
+    }
+
+    #[test]
+    fn the_covered_range_is_what_rfc3339_writes() {
+        let latest = humantime::parse_rfc3339("9999-12-31T23:00:00Z").unwrap();
+        assert_eq!(unix_ms(latest), Some(LATEST_MS));
+        assert_eq!(rfc3339(LATEST_MS), "9999-12-31T23:00:00Z");
+        assert_eq!(rfc3339(LAST_WRITABLE_MS), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MIN), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn windows_at_the_edge_of_time_are_refused_by_name_or_served() {
+        let now = 1_800_000_000_000;
+        for (from, to, refused) in [
+            ("9999-12-31T00:00:00Z", "9999-12-31T23:30:00Z", Some("to")),
+            ("9999-12-31T00:00:00Z", "9999-12-31T23:59:59Z", Some("to")),
+            ("18445744073709551s", "now", Some("from")),
+            ("18446744073709551615ns", "now", Some("from")),
+            ("584942417355y", "now", Some("from")),
+            ("9999-12-31T00:00:00Z", "9999-12-31T23:00:00Z", None),
+            ("1970-01-01", "1970-01-01T00:00:01Z", None),
+        ] {
+            match (Window::parse(Some(from), Some(to), now), refused) {
+                (Err(e), Some(p)) => assert_eq!(e.parameter, p, "{from}..{to}: {e}"),
+                (Ok(w), None) => {
+                    assert!(w.from_ms < w.to_ms && w.to_ms <= LATEST_MS, "{w:?}");
+                }
+                (other, _) => panic!("{from}..{to}: {other:?}"),
+            }
+        }
+        let w = Window::parse(None, Some("1970-01-02"), now).unwrap();
+        assert_eq!(
+            w.from_ms, EARLIEST_MS,
+            "the default window stops at the epoch"
+        );
+    }
+
+    mod windows {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Anything a user may type for a time, built to find the edges.
+        fn time_text() -> impl Strategy<Value = String> {
+            let units = prop::sample::select(vec![
+                "ns", "us", "ms", "s", "m", "h", "d", "w", "M", "y", "",
+            ]);
+            let year = prop_oneof![0u32..10_000, Just(9999), Just(1970), 9998u32..10_000];
+            prop_oneof![
+                (1u32..21, any::<u64>(), units)
+                    .prop_map(|(digits, n, u)| format!("{}{u}", n % 10u64.saturating_pow(digits))),
+                (
+                    year.clone(),
+                    1u32..13,
+                    1u32..32,
+                    0u32..24,
+                    0u32..60,
+                    0u32..60
+                )
+                    .prop_map(|(y, mo, d, h, mi, s)| format!(
+                        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"
+                    )),
+                (year, 1u32..13, 1u32..32).prop_map(|(y, mo, d)| format!("{y:04}-{mo:02}-{d:02}")),
+                Just("now".to_string()),
+                ".{0,24}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_time_is_in_the_covered_range_or_an_error_naming_its_parameter(
+                text in time_text(),
+                now in EARLIEST_MS..=LATEST_MS,
+            ) {
+                match parse_time("from", &text, now) {
+                    Ok(ms) => prop_assert!((EARLIEST_MS..=LATEST_MS).contains(&ms), "{text}: {ms}"),
+                    Err(e) => {
+                        prop_assert_eq!(e.parameter, "from");
+                        prop_assert!(!e.reason.is_empty());
+                    }
+                }
+            }
+
+            #[test]
+            fn a_window_is_aligned_inside_the_range_or_refused_by_name(
+                from in proptest::option::of(time_text()),
+                to in proptest::option::of(time_text()),
+                now in EARLIEST_MS..=LATEST_MS,
+            ) {
+                match Window::parse(from.as_deref(), to.as_deref(), now) {
+                    Ok(w) => {
+                        prop_assert!(EARLIEST_MS <= w.from_ms && w.from_ms < w.to_ms);
+                        prop_assert!(w.to_ms <= LATEST_MS);
+                        prop_assert_eq!(w.from_ms % HOUR_MS, 0);
+                        prop_assert_eq!(w.to_ms % HOUR_MS, 0);
+                        prop_assert!(w.to_ms - w.from_ms <= MAX_WINDOW.as_millis() as i64 + HOUR_MS);
+                        // Everything a report prints of the window can be written.
+                        rfc3339(w.from_ms);
+                        rfc3339(w.to_ms);
+                    }
+                    Err(e) => prop_assert!(["from", "to"].contains(&e.parameter), "{e}"),
+                }
+            }
+
+            #[test]
+            fn aligning_never_overflows(from in any::<i64>(), to in any::<i64>()) {
+                let w = Window::aligned(from, to);
+                prop_assert!(w.from_ms <= from && w.from_ms % HOUR_MS == 0);
+                prop_assert!(w.to_ms >= to || w.to_ms == i64::MAX / HOUR_MS * HOUR_MS);
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! collector writes it; reports read it while it does.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,12 +24,182 @@ const SCHEMA_VERSION: i64 = 1;
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const OPEN_HINT: &str = "check that --data-dir is writable and not used by another collector";
+/// What to do with a damaged ledger; docs/ledger.md says it step by step.
+const RESTORE_HINT: &str = "do not start a collector on it: stop, move ledger.sqlite and its \
+     -wal, -shm and -committed files aside, copy your latest backup (gpulse-collector backup) \
+     to ledger.sqlite and start again; docs/ledger.md, \"Backup and restore\"";
+/// Beside the ledger: how many transactions it has committed, written after each commit.
+/// SQLite drops the commits of a write-ahead log cut short without a word; the ledger
+/// then counts fewer than this file says, which is how the loss is seen.
+pub const COMMITTED_SUFFIX: &str = "-committed";
+/// Messages of `PRAGMA quick_check` shown in an error; the rest are counted.
+const QUICK_CHECK_SHOWN: usize = 3;
+
+/// A ledger whose file is not what the collector wrote.
+fn damaged(path: &Path, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        target: path.display().to_string(),
+        reason: format!("the ledger is damaged: {reason}"),
+        hint: RESTORE_HINT,
+    }
+}
+
+/// Whether SQLite found the file is not a database, or a damaged one: no permission
+/// or setting fixes that.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
 
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |e| StoreError::Open {
-        target: path.display().to_string(),
-        reason: e.to_string(),
-        hint: OPEN_HINT,
+    move |e| {
+        if is_damage(&e) {
+            return damaged(path, e);
+        }
+        StoreError::Open {
+            target: path.display().to_string(),
+            reason: e.to_string(),
+            hint: OPEN_HINT,
+        }
+    }
+}
+
+/// The record of committed transactions beside `ledger`.
+pub fn committed_path(ledger: &Path) -> PathBuf {
+    let mut name = ledger.as_os_str().to_owned();
+    name.push(COMMITTED_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Checks a ledger file before anything writes to it: not emptied, readable as a
+/// database, SQLite's quick check clean, and holding every commit its record says it
+/// made. Returns the commits it holds.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let record = read_committed(path)?;
+    if len == 0 && record.is_some() {
+        return Err(damaged(path, "the file is empty (0 bytes)"));
+    }
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(|e| {
+            if is_damage(&e) {
+                damaged(path, e)
+            } else {
+                open_error(path)(e)
+            }
+        })?;
+    if problems != ["ok"] {
+        let shown = problems
+            .iter()
+            .take(QUICK_CHECK_SHOWN)
+            .cloned()
+            .collect::<Vec<_>>();
+        return Err(damaged(
+            path,
+            format!(
+                "SQLite's quick check found {} problem(s): {}",
+                problems.len(),
+                shown.join("; ")
+            ),
+        ));
+    }
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(open_error(path))?;
+    let held: i64 = if has_meta {
+        conn.query_row("SELECT value FROM meta WHERE key = 'commits'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(open_error(path))?
+        .unwrap_or(0)
+    } else {
+        0
+    };
+    if let Some(recorded) = record
+        && recorded > held
+    {
+        return Err(damaged(
+            path,
+            format!(
+                "it holds {held} commits but {} records {recorded}: its write-ahead log \
+                 (-wal) was cut short or garbled and acknowledged hours are missing",
+                committed_path(path).display()
+            ),
+        ));
+    }
+    Ok(held)
+}
+
+/// The count of commits recorded beside the ledger; `None` when there is no record
+/// (a new ledger, or one from a collector that kept none).
+fn read_committed(path: &Path) -> Result<Option<i64>, StoreError> {
+    let record = committed_path(path);
+    match std::fs::read_to_string(&record) {
+        Ok(text) => text.trim().parse::<i64>().map(Some).map_err(|_| {
+            damaged(
+                path,
+                format!(
+                    "{} holds {:?}, not a count of commits",
+                    record.display(),
+                    text.chars().take(40).collect::<String>()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Open {
+            target: record.display().to_string(),
+            reason: e.to_string(),
+            hint: OPEN_HINT,
+        }),
+    }
+}
+
+/// The open record of commits, rewritten in place after each commit: a fixed-width
+/// number, so a rewrite never leaves a longer old one's tail behind.
+struct CommittedRecord {
+    file: File,
+    path: PathBuf,
+}
+
+impl CommittedRecord {
+    fn open(ledger: &Path, commits: i64) -> Result<CommittedRecord, StoreError> {
+        let path = committed_path(ledger);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Open {
+                target: path.display().to_string(),
+                reason: e.to_string(),
+                hint: OPEN_HINT,
+            })?;
+        let record = CommittedRecord { file, path };
+        record.write(commits).map_err(|e| StoreError::Open {
+            target: record.path.display().to_string(),
+            reason: e.to_string(),
+            hint: OPEN_HINT,
+        })?;
+        Ok(record)
+    }
+
+    /// Not synced: the ledger's commit already is, and a record that lags it after a
+    /// power cut only checks less.
+    fn write(&self, commits: i64) -> std::io::Result<()> {
+        self.file
+            .write_all_at(format!("{commits:020}\n").as_bytes(), 0)
     }
 }
 
@@ -139,6 +311,11 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             .map_err(&open)?;
         }
     }
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('commits', 0)",
+        [],
+    )
+    .map_err(&open)?;
     Ok(())
 }
 
@@ -192,13 +369,25 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
 /// The writer's connection.
 pub struct SqliteWriter {
     conn: Connection,
+    /// Transactions committed, as `meta` holds them.
+    commits: i64,
+    committed: CommittedRecord,
 }
 
 impl SqliteWriter {
+    /// Opens the ledger after checking its integrity ([`check_integrity`]); a damaged
+    /// one is refused with what to do, before anything is written to it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(open_error(path))?;
+        let commits = check_integrity(&conn, path)?;
         init(&conn, path)?;
-        Ok(SqliteWriter { conn })
+        let committed = CommittedRecord::open(path, commits)?;
+        tracing::info!(ledger = %path.display(), commits, "the ledger passed its integrity check");
+        Ok(SqliteWriter {
+            conn,
+            commits,
+            committed,
+        })
     }
 }
 
@@ -370,7 +559,20 @@ impl WriteEngine for SqliteWriter {
     }
 
     fn commit(&mut self) -> Result<(), EngineError> {
-        self.conn.execute_batch("COMMIT").map_err(engine)
+        self.conn
+            .execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'commits'",
+                [],
+            )
+            .map_err(engine)?;
+        self.conn.execute_batch("COMMIT").map_err(engine)?;
+        self.commits += 1;
+        if let Err(e) = self.committed.write(self.commits) {
+            // The commit stands; only the check of a later start sees less.
+            tracing::warn!(record = %self.committed.path.display(), error = %e,
+                "cannot record the ledger's commit count");
+        }
+        Ok(())
     }
 
     fn rollback(&mut self) {
@@ -448,6 +650,99 @@ impl WriteEngine for SqliteWriter {
             .map_err(engine)?;
         Ok(hours + days)
     }
+}
+
+/// Why a backup was not made; nothing is left at the destination.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "no ledger at {0}: point --data-dir (or data_dir in --config) at the collector's data directory"
+    )]
+    NoLedger(PathBuf),
+    #[error("{0} exists: give the backup a new name, so no earlier backup is overwritten")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    Source(#[from] StoreError),
+    #[error(
+        "cannot write the backup {path}: {reason}; check that its directory exists, is writable and has room"
+    )]
+    Write { path: PathBuf, reason: String },
+    #[error("the copy at {path} failed SQLite's quick check ({reason}); it was removed: try again")]
+    Check { path: PathBuf, reason: String },
+}
+
+/// Waits between backup attempts while another connection holds a lock SQLite's
+/// backup must wait for.
+const BACKUP_RETRY: Duration = Duration::from_millis(50);
+
+/// Copies the ledger at `ledger` to a new file `to`, with SQLite's online backup API:
+/// one read transaction, so the copy is the ledger as of one commit, taken while a
+/// collector keeps writing. The copy is a single file (no -wal) that passed SQLite's
+/// quick check; it is written beside `to` and renamed into place, so `to` is either
+/// absent or whole. Returns its size in bytes.
+pub fn backup(ledger: &Path, to: &Path) -> Result<u64, BackupError> {
+    if !ledger.exists() {
+        return Err(BackupError::NoLedger(ledger.to_path_buf()));
+    }
+    if to.exists() {
+        return Err(BackupError::Exists(to.to_path_buf()));
+    }
+    let partial = {
+        let mut name = to.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    };
+    let result = copy_checked(ledger, &partial).and_then(|()| {
+        let write = |e: std::io::Error| BackupError::Write {
+            path: to.to_path_buf(),
+            reason: e.to_string(),
+        };
+        File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(write)?;
+        std::fs::rename(&partial, to).map_err(write)?;
+        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(write)?;
+        }
+        std::fs::metadata(to).map(|m| m.len()).map_err(write)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+fn copy_checked(ledger: &Path, partial: &Path) -> Result<(), BackupError> {
+    let _ = std::fs::remove_file(partial);
+    let write = |e: rusqlite::Error| BackupError::Write {
+        path: partial.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let source = SqliteReader::open(ledger)?.conn;
+    let mut copy = Connection::open(partial).map_err(write)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&source, &mut copy).map_err(write)?;
+        loop {
+            // -1: every page in one step, in one read transaction of the source.
+            match backup.step(-1).map_err(|e| open_error(ledger)(e))? {
+                rusqlite::backup::StepResult::Done => break,
+                _ => std::thread::sleep(BACKUP_RETRY),
+            }
+        }
+    }
+    // One self-contained file: a restored copy needs nothing beside it.
+    copy.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(write)?;
+    let verdict: String = copy
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(write)?;
+    if verdict != "ok" {
+        return Err(BackupError::Check {
+            path: partial.to_path_buf(),
+            reason: verdict,
+        });
+    }
+    copy.close().map_err(|(_, e)| write(e))
 }
 
 /// A read-only connection; works while a collector writes to the file (WAL).

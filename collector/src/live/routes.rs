@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -93,12 +93,20 @@ fn bad_parameter(parameter: &str, reason: String) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Html(format!(
-            "<!doctype html><title>bad fleet parameter</title><p>{}: {}</p>",
+            "<!doctype html><title>bad fleet parameter</title><p>parameter `{}`: {}</p>",
             crate::cost::page::esc(parameter),
             crate::cost::page::esc(&reason),
         )),
     )
         .into_response()
+}
+
+/// A query string's pairs, decoded leniently (bytes that are not UTF-8 become U+FFFD),
+/// so that a malformed query is judged by its names, with a 400 naming the one at
+/// fault, rather than refused whole without a name.
+fn pairs(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// Checks /fleet's query: known filters only, and states by their names. The error
@@ -132,8 +140,9 @@ async fn fleet_page(
     State(page): State<FleetPage>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    Query(q): Query<Vec<(String, String)>>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
+    let q = pairs(raw);
     let here = uri
         .path_and_query()
         .map_or("/fleet".to_string(), |p| p.to_string());
@@ -256,11 +265,12 @@ const RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 async fn events(
     State(page): State<FleetPage>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     if let Err(why) = page.access.check(&headers) {
         return refused_text(why);
     }
+    let q: HashMap<String, String> = pairs(raw).into_iter().collect();
     // A reconnecting EventSource names the last event it applied; the first connection
     // names the state the page was served with.
     let after = headers
@@ -314,11 +324,12 @@ async fn fleet_api(State(page): State<FleetPage>, headers: HeaderMap) -> Respons
 async fn host_api(
     State(page): State<FleetPage>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     if let Err(why) = page.access.check(&headers) {
         return refused_text(why);
     }
+    let q: HashMap<String, String> = pairs(raw).into_iter().collect();
     if let Some(k) = q.keys().find(|k| *k != "host") {
         return json_error(
             StatusCode::BAD_REQUEST,
