@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use promql_parser::label::MatchOp;
-use promql_parser::parser::Expr;
+use promql_parser::parser::{BinaryExpr, Expr, LabelModifier, VectorSelector};
 use serde_json::Value;
 
 use gpulse_dashboards::{Dashboard, Expansion, LINT_RATE_INTERVAL, expand, load_all, parse, walk};
@@ -364,4 +364,94 @@ fn every_query_reads_only_exported_metrics() {
     ] {
         assert!(names.contains(needed), "no dashboard shows {needed}");
     }
+}
+
+/// Whether `vs` picks GPUs by the `namespace` and `pod` variables.
+fn filters_by_allocation(vs: &VectorSelector) -> bool {
+    ["namespace", "pod"].iter().all(|label| {
+        vs.matchers.matchers.iter().any(|m| {
+            m.name == *label && matches!(m.op, MatchOp::Re(_)) && m.value == format!("${label}")
+        })
+    })
+}
+
+/// Whether `b` keeps only the left-hand GPUs its right-hand side picks by namespace and
+/// pod, matching one GPU on (instance, host, uuid).
+fn is_allocation_filter(b: &BinaryExpr) -> bool {
+    let on_gpu = b
+        .modifier
+        .as_ref()
+        .and_then(|m| m.matching.as_ref())
+        .is_some_and(|m| {
+            matches!(m, LabelModifier::Include(_))
+                && ["instance", "host", "uuid"]
+                    .iter()
+                    .all(|l| m.labels().labels.iter().any(|have| have == l))
+        });
+    let mut picks = false;
+    walk(&b.rhs, &mut |e, _| {
+        if let Expr::VectorSelector(vs) = e {
+            picks |= filters_by_allocation(vs);
+        }
+    });
+    on_gpu && picks
+}
+
+/// A dashboard with a `gpu` variable has `namespace` and `pod` variables over the
+/// allocation series, and every per-GPU selector in it is either such a filter or sits
+/// on the left of one: picking a namespace must narrow every panel, never only some.
+#[test]
+fn every_gpu_panel_follows_the_namespace_and_pod_variables() {
+    let mut f = Findings::default();
+    let mut filtered = 0;
+    for d in dashboards() {
+        let vars = d.variables();
+        if !vars.iter().any(|v| v["name"] == "gpu") {
+            continue;
+        }
+        for name in ["namespace", "pod"] {
+            let v = vars.iter().find(|v| v["name"] == name);
+            f.check(v.is_some(), || {
+                format!("{}: lacks the {name} variable", d.file)
+            });
+            let Some(v) = v else { continue };
+            let selector = Dashboard::variable_selector(v).unwrap_or_default();
+            f.check(selector.starts_with("gpulse_gpu_allocation_info{"), || {
+                format!("{}: {name} should list gpulse_gpu_allocation_info", d.file)
+            });
+            // All must match the empty namespace of GPUs nobody holds and of hosts
+            // whose agent knows no allocation.
+            f.check(v["allValue"] == ".*" && v["multi"] == true, || {
+                format!("{}: {name} should be multi-select with allValue .*", d.file)
+            });
+        }
+        for q in d.queries() {
+            let at = format!("{} panel {:?}: {}", q.dashboard, q.panel, q.expr);
+            let Ok(expr) = parse(&expand(&q.expr, &vars, Expansion::Lint)) else {
+                continue; // target_rules reports it
+            };
+            walk(&expr, &mut |node, parents| {
+                let Expr::VectorSelector(vs) = node else {
+                    return;
+                };
+                let per_gpu = vs.matchers.matchers.iter().any(|m| m.name == "gpu");
+                if !per_gpu || filters_by_allocation(vs) {
+                    return;
+                }
+                let on_the_left = parents.iter().enumerate().any(|(i, p)| match p {
+                    Expr::Binary(b) if is_allocation_filter(b) => {
+                        let child: &Expr = parents.get(i + 1).copied().unwrap_or(node);
+                        std::ptr::eq(child, b.lhs.as_ref())
+                    }
+                    _ => false,
+                });
+                filtered += usize::from(on_the_left);
+                f.check(on_the_left, || {
+                    format!("{at}: {vs} is not filtered by namespace and pod")
+                });
+            });
+        }
+    }
+    f.assert_none();
+    assert!(filtered > 40, "only {filtered} filtered selectors");
 }

@@ -43,7 +43,10 @@ const RATE_INTERVAL: &str = "10s";
 const JOB_COLLECTOR: &str = "gpulse-collector";
 const JOB_AGENT: &str = "gpulse-agent";
 
-/// (host, provider, simulator spec or None for a host whose NVML cannot be opened)
+/// (host, provider, simulator spec or None for a host whose NVML cannot be opened).
+/// Two hosts play Kubernetes pods (`pods=`): aws-train with one GPU nobody holds, and
+/// lambda-idle whose pods hold idle GPUs, so the namespace views have busy, idle and
+/// unheld GPUs; the other hosts know no allocation, as off Kubernetes.
 const FLEET: [(&str, &str, Option<&str>); 11] = [
     (
         "aws-thermal",
@@ -53,7 +56,7 @@ const FLEET: [(&str, &str, Option<&str>); 11] = [
     (
         "aws-train",
         "aws",
-        Some("gpus=4,model=h100-sxm,scenario=training,seed=22"),
+        Some("gpus=4,model=h100-sxm,scenario=training,seed=22,pods=3"),
     ),
     (
         "gcp-cap",
@@ -93,7 +96,7 @@ const FLEET: [(&str, &str, Option<&str>); 11] = [
     (
         "lambda-idle",
         "lambda",
-        Some("gpus=2,model=l4,scenario=idle,seed=30,hide=energy+pcie_replays"),
+        Some("gpus=2,model=l4,scenario=idle,seed=30,hide=energy+pcie_replays,pods=2"),
     ),
     ("onprem-nonvml", "on-prem", None),
 ];
@@ -446,6 +449,47 @@ fn a_real_prometheus_and_alertmanager_see_the_fleet() {
         unrecorded.is_empty()
     });
     assert!(recorded, "recording rules without a result: {unrecorded:?}");
+
+    // The namespace and pod variables: All keeps the GPUs of hosts that know no
+    // allocation, and one namespace keeps exactly the GPUs it holds.
+    let fleet = gpulse_dashboards::load_all()
+        .into_iter()
+        .find(|d| d.file == "gpulse-fleet.json")
+        .expect("the fleet dashboard");
+    let gpus_panel = fleet
+        .queries()
+        .into_iter()
+        .find(|q| q.panel == "GPUs")
+        .expect("the fleet's GPUs panel")
+        .expr;
+    let gpus_in = |namespace: &str| {
+        let mut vars: Vec<Value> = fleet.variables().into_iter().cloned().collect();
+        for v in &mut vars {
+            if v["name"] == "namespace" {
+                v["allValue"] = Value::from(namespace);
+            }
+        }
+        let vars: Vec<&Value> = vars.iter().collect();
+        let live = expand(
+            &gpus_panel,
+            &vars,
+            Expansion::Live {
+                rate_interval: RATE_INTERVAL,
+            },
+        );
+        value(prom_addr, &live)
+    };
+    let all_gpus = value(prom_addr, "count(gpulse_gpu_info)");
+    assert!(all_gpus.is_some_and(|n| n > 5.0), "{all_gpus:?}");
+    assert_eq!(gpus_in(".*"), all_gpus, "All shows every GPU");
+    for namespace in ["ml-training", "inference"] {
+        let held = value(
+            prom_addr,
+            &format!("count(gpulse_gpu_allocation_info{{namespace=\"{namespace}\"}})"),
+        );
+        assert!(held.is_some_and(|n| n >= 2.0), "{namespace}: {held:?}");
+        assert_eq!(gpus_in(namespace), held, "{namespace} shows its own GPUs");
+    }
 
     // The DCGM view is scraped too, each host its own `instance` as behind
     // dcgm-exporter (the example's relabelling), while gpulse's own series keep the
