@@ -97,6 +97,7 @@ fn ledger(target: &LedgerTarget, now_ms: i64) {
                 zone: String::new(),
                 instance_type: instance.into(),
                 labels: [("team".to_string(), format!("team-{}", g % 5))].into(),
+                ..GpuDims::default()
             };
             (Arc::new(dims), price)
         })

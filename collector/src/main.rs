@@ -99,7 +99,8 @@ enum Command {
         /// End of the window, in the same forms [default: now].
         #[arg(long)]
         until: Option<String>,
-        /// Group by: provider, region, zone, instance_type, model, host, gpu, label:KEY
+        /// Group by: provider, region, zone, instance_type, model, host, gpu, namespace, pod,
+        /// container, label:KEY
         /// (comma-separated).
         #[arg(long, default_value = "provider")]
         group_by: String,

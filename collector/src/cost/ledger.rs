@@ -122,7 +122,7 @@ impl Usage {
     }
 
     /// The continuous fields times `f` (a share of an interval); counts are not scaled.
-    fn scaled(&self, f: f64) -> Usage {
+    pub(crate) fn scaled(&self, f: f64) -> Usage {
         let mut u = *self;
         u.observed_s *= f;
         u.busy_s *= f;

@@ -3,6 +3,7 @@
 //! by default, [`sqlite`], or PostgreSQL shared by several collectors, [`postgres`]), and reports
 //! over any window ([`report`], [`page`]) and as Prometheus counters ([`metrics`]).
 
+pub mod holders;
 pub mod ledger;
 pub mod metrics;
 pub mod page;
@@ -92,6 +93,8 @@ pub fn ledger_host(
                     zone: p.zone.value.clone(),
                     instance_type: p.instance_type.value.clone(),
                     labels: identity.labels.clone(),
+                    // Who holds the GPU comes with each reading: the writer sets it.
+                    ..GpuDims::default()
                 },
                 terms: GpuTerms {
                     max_sm_clock_mhz: d.max_sm_clock_mhz,

@@ -1,5 +1,5 @@
-//! The report page (`/report`): a provider scorecard per GPU model, spend over time and
-//! the GPUs that waste the most, as one HTML document with server-rendered SVG charts.
+//! The report page (`/report`): a provider scorecard per GPU model, spend over time,
+//! the GPUs that waste the most and, where Kubernetes pods hold GPUs, the namespaces, as one HTML document with server-rendered SVG charts.
 //! No script and nothing fetched from elsewhere: it renders the same offline.
 
 use std::collections::BTreeMap;
@@ -180,6 +180,7 @@ pub fn render(window: Window, per_gpu: &[GpuUsage], per_day: &[GpuUsage]) -> Str
     scorecard(&mut h, per_gpu, &colour);
     spend_over_time(&mut h, window, per_day, &providers, &colour);
     worst(&mut h, per_gpu);
+    by_namespace(&mut h, per_gpu);
     h.push_str(
         "<p class=\"note\">Effective cost per busy GPU-hour = list cost / busy GPU-hours (busy: \
          utilisation of at least 1%). Idle waste: cost of idle or lost GPU time. Throttle loss: \
@@ -488,7 +489,70 @@ fn nice_max(v: f64) -> f64 {
     10.0 * mag
 }
 
+/// Each GPU's rows (one per container holding it) as one: the worst table is per GPU.
+fn whole_gpus(per_gpu: &[GpuUsage]) -> Vec<GpuUsage> {
+    let mut gpus: BTreeMap<(&str, &str), GpuUsage> = BTreeMap::new();
+    for r in per_gpu {
+        gpus.entry((&r.dims.host, &r.dims.uuid))
+            .and_modify(|g| g.usage.add(&r.usage))
+            .or_insert_with(|| r.clone());
+    }
+    gpus.into_values().collect()
+}
+
+/// Idle waste and throttle loss per Kubernetes namespace, most waste first: which
+/// namespace pays for idle GPUs, whose GPUs throttle. Left out where no GPU time is held
+/// by a pod or known to be unallocated.
+fn by_namespace(h: &mut String, per_gpu: &[GpuUsage]) {
+    if per_gpu.iter().all(|r| r.dims.namespace.is_empty()) {
+        return;
+    }
+    h.push_str(
+        "<h2 id=\"namespaces\">By namespace</h2><p class=\"note\">GPU time goes to the \
+         containers holding the GPU, split evenly when several share it or its MIG devices; \
+         unallocated: nobody held the GPU; not kubernetes: the host does not say.</p>\
+         <table id=\"namespace-table\"><tr><th class=\"l\">namespace</th><th>GPUs</th>\
+         <th>GPU-h</th><th>busy</th><th>idle waste</th><th>throttle loss</th>\
+         <th>wasted GPU-h</th></tr>",
+    );
+    let mut groups: Vec<(String, Aggregate)> = super::report::group(per_gpu, &[Dim::Namespace])
+        .into_iter()
+        .map(|((mut key, _), agg)| (key.remove(0), agg))
+        .collect();
+    let waste = |a: &Aggregate| a.usage.idle_cost + a.usage.throttle_loss;
+    groups.sort_by(|a, b| {
+        waste(&b.1)
+            .total_cmp(&waste(&a.1))
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    for (namespace, agg) in &groups {
+        let s = agg.summary();
+        let u = &agg.usage;
+        let priced = u.unpriced_s < u.observed_s;
+        let money = |v: f64| {
+            if priced {
+                usd(v)
+            } else {
+                "<span class=\"muted\">unpriced</span>".into()
+            }
+        };
+        let _ = write!(
+            h,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(namespace),
+            agg.gpus.len(),
+            quantity(s.gpu_hours),
+            pct(s.busy_ratio),
+            money(u.idle_cost),
+            money(u.throttle_loss),
+            quantity((u.idle_s + u.lost_s) / 3600.0),
+        );
+    }
+    h.push_str("</table>");
+}
+
 fn worst(h: &mut String, per_gpu: &[GpuUsage]) {
+    let per_gpu = &whole_gpus(per_gpu);
     h.push_str(
         "<h2 id=\"worst\">GPUs that waste the most</h2><p class=\"note\">Idle waste plus throttle \
          loss; unpriced GPUs by wasted GPU-hours after them. GPUs of one host whose figures \
@@ -621,6 +685,7 @@ mod tests {
                 zone: String::new(),
                 instance_type: String::new(),
                 labels: Default::default(),
+                ..Default::default()
             }),
             day_ms: None,
             usage: Usage {
@@ -673,6 +738,62 @@ mod tests {
         // A quarter of an hour each: GPU-hours read 0.25, not 0.
         assert!(html.contains("<td>0.25</td>"), "{html}");
         assert!(html.contains(">3<"), "the cards: 12 GPUs x 0.25 h: {html}");
+    }
+
+    fn held(host: &str, index: u32, idle_s: f64, namespace: &str, pod: &str) -> GpuUsage {
+        let mut r = gpu(host, index, idle_s);
+        let mut dims = (*r.dims).clone();
+        dims.namespace = namespace.into();
+        dims.pod = pod.into();
+        dims.container = "main".into();
+        r.dims = std::sync::Arc::new(dims);
+        r
+    }
+
+    /// The namespace table's rows: (namespace, GPUs).
+    fn namespace_rows(html: &str) -> Vec<(String, String)> {
+        let table = &html[html.find("id=\"namespace-table\"").unwrap()..];
+        let table = &table[..table.find("</table>").unwrap()];
+        table
+            .split("<tr><td class=\"l\">")
+            .skip(1)
+            .map(|row| {
+                let cells: Vec<&str> = row.split("</td><td>").collect();
+                let namespace = cells[0].to_string();
+                (namespace, cells[1].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn namespaces_are_listed_by_waste_and_a_shared_gpu_stays_one_row_among_the_worst() {
+        // GPU 0 shared by two namespaces' pods (web's share idles more), GPU 1 idle and
+        // unallocated, GPU 2 busy in ml: most waste first, not by name.
+        let rows = vec![
+            held("a", 0, 100.0, "ml", "train"),
+            held("a", 0, 500.0, "web", "serve"),
+            held("a", 1, 900.0, crate::cost::holders::UNALLOCATED, ""),
+            held("a", 2, 0.0, "ml", "infer"),
+        ];
+        let html = render(Window::aligned(0, DAY_MS), &rows, &[]);
+        assert_eq!(
+            namespace_rows(&html),
+            [
+                ("(unallocated)".to_string(), "1".to_string()),
+                ("web".to_string(), "1".to_string()),
+                ("ml".to_string(), "2".to_string()),
+            ],
+            "{html}"
+        );
+        let worst = worst_rows(&html);
+        assert_eq!(
+            worst.iter().map(|(_, n)| n).sum::<usize>(),
+            3,
+            "one row per GPU: {worst:?}"
+        );
+        assert!(worst.iter().any(|(g, _)| g == "0"), "{worst:?}");
+        let without = render(Window::aligned(0, DAY_MS), &[gpu("a", 0, 900.0)], &[]);
+        assert!(!without.contains("namespace-table"), "{without}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::store::{
 use crate::delivery::SeqMark;
 
 /// The newest schema this collector knows: migrations 1..=this are in [`migration`].
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// How long connecting may take when the URL does not say (`connect_timeout`).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serialises migrations of collectors that start together (an arbitrary key,
@@ -328,6 +328,18 @@ fn migration(version: i64) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
+        // The Kubernetes container holding the GPU joins its identity: a GPU held by two
+        // pods over an hour has a row for each. Older rows belong to no known holder.
+        4 => Some(
+            "ALTER TABLE gpus ADD COLUMN IF NOT EXISTS namespace TEXT NOT NULL DEFAULT '',
+               ADD COLUMN IF NOT EXISTS pod TEXT NOT NULL DEFAULT '',
+               ADD COLUMN IF NOT EXISTS container TEXT NOT NULL DEFAULT '';
+             DROP INDEX IF EXISTS gpus_identity;
+             CREATE UNIQUE INDEX gpus_identity ON gpus
+               (host, uuid, gpu_index, model, provider, region, zone, instance_type, md5(labels),
+                namespace, pod, container);"
+                .into(),
+        ),
         _ => None,
     }
 }
@@ -570,7 +582,7 @@ impl WriteEngine for PgWriter {
     fn dim_id(&mut self, dims: &GpuDims) -> Result<i64, EngineError> {
         let labels = dims.labels_json();
         let index = i64::from(dims.index);
-        let key: [&(dyn ToSql + Sync); 9] = [
+        let key: [&(dyn ToSql + Sync); 12] = [
             &dims.host,
             &dims.uuid,
             &index,
@@ -580,13 +592,18 @@ impl WriteEngine for PgWriter {
             &dims.zone,
             &dims.instance_type,
             &labels,
+            &dims.namespace,
+            &dims.pod,
+            &dims.container,
         ];
         let inserted = self
             .client
             .query_opt(
-                "INSERT INTO gpus (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (host, uuid, gpu_index, model, provider, region, zone, instance_type, md5(labels))
+                "INSERT INTO gpus (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels,
+                                   namespace, pod, container)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (host, uuid, gpu_index, model, provider, region, zone, instance_type, md5(labels),
+                              namespace, pod, container)
                  DO NOTHING RETURNING id",
                 &key,
             )
@@ -598,7 +615,8 @@ impl WriteEngine for PgWriter {
             .query_one(
                 "SELECT id FROM gpus WHERE host = $1 AND uuid = $2 AND gpu_index = $3 AND model = $4
                    AND provider = $5 AND region = $6 AND zone = $7 AND instance_type = $8
-                   AND md5(labels) = md5($9) AND labels = $9",
+                   AND md5(labels) = md5($9) AND labels = $9
+                   AND namespace = $10 AND pod = $11 AND container = $12",
                 &key,
             )
             .map(|r| r.get(0))
@@ -808,7 +826,8 @@ impl ReadEngine for PgReader {
         let rows = self
             .client
             .query(
-                "SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels FROM gpus",
+                "SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels,
+                        namespace, pod, container FROM gpus",
                 &[],
             )
             .map_err(read)?;
@@ -828,6 +847,9 @@ impl ReadEngine for PgReader {
                         zone: r.get(7),
                         instance_type: r.get(8),
                         labels: serde_json::from_str(&labels).unwrap_or_default(),
+                        namespace: r.get(10),
+                        pod: r.get(11),
+                        container: r.get(12),
                     },
                 )
             })

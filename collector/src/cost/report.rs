@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::holders::NOT_KUBERNETES;
 use super::ledger::{HOUR_MS, THROTTLE_REASONS, Usage};
 use super::pricing::{JOULES_PER_KWH, model_key};
 use super::store::{GpuDims, LedgerReader, Rollup, StoreError};
@@ -51,11 +52,16 @@ pub enum Dim {
     Gpu,
     /// An operator label's value.
     Label(String),
+    /// The Kubernetes namespace holding the GPU time ([`super::holders`]).
+    Namespace,
+    /// The pod holding the GPU time, as namespace/pod.
+    Pod,
+    /// The container holding the GPU time, as namespace/pod/container.
+    Container,
 }
 
 impl Dim {
-    pub const NAMES: &'static str =
-        "provider, region, zone, instance_type, model, host, gpu, label:KEY";
+    pub const NAMES: &'static str = "provider, region, zone, instance_type, model, host, gpu, namespace, pod, container, label:KEY";
 
     pub fn parse(s: &str) -> Result<Dim, String> {
         Ok(match s.trim() {
@@ -66,6 +72,9 @@ impl Dim {
             "model" => Dim::Model,
             "host" => Dim::Host,
             "gpu" => Dim::Gpu,
+            "namespace" => Dim::Namespace,
+            "pod" => Dim::Pod,
+            "container" => Dim::Container,
             other => match other.strip_prefix("label:") {
                 Some(k)
                     if !k.is_empty()
@@ -103,6 +112,9 @@ impl Dim {
             Dim::Host => "host".into(),
             Dim::Gpu => "gpu".into(),
             Dim::Label(k) => format!("label:{k}"),
+            Dim::Namespace => "namespace".into(),
+            Dim::Pod => "pod".into(),
+            Dim::Container => "container".into(),
         }
     }
 
@@ -116,7 +128,45 @@ impl Dim {
             Dim::Host => d.host.clone(),
             Dim::Gpu => format!("{}/{}", d.host, d.uuid),
             Dim::Label(k) => d.labels.get(k).cloned().unwrap_or_default(),
+            Dim::Namespace => namespace_name(&d.namespace),
+            // Time held by no pod (unallocated, not Kubernetes) is its namespace's bucket
+            // at every level, so that it reads the same grouped by any of them.
+            Dim::Pod if d.pod.is_empty() => namespace_name(&d.namespace),
+            Dim::Pod => format!("{}/{}", d.namespace, d.pod),
+            Dim::Container if d.pod.is_empty() => namespace_name(&d.namespace),
+            Dim::Container => format!("{}/{}/{}", d.namespace, d.pod, d.container),
         }
+    }
+
+    /// The CSV's tags for this dimension's `value` in a group: an operator label under
+    /// its key, a Kubernetes holder under OpenTelemetry's k8s resource attribute names.
+    fn tags(&self, value: &str) -> Vec<(String, String)> {
+        let k8s = ["k8s.namespace.name", "k8s.pod.name", "k8s.container.name"];
+        let parts = |n: usize| -> Vec<(String, String)> {
+            // Kubernetes names hold no '/', so the value splits back into its parts; a
+            // bucket (no pod) is a namespace alone.
+            k8s.iter()
+                .zip(value.splitn(n, '/'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        match self {
+            Dim::Label(k) => vec![(k.clone(), value.to_string())],
+            Dim::Namespace => parts(1),
+            Dim::Pod => parts(2),
+            Dim::Container => parts(3),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How reports name a stored namespace: the empty one is GPU time of hosts that do not
+/// say who holds their GPUs.
+pub fn namespace_name(stored: &str) -> String {
+    if stored.is_empty() {
+        NOT_KUBERNETES.to_string()
+    } else {
+        stored.to_string()
     }
 }
 
@@ -624,17 +674,8 @@ pub fn csv(rows: &[GpuUsage], window: Window, group_by: &[Dim]) -> Result<String
         };
         let tags: BTreeMap<String, String> = group_by
             .iter()
-            .filter_map(|d| match d {
-                Dim::Label(k) => Some(k.clone()),
-                _ => None,
-            })
-            .zip(
-                group_by
-                    .iter()
-                    .zip(&key)
-                    .filter(|(d, _)| matches!(d, Dim::Label(_)))
-                    .map(|(_, v)| v.clone()),
-            )
+            .zip(&key)
+            .flat_map(|(d, v)| d.tags(v))
             .collect();
         let group_key = group_by
             .iter()
@@ -943,6 +984,59 @@ mod tests {
         assert!(e.reason.contains("colour"), "{e}");
     }
 
+    #[test]
+    fn holders_group_by_name_and_tag_the_csv_under_k8s_attribute_names() {
+        assert_eq!(
+            Dim::parse_list(Some("namespace,pod,container"), &[]).unwrap(),
+            vec![Dim::Namespace, Dim::Pod, Dim::Container]
+        );
+        let row = |namespace: &str, pod: &str, idle_s: f64| GpuUsage {
+            dims: Arc::new(GpuDims {
+                host: "h".into(),
+                uuid: "GPU-1".into(),
+                namespace: namespace.into(),
+                pod: pod.into(),
+                container: if pod.is_empty() { "" } else { "main" }.into(),
+                ..GpuDims::default()
+            }),
+            day_ms: None,
+            usage: Usage {
+                observed_s: 1800.0,
+                idle_s,
+                ..Usage::default()
+            },
+        };
+        let rows = [
+            row("ml", "train", 0.0),
+            row(crate::cost::holders::UNALLOCATED, "", 1800.0),
+            row("", "", 900.0),
+        ];
+        let w = Window::aligned(0, HOUR_MS);
+        let report = json(&rows, w, &[Dim::Container]);
+        let keys: Vec<&str> = report
+            .groups
+            .iter()
+            .map(|g| g.key["container"].as_str())
+            .collect();
+        assert_eq!(keys, ["(not kubernetes)", "(unallocated)", "ml/train/main"]);
+        assert_eq!(report.groups[1].summary.idle_gpu_hours, 0.5);
+        let text = csv(&rows, w, &[Dim::Pod]).unwrap();
+        let mut reader = ::csv::Reader::from_reader(text.as_bytes());
+        let tags_at = CSV_COLUMNS.iter().position(|c| *c == "Tags").unwrap();
+        let tags: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[tags_at].to_string())
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                r#"{"k8s.namespace.name":"(not kubernetes)"}"#,
+                r#"{"k8s.namespace.name":"(unallocated)"}"#,
+                r#"{"k8s.namespace.name":"ml","k8s.pod.name":"train"}"#,
+            ]
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -958,9 +1052,18 @@ mod tests {
                 0.0f64..20.0,
                 prop::bool::ANY,
                 0u64..10,
+                0usize..4,
             )
                 .prop_map(
-                    |(p, m, team, host, observed, busy, price, priced, replays)| {
+                    |(p, m, team, host, observed, busy, price, priced, replays, holder)| {
+                        // Not Kubernetes, unallocated, and two pods of one namespace.
+                        let holders = [
+                            ("", "", ""),
+                            (crate::cost::holders::UNALLOCATED, "", ""),
+                            ("ml", "train", "main"),
+                            ("ml", "serve", "main"),
+                        ];
+                        let (namespace, pod, container) = holders[holder];
                         let providers = ["aws", "gcp", "coreweave", ""];
                         let models = [
                             "NVIDIA H100 80GB HBM3",
@@ -998,6 +1101,9 @@ mod tests {
                                 model: models[m].to_string(),
                                 provider: providers[p].to_string(),
                                 labels,
+                                namespace: namespace.into(),
+                                pod: pod.into(),
+                                container: container.into(),
                                 ..GpuDims::default()
                             }),
                             day_ms: None,
@@ -1016,6 +1122,9 @@ mod tests {
                     Dim::Gpu,
                     Dim::Region,
                     Dim::Label("team".into()),
+                    Dim::Namespace,
+                    Dim::Pod,
+                    Dim::Container,
                 ]),
                 0..3,
             )

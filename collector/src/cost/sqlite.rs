@@ -20,7 +20,7 @@ use crate::delivery::SeqMark;
 /// The file under the data directory.
 pub const LEDGER_FILE: &str = "ledger.sqlite";
 /// Schema version written in `meta`; a newer one on disk is refused.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const OPEN_HINT: &str = "check that --data-dir is writable and not used by another collector";
@@ -237,6 +237,49 @@ fn usage_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Usage>
     Ok(u)
 }
 
+/// The GPUs table, `name` with what precedes it: a GPU's identity is everything it is
+/// reported under, the Kubernetes container its time is attributed to included.
+fn gpus_table(name: &str) -> String {
+    format!(
+        "CREATE TABLE {name} (
+           id INTEGER PRIMARY KEY,
+           host TEXT NOT NULL, uuid TEXT NOT NULL, gpu_index INTEGER NOT NULL,
+           model TEXT NOT NULL, provider TEXT NOT NULL, region TEXT NOT NULL,
+           zone TEXT NOT NULL, instance_type TEXT NOT NULL, labels TEXT NOT NULL,
+           namespace TEXT NOT NULL DEFAULT '', pod TEXT NOT NULL DEFAULT '',
+           container TEXT NOT NULL DEFAULT '',
+           UNIQUE (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels,
+                   namespace, pod, container))"
+    )
+}
+
+/// A ledger from before GPU time was attributed to Kubernetes containers gets the
+/// holder columns. SQLite cannot change a UNIQUE constraint in place, so the table is
+/// rebuilt and copied, ids kept (the usage rows refer to them), in one transaction: a
+/// crash leaves the old table whole. Its rows belong to no known holder.
+fn add_holder_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let has_namespace: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('gpus') WHERE name = 'namespace'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_namespace {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(&format!(
+        "{};
+         INSERT INTO gpus_with_holders
+           (id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels)
+           SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels
+           FROM gpus;
+         DROP TABLE gpus;
+         ALTER TABLE gpus_with_holders RENAME TO gpus;",
+        gpus_table("gpus_with_holders")
+    ))?;
+    tx.commit()
+}
+
 fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let open = open_error(path);
     // WAL: readers (reports) never block the writer. synchronous=FULL: a commit is on disk
@@ -257,14 +300,10 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         })
         .collect::<Vec<_>>()
         .join(",\n  ");
+    let gpus = gpus_table("IF NOT EXISTS gpus");
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS gpus (
-           id INTEGER PRIMARY KEY,
-           host TEXT NOT NULL, uuid TEXT NOT NULL, gpu_index INTEGER NOT NULL,
-           model TEXT NOT NULL, provider TEXT NOT NULL, region TEXT NOT NULL,
-           zone TEXT NOT NULL, instance_type TEXT NOT NULL, labels TEXT NOT NULL,
-           UNIQUE (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels));
+         {gpus};
          CREATE TABLE IF NOT EXISTS usage (
            hour INTEGER NOT NULL, gpu INTEGER NOT NULL,
            {usage_cols},
@@ -286,6 +325,7 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     .map_err(&open)?;
     init_delivery(conn).map_err(&open)?;
     add_missing_columns(conn).map_err(&open)?;
+    add_holder_columns(conn).map_err(&open)?;
     let found: Option<i64> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -302,10 +342,11 @@ fn init(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                 known: SCHEMA_VERSION,
             });
         }
-        Some(_) => {}
-        None => {
+        // Older: migrated above. Recorded, so that an older collector refuses it
+        // rather than write rows without holders.
+        Some(_) | None => {
             conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [SCHEMA_VERSION],
             )
             .map_err(&open)?;
@@ -464,19 +505,24 @@ impl WriteEngine for SqliteWriter {
             dims.region,
             dims.zone,
             dims.instance_type,
-            labels
+            labels,
+            dims.namespace,
+            dims.pod,
+            dims.container
         ];
         self.conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO gpus (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR IGNORE INTO gpus (host, uuid, gpu_index, model, provider, region, zone, instance_type, labels,
+                                         namespace, pod, container)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| s.execute(key))
             .map_err(engine)?;
         self.conn
             .prepare_cached(
                 "SELECT id FROM gpus WHERE host = ?1 AND uuid = ?2 AND gpu_index = ?3 AND model = ?4
-                   AND provider = ?5 AND region = ?6 AND zone = ?7 AND instance_type = ?8 AND labels = ?9",
+                   AND provider = ?5 AND region = ?6 AND zone = ?7 AND instance_type = ?8 AND labels = ?9
+                   AND namespace = ?10 AND pod = ?11 AND container = ?12",
             )
             .and_then(|mut s| s.query_row(key, |r| r.get(0)))
             .map_err(engine)
@@ -778,7 +824,8 @@ impl ReadEngine for SqliteReader {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels FROM gpus",
+                "SELECT id, host, uuid, gpu_index, model, provider, region, zone, instance_type, labels,
+                        namespace, pod, container FROM gpus",
             )
             .map_err(read)?;
         let rows = stmt
@@ -796,6 +843,9 @@ impl ReadEngine for SqliteReader {
                         zone: r.get(7)?,
                         instance_type: r.get(8)?,
                         labels: serde_json::from_str(&labels).unwrap_or_default(),
+                        namespace: r.get(10)?,
+                        pod: r.get(11)?,
+                        container: r.get(12)?,
                     },
                 ))
             })

@@ -27,6 +27,7 @@ use tracing::{debug, error, info};
 
 use gpulse_gpu::Snapshot;
 
+use super::holders;
 use super::ledger::{Cursor, GpuTerms, HOUR_MS, Ledger, USAGE_FIELDS, Usage};
 use super::postgres::PgTarget;
 use crate::config::LedgerConfig;
@@ -95,6 +96,12 @@ pub struct GpuDims {
     pub zone: String,
     pub instance_type: String,
     pub labels: BTreeMap<String, String>,
+    /// The Kubernetes container the time is attributed to ([`super::holders`]): empty
+    /// when the host does not say, [`super::holders::UNALLOCATED`] when nobody holds the
+    /// GPU. A GPU held by two pods over an hour has a row for each.
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 impl GpuDims {
@@ -883,17 +890,36 @@ impl Writer {
                 if out.is_empty() {
                     continue;
                 }
-                let id = self.dim_id(&gpu.dims, group)?;
+                // Each holder's share gets a row of its own, under the GPU's dimensions
+                // and the holder's; the GPU's totals stay whole.
+                let shares = holders::shares(s.allocation.as_ref());
+                let mut ids = Vec::with_capacity(shares.len());
+                for (holder, _) in &shares {
+                    let dims = GpuDims {
+                        namespace: holder.namespace.clone(),
+                        pod: holder.pod.clone(),
+                        container: holder.container.clone(),
+                        ..gpu.dims.clone()
+                    };
+                    ids.push(self.dim_id(&dims, group)?);
+                }
                 let total = group.rows.totals.entry(key).or_default();
                 for (hour, u) in &out {
                     total.add(u);
-                    group.rows.hourly.entry((*hour, id)).or_default().add(u);
-                    group
-                        .rows
-                        .daily
-                        .entry((hour.div_euclid(24), id))
-                        .or_default()
-                        .add(u);
+                    for (id, (_, part)) in ids.iter().zip(holders::split(u, &shares)) {
+                        group
+                            .rows
+                            .hourly
+                            .entry((*hour, *id))
+                            .or_default()
+                            .add(&part);
+                        group
+                            .rows
+                            .daily
+                            .entry((hour.div_euclid(24), *id))
+                            .or_default()
+                            .add(&part);
+                    }
                 }
             }
         }
@@ -1304,7 +1330,7 @@ pub(crate) mod tests {
                     pg.psql(
                         db,
                         "ALTER TABLE cursors DROP COLUMN xid_total, DROP COLUMN ecc_uncorrected;
-                         DELETE FROM gpulse_schema_migrations WHERE version = 3",
+                         DELETE FROM gpulse_schema_migrations WHERE version >= 3",
                     );
                 }
             }
@@ -1323,6 +1349,178 @@ pub(crate) mod tests {
                 after.values().any(|u| u.xid_errors > 0),
                 "{target:?}: the xid scenario's events are counted: {after:?}"
             );
+        }
+    }
+
+    /// Every field of `a` equals `b`'s, reals to rounding.
+    fn assert_usage_close(a: &Usage, b: &Usage, at: &str) {
+        for f in &USAGE_FIELDS {
+            match ((f.get)(a), (f.get)(b)) {
+                (FieldValue::Real(x), FieldValue::Real(y)) => assert!(
+                    (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                    "{at} {}: {x} vs {y}",
+                    f.name
+                ),
+                (x, y) => assert_eq!(x, y, "{at} {}", f.name),
+            }
+        }
+    }
+
+    /// GPUs held by pods, one of them shared by two pods for part of the time and handed
+    /// over to nobody after: each holder gets its rows, the unheld time its bucket, and
+    /// the report's namespaces add up to the fleet.
+    #[test]
+    fn gpu_time_is_split_over_its_holders_and_namespaces_add_up_to_the_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let interval = 60_000;
+        let t0 = 1_790_000_000_000 - DAY_MS;
+        for target in engines(dir.path(), "holders") {
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            let (host, mut sim) = sim_host("h", "gpus=4,pods=2,scenario=training,seed=6", interval);
+            let mut snaps = snapshots(&mut sim, t0, interval, 120);
+            let shared = snaps[0].gpus[0].uuid.clone();
+            for (i, snap) in snaps.iter_mut().enumerate() {
+                let gpu = &mut snap.gpus[0];
+                gpu.allocation = Some(if i < 60 {
+                    gpulse_gpu::Allocation::new(
+                        ["team-a", "team-b"]
+                            .map(|ns| gpulse_gpu::DeviceHolder {
+                                device_uuid: shared.clone(),
+                                namespace: ns.into(),
+                                pod: "trainer".into(),
+                                container: "main".into(),
+                            })
+                            .to_vec(),
+                    )
+                } else {
+                    gpulse_gpu::Allocation::default()
+                });
+            }
+            apply_all(&rt, &handle, &host, &snaps, 11);
+            let w = Window::aligned(t0 - DAY_MS, t0 + DAY_MS);
+            let mut reader = LedgerReader::open(&target).unwrap();
+            let rows = report::load(&mut reader, w, false).unwrap();
+            let fleet = report::total(&rows);
+            assert_eq!(fleet.gpus.len(), 4, "{target:?}: a shared GPU counts once");
+            let by_namespace = report::group(&rows, &[report::Dim::Namespace]);
+            let names: Vec<&str> = by_namespace.keys().map(|(k, _)| k[0].as_str()).collect();
+            assert!(
+                names.contains(&"team-a") && names.contains(&"team-b"),
+                "{names:?}"
+            );
+            assert!(names.contains(&holders::UNALLOCATED), "{names:?}");
+            assert!(!names.contains(&holders::NOT_KUBERNETES), "{names:?}");
+            let mut summed = Usage::default();
+            for agg in by_namespace.values() {
+                summed.add(&agg.usage);
+            }
+            assert_usage_close(&summed, &fleet.usage, &format!("{target:?}"));
+            // The shared GPU's hour is halved between its two pods.
+            let a = &by_namespace[&(vec!["team-a".to_string()], None)].usage;
+            let b = &by_namespace[&(vec!["team-b".to_string()], None)].usage;
+            assert!(a.observed_s > 0.0, "{target:?}");
+            assert!((a.observed_s - b.observed_s).abs() < 1e-6, "{a:?} {b:?}");
+            // The ledger's per-GPU totals stay whole.
+            let totals = handle.totals().read().unwrap().clone();
+            let mut whole = Usage::default();
+            for u in totals.values() {
+                whole.add(u);
+            }
+            assert_usage_close(&fleet.usage, &whole, &format!("{target:?} totals"));
+        }
+    }
+
+    /// A ledger written before GPU time had holders opens with its hours kept, under no
+    /// holder (reported as not Kubernetes), and takes holders from then on.
+    #[test]
+    fn a_ledger_from_before_holders_keeps_its_hours_and_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let interval = 60_000;
+        let t0 = 1_790_000_000_000 - DAY_MS;
+        let pg = gpulse_testkit::postgres::server();
+        let url = pg.database("before_holders");
+        let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+        let targets = [
+            LedgerTarget::Sqlite(dir.path().join(LEDGER_FILE)),
+            LedgerTarget::new(Some(&url), dir.path()).unwrap(),
+        ];
+        let w = Window::aligned(t0 - DAY_MS, t0 + DAY_MS);
+        for target in targets {
+            let (host, mut sim) = sim_host("h", "gpus=2,scenario=training,seed=3", interval);
+            let snaps = snapshots(&mut sim, t0, interval, 60);
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            apply_all(&rt, &handle, &host, &snaps[..30], 7);
+            drop(handle);
+            let mut reader = LedgerReader::open(&target).unwrap();
+            let before = report::total(&report::load(&mut reader, w, false).unwrap());
+            drop(reader);
+            // Back to the schema before: the GPUs table without holders.
+            match &target {
+                LedgerTarget::Sqlite(path) => {
+                    let conn = rusqlite::Connection::open(path).unwrap();
+                    conn.execute_batch(
+                        "CREATE TABLE gpus_before (
+                           id INTEGER PRIMARY KEY,
+                           host TEXT NOT NULL, uuid TEXT NOT NULL, gpu_index INTEGER NOT NULL,
+                           model TEXT NOT NULL, provider TEXT NOT NULL, region TEXT NOT NULL,
+                           zone TEXT NOT NULL, instance_type TEXT NOT NULL, labels TEXT NOT NULL,
+                           UNIQUE (host, uuid, gpu_index, model, provider, region, zone,
+                                   instance_type, labels));
+                         INSERT INTO gpus_before SELECT id, host, uuid, gpu_index, model,
+                           provider, region, zone, instance_type, labels FROM gpus;
+                         DROP TABLE gpus;
+                         ALTER TABLE gpus_before RENAME TO gpus;
+                         UPDATE meta SET value = 1 WHERE key = 'schema_version';",
+                    )
+                    .unwrap();
+                }
+                LedgerTarget::Postgres(_) => {
+                    pg.psql(
+                    db,
+                    "DROP INDEX gpus_identity;
+                     ALTER TABLE gpus DROP COLUMN namespace, DROP COLUMN pod, DROP COLUMN container;
+                     CREATE UNIQUE INDEX gpus_identity ON gpus
+                       (host, uuid, gpu_index, model, provider, region, zone, instance_type, md5(labels));
+                     DELETE FROM gpulse_schema_migrations WHERE version = 4",
+                    );
+                }
+            }
+            let handle = start(&target, &LedgerConfig::default()).unwrap();
+            let mut reader = LedgerReader::open(&target).unwrap();
+            let reopened = report::load(&mut reader, w, false).unwrap();
+            assert_usage_close(
+                &report::total(&reopened).usage,
+                &before.usage,
+                &format!("{target:?} reopened"),
+            );
+            let names: Vec<String> = report::group(&reopened, &[report::Dim::Namespace])
+                .into_keys()
+                .map(|(k, _)| k[0].clone())
+                .collect();
+            assert_eq!(names, [holders::NOT_KUBERNETES], "{target:?}");
+            // From now on the GPUs are held by pods.
+            let mut later = snaps[30..].to_vec();
+            for snap in &mut later {
+                for gpu in &mut snap.gpus {
+                    gpu.allocation = Some(gpulse_gpu::Allocation::new(vec![
+                        gpulse_gpu::DeviceHolder {
+                            device_uuid: gpu.uuid.clone(),
+                            namespace: "ml".into(),
+                            pod: "trainer".into(),
+                            container: "main".into(),
+                        },
+                    ]));
+                }
+            }
+            apply_all(&rt, &handle, &host, &later, 7);
+            let rows = report::load(&mut reader, w, false).unwrap();
+            let pods: Vec<String> = report::group(&rows, &[report::Dim::Pod])
+                .into_keys()
+                .map(|(k, _)| k[0].clone())
+                .collect();
+            assert_eq!(pods, [holders::NOT_KUBERNETES, "ml/trainer"], "{target:?}");
         }
     }
 
