@@ -1180,38 +1180,9 @@ async fn the_report_page_renders_in_a_real_browser() {
 
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-page");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let profile = tempfile::tempdir().unwrap();
     let screenshot = out_dir.join("report.png");
-    let chromium = |extra: &[&str]| {
-        let out = Command::new("timeout")
-            .arg("120")
-            .arg("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1400,2000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect(
-                "chromium is required: run scripts/install-test-deps.sh (Debian package chromium)",
-            );
-        assert!(
-            out.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let dom = chromium(&["--dump-dom"]);
+    let browser = chromium::Chromium::new(1400, 2000);
+    let dom = browser.dump_dom(&url, &[]);
     for needle in [
         "GPU cost and efficiency",
         "id=\"scorecard\"",
@@ -1230,8 +1201,7 @@ async fn the_report_page_renders_in_a_real_browser() {
         dom.matches("class=\"spend-bar\"").count() >= 6,
         "a bar per day and provider"
     );
-    chromium(&[&format!("--screenshot={}", screenshot.display())]);
-    let png = std::fs::read(&screenshot).unwrap();
+    let png = browser.screenshot(&url, &screenshot);
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "{} bytes",
@@ -1939,3 +1909,6 @@ async fn two_hosts_reporting_the_same_uuid_keep_separate_series_and_ledger_rows(
 
 #[path = "ingest/delivery.rs"]
 mod delivery;
+
+#[path = "support/chromium.rs"]
+mod chromium;
