@@ -18,8 +18,8 @@ use rustls_pki_types::pem::PemObject;
 
 use super::ledger::{Cursor, FieldKind, FieldValue, USAGE_FIELDS, Usage};
 use super::store::{
-    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
-    WriteEngine, usage_columns,
+    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, RollupSql, Rows, StoreError, Stored,
+    UsageRow, WriteEngine, usage_columns,
 };
 use crate::delivery::SeqMark;
 
@@ -863,15 +863,12 @@ impl ReadEngine for PgReader {
         to: i64,
         per_day: bool,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let (table, key, day) = match rollup {
-            Rollup::Hourly => ("usage", "hour", "hour / 24"),
-            Rollup::Daily => ("usage_daily", "day", "day"),
-        };
-        let group = if per_day {
-            format!("gpu, {day}")
-        } else {
-            "gpu".into()
-        };
+        let RollupSql {
+            table,
+            key,
+            day,
+            group,
+        } = rollup.sql(per_day);
         // SUM of a BIGINT is NUMERIC: brought back to BIGINT, saturating.
         let sums = USAGE_FIELDS
             .iter()

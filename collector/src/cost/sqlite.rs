@@ -12,8 +12,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::ledger::{Cursor, FieldKind, FieldValue, USAGE_FIELDS, Usage};
 use super::store::{
-    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, Rows, StoreError, Stored, UsageRow,
-    WriteEngine, usage_columns, usage_sums,
+    EngineError, GpuDims, GpuKey, ReadEngine, Rollup, RollupSql, Rows, StoreError, Stored,
+    UsageRow, WriteEngine, usage_columns, usage_sums,
 };
 use crate::delivery::SeqMark;
 
@@ -860,15 +860,12 @@ impl ReadEngine for SqliteReader {
         to: i64,
         per_day: bool,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let (table, key, day) = match rollup {
-            Rollup::Hourly => ("usage", "hour", "hour / 24"),
-            Rollup::Daily => ("usage_daily", "day", "day"),
-        };
-        let group = if per_day {
-            format!("gpu, {day}")
-        } else {
-            "gpu".into()
-        };
+        let RollupSql {
+            table,
+            key,
+            day,
+            group,
+        } = rollup.sql(per_day);
         let sql = format!(
             "SELECT gpu, MIN({day}), {sums} FROM {table} WHERE {key} >= ?1 AND {key} < ?2 GROUP BY {group}",
             sums = usage_sums("")

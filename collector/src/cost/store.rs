@@ -250,6 +250,37 @@ pub enum Rollup {
     Daily,
 }
 
+/// Where a roll-up's rows are and how a sum over them groups, in SQL both engines
+/// read alike.
+pub(crate) struct RollupSql {
+    pub table: &'static str,
+    /// The key column a range is over.
+    pub key: &'static str,
+    /// The UTC day of a row.
+    pub day: &'static str,
+    /// The GROUP BY list: per GPU, or per GPU per day.
+    pub group: String,
+}
+
+impl Rollup {
+    pub(crate) fn sql(self, per_day: bool) -> RollupSql {
+        let (table, key, day) = match self {
+            Rollup::Hourly => ("usage", "hour", "hour / 24"),
+            Rollup::Daily => ("usage_daily", "day", "day"),
+        };
+        RollupSql {
+            table,
+            key,
+            day,
+            group: if per_day {
+                format!("gpu, {day}")
+            } else {
+                "gpu".into()
+            },
+        }
+    }
+}
+
 /// Usage of one GPU (its dimension id) summed over a range, or over one day of it.
 #[derive(Debug, Clone)]
 pub struct UsageRow {
