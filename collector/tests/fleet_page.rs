@@ -9,6 +9,7 @@
 
 #[path = "support/chromium.rs"]
 mod chromium;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,16 +18,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Endpoint;
 
 use chromium::{Chromium, elements};
 use gpulse_collector::RunningCollector;
 use gpulse_collector::config::CollectorConfig;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostIdentity, Learned, ProviderIdentity, Snapshot};
-use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use gpulse_proto::v1::{self, agent_message, collector_message};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -78,26 +77,7 @@ impl Agent {
             },
             ..HostIdentity::default()
         };
-        let channel = Endpoint::from_shared(format!("http://{}", c.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(v1::AgentMessage {
-            msg: Some(agent_message::Msg::Hello(gpulse_proto::hello(
-                &identity,
-                sim.inventory(),
-                5000,
-            ))),
-        })
-        .await
-        .unwrap();
-        let rx = IngestClient::new(channel)
-            .stream(tonic::Request::new(ReceiverStream::new(rx)))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, rx) = support::open_agent_stream(c.grpc_addr, &identity, sim.inventory()).await;
         Agent {
             tx,
             rx,

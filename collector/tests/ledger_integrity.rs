@@ -8,6 +8,7 @@
 )]
 
 mod agent;
+mod support;
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};

@@ -12,8 +12,6 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use gpulse_collector::RunningCollector;
 use gpulse_collector::config::CollectorConfig;
@@ -21,7 +19,7 @@ use gpulse_collector::remote_write::{DropReason, RemoteWriteConfig};
 use gpulse_exposition::dcgm::DcgmCompat;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostFacts, HostIdentity, Learned, ProviderIdentity, Snapshot};
-use gpulse_proto::v1::{self, agent_message, ingest_client::IngestClient};
+use gpulse_proto::v1::{self, agent_message};
 
 use support::{Receiver, Series, eventually, parse_exposition};
 
@@ -81,21 +79,8 @@ async fn start_as(name: &str, rw: RemoteWriteConfig, dcgm: DcgmCompat) -> Runnin
 async fn agent(c: &RunningCollector, id: &str, spec: &str) -> mpsc::Sender<v1::AgentMessage> {
     let mut sim = Simulator::new(spec.parse().unwrap());
     let identity = identity(id);
-    let channel = Endpoint::from_shared(format!("http://{}", c.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(v1::AgentMessage {
-        msg: Some(agent_message::Msg::Hello(gpulse_proto::hello(
-            &identity,
-            sim.inventory(),
-            5000,
-        ))),
-    })
-    .await
-    .unwrap();
+    let (tx, mut answers) =
+        support::open_agent_stream(c.grpc_addr, &identity, sim.inventory()).await;
     let t = now_ms();
     let snapshot = v1::Snapshot::from(&Snapshot {
         timestamp_unix_ms: t,
@@ -110,11 +95,6 @@ async fn agent(c: &RunningCollector, id: &str, spec: &str) -> mpsc::Sender<v1::A
     })
     .await
     .unwrap();
-    let mut answers = IngestClient::new(channel)
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     let ack = tokio::time::timeout(Duration::from_secs(10), answers.message())
         .await
         .unwrap()

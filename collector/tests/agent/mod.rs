@@ -9,12 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostFacts, HostIdentity, Learned, ProviderIdentity, Snapshot};
-use gpulse_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use gpulse_proto::v1::{self, agent_message, collector_message};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -52,24 +51,7 @@ impl Agent {
             gpu_backend_error: String::new(),
         };
         let sim = Simulator::new("gpus=2,model=h100-sxm,seed=5".parse().unwrap());
-        let mut client = IngestClient::connect(format!("http://{grpc}"))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(v1::AgentMessage {
-            msg: Some(agent_message::Msg::Hello(gpulse_proto::hello(
-                &id,
-                sim.inventory(),
-                5000,
-            ))),
-        })
-        .await
-        .unwrap();
-        let rx = client
-            .stream(tonic::Request::new(ReceiverStream::new(rx)))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, rx) = crate::support::open_agent_stream(grpc, &id, sim.inventory()).await;
         Agent {
             tx,
             rx,

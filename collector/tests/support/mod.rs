@@ -295,3 +295,36 @@ pub fn installed(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(program).is_file()))
 }
+
+/// Opens an agent's stream to the collector's gRPC address as an agent does: the Hello
+/// (this identity, this inventory, a 5 s interval) goes first. Returns where to send
+/// batches and the collector's answers.
+pub async fn open_agent_stream(
+    grpc: SocketAddr,
+    identity: &gpulse_gpu::HostIdentity,
+    inventory: &[gpulse_gpu::DeviceInfo],
+) -> (
+    tokio::sync::mpsc::Sender<gpulse_proto::v1::AgentMessage>,
+    tonic::Streaming<gpulse_proto::v1::CollectorMessage>,
+) {
+    use gpulse_proto::v1::{self, agent_message, ingest_client::IngestClient};
+    let mut client = IngestClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("the collector's gRPC port accepts a connection");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(gpulse_proto::hello(
+            identity, inventory, 5000,
+        ))),
+    })
+    .await
+    .expect("the stream's queue takes the Hello");
+    let answers = client
+        .stream(tonic::Request::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .await
+        .expect("the collector opens the stream")
+        .into_inner();
+    (tx, answers)
+}
