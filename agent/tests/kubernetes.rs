@@ -9,7 +9,6 @@
     reason = "test helpers fail the test by panicking"
 )]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gpulse_agent::config::AgentConfig;
@@ -153,34 +152,7 @@ fn views(c: &RunningCollector) -> (String, String) {
     (render(DcgmCompat::Off), render(DcgmCompat::Also))
 }
 
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "promtool is required: run scripts/install-test-deps.sh (Debian package prometheus)",
-        );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {report}"
-    );
-}
+use gpulse_testkit::promtool::check as promtool_check;
 
 /// What the test expects of each device at one moment.
 struct Expect {

@@ -634,44 +634,7 @@ fn the_exposition_matches_the_golden_file() {
     assert_golden(&golden_text(), "exposition.prom");
 }
 
-/// Runs `promtool check metrics` on an exposition and returns what it found wrong.
-/// promtool is required: the test script installs it (scripts/install-test-deps.sh).
-fn promtool_report(text: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "promtool is required: run scripts/install-test-deps.sh (Debian package prometheus)",
-        );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Exit status 3 means lint problems (listed); anything else is a failure to run.
-    assert!(
-        out.status.success() || out.status.code() == Some(3),
-        "promtool check metrics failed: {report}"
-    );
-    report
-}
-
-/// Runs `promtool check metrics` on an exposition and requires a clean report.
-pub fn promtool_check(text: &str) {
-    let report = promtool_report(text);
-    assert!(report.trim().is_empty(), "promtool check metrics: {report}");
-}
+use gpulse_testkit::promtool::{check as promtool_check, report as promtool_report};
 
 #[test]
 fn every_fleet_metric_appears_in_the_golden_fleet() {
