@@ -307,7 +307,7 @@ pub async fn read_once(
     let channel = tokio::time::timeout(timeout, channel)
         .await
         .map_err(|_| unreachable(format!("no connection within {timeout:?}")))?
-        .map_err(|e| unreachable(error_chain(&e)))?;
+        .map_err(|e| unreachable(gpulse_cli::error_chain(&e)))?;
     let mut client =
         PodResourcesListerClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     let refused = |status: tonic::Status| match status.code() {
@@ -341,21 +341,6 @@ pub async fn read_once(
         Err(_) => 0,
     };
     Ok((Allocations::from_list(&list), allocatable))
-}
-
-/// An error with its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Keeps the allocation fresh in the background.

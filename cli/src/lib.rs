@@ -56,15 +56,23 @@ pub fn write_stdout(text: &str) -> std::io::Result<()> {
 /// An error and its causes, each cause only when the message before it does not already
 /// say it.
 pub fn one_line(error: &anyhow::Error) -> String {
+    error_chain(error.as_ref())
+}
+
+/// [`one_line`] for any error: it and its sources, each only when the message before
+/// it does not already say it.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
+    let mut cause = Some(error);
+    while let Some(c) = cause {
+        let text = c.to_string();
         if !out.contains(&text) {
             if !out.is_empty() {
                 out.push_str(": ");
             }
             out.push_str(&text);
         }
+        cause = c.source();
     }
     out
 }
