@@ -13,6 +13,7 @@ use prometheus::Registry;
 use prost::Message;
 
 use gpulse_collector::fleet::Fleet;
+use gpulse_collector::validate::Walked;
 use gpulse_exposition::ExpositionOptions;
 use gpulse_gpu::simulator::Simulator;
 use gpulse_gpu::{GpuBackend, HostIdentity, Snapshot};
@@ -71,19 +72,23 @@ fn decode_and_apply_with(c: &mut Criterion, readings: usize) {
         0 => "decode_validate_apply_batch_8_gpus_findings_off".to_string(),
         n => format!("decode_validate_apply_batch_8_gpus_{n}_readings"),
     };
+    if readings == 0 {
+        // The floor: protobuf decode alone of the same bytes.
+        group.bench_function("decode_only_batch_8_gpus", |b| {
+            b.iter(|| v1::AgentMessage::decode(bytes.as_slice()).unwrap())
+        });
+    }
     group.bench_function(name, |b| {
         b.iter(|| {
             let msg = v1::AgentMessage::decode(bytes.as_slice()).unwrap();
             let Some(agent_message::Msg::Batch(batch)) = msg.msg else {
                 unreachable!()
             };
-            let snapshots: Vec<Snapshot> = batch
-                .snapshots
-                .into_iter()
-                .map(|s| s.try_into().unwrap())
-                .collect();
+            // As the ingest service does: walk the batch as it arrived, then check and
+            // apply it.
+            let walked = Walked::from_wire(batch.snapshots, fleet.limits()).unwrap();
             seq += 1;
-            fleet.apply(&session, seq, snapshots, t).unwrap()
+            fleet.apply(&session, seq, walked, t).unwrap()
         })
     });
     group.finish();
@@ -98,7 +103,7 @@ fn large_fleet(readings: usize) -> std::sync::Arc<Fleet> {
         let session = fleet
             .connect(identity(i), sim.inventory().to_vec(), t)
             .unwrap();
-        let snapshots = (0..readings.max(1) as i64)
+        let snapshots: Vec<Snapshot> = (0..readings.max(1) as i64)
             .map(|k| {
                 let at = t - 5_000 * (readings.max(1) as i64 - 1 - k);
                 Snapshot {

@@ -20,6 +20,9 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7432";
 pub const DEFAULT_DATA_DIR: &str = "gpulse-data";
 /// An agent gone this long has its series removed.
 pub const DEFAULT_AGENT_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// The longest a /metrics body is reused: the agent's default sampling interval, within
+/// which a new render would say nearly nothing new.
+pub const DEFAULT_METRICS_CACHE: Duration = Duration::from_secs(5);
 /// A Hello must arrive this soon after a stream opens.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents connected at once; past it, new agents are refused (RESOURCE_EXHAUSTED).
@@ -395,6 +398,11 @@ pub struct CollectorConfig {
     /// `gpulse_gpu_finding`); about 2.7 KB each with full telemetry (128 MB for 1,000 hosts x 8 GPUs at the default). 0 turns findings
     /// off; at most 64. Default [`DEFAULT_FINDINGS_READINGS`].
     pub findings_readings: usize,
+    /// The longest a /metrics body is reused for later scrapes; a body is also reused
+    /// only while younger than ten times its render took, so a small fleet is rendered
+    /// for every scrape. `0s` renders every scrape. Default [`DEFAULT_METRICS_CACHE`].
+    #[serde(with = "humantime_serde")]
+    pub metrics_cache: Duration,
     pub limits: Limits,
     pub listeners: ListenerLimits,
     pub ledger: LedgerConfig,
@@ -440,6 +448,7 @@ impl Default for CollectorConfig {
             pricing_file: None,
             dcgm_compat: DEFAULT_DCGM_COMPAT,
             findings_readings: DEFAULT_FINDINGS_READINGS,
+            metrics_cache: DEFAULT_METRICS_CACHE,
             limits: Limits::default(),
             listeners: ListenerLimits::default(),
             ledger: LedgerConfig::default(),

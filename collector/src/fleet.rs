@@ -3,14 +3,14 @@
 //! message leaves what is stored untouched.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use gpulse_exposition::{HostSource, HostView};
 use gpulse_gpu::{DeviceInfo, HostIdentity, Snapshot};
 
 use crate::config::Limits;
 use crate::delivery::{self, SeqMark, Verdict};
-use crate::validate::{self, RejectKind, Rejection};
+use crate::validate::{self, IntoWalked, RejectKind, Rejection, Walked};
 
 /// One open stream of one agent. A newer stream from the same agent supersedes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl AgentEntry {
     fn check(
         &self,
         seq: u64,
-        snapshots: &[Snapshot],
+        snapshots: &Walked,
         limits: &Limits,
         now_unix_ms: i64,
     ) -> Result<(), Rejection> {
@@ -79,20 +79,28 @@ impl AgentEntry {
     }
 }
 
+/// One agent's entry behind its own lock: a batch of one agent, or a scrape reading it,
+/// never waits on another agent's.
+type Shared = Arc<Mutex<AgentEntry>>;
+
+fn lock(entry: &Mutex<AgentEntry>) -> MutexGuard<'_, AgentEntry> {
+    // Changes are checked before any write, so a poisoned entry is still consistent.
+    entry.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    agents: HashMap<String, AgentEntry>,
+    /// An entry stays the same allocation while its id is known: a reconnect replaces
+    /// what it holds, so a stream holding the old session finds it superseded.
+    agents: HashMap<String, Shared>,
     /// Entries with an open stream, kept as they change rather than counted per Hello.
     connected: usize,
     next_session: u64,
 }
 
 impl Inner {
-    fn current(&mut self, session: &Session) -> Result<&mut AgentEntry, ApplyError> {
-        self.agents
-            .get_mut(&session.agent_id)
-            .filter(|e| e.session == Some(session.id))
-            .ok_or_else(|| ApplyError::Superseded(session.agent_id.clone()))
+    fn entry(&self, agent_id: &str) -> Option<Shared> {
+        self.agents.get(agent_id).cloned()
     }
 
     /// Forgets the disconnected agents gone longest until at most `keep` remain.
@@ -102,11 +110,12 @@ impl Inner {
             let Some(oldest) = self
                 .agents
                 .iter()
-                .filter(|(_, e)| e.session.is_none())
-                .min_by(|(a_id, a), (b_id, b)| {
-                    (a.view.last_seen_unix_ms, a_id).cmp(&(b.view.last_seen_unix_ms, b_id))
+                .filter_map(|(id, e)| {
+                    let e = lock(e);
+                    e.session.is_none().then(|| (e.view.last_seen_unix_ms, id))
                 })
-                .map(|(id, _)| id.clone())
+                .min()
+                .map(|(_, id)| id.clone())
             else {
                 break;
             };
@@ -180,6 +189,25 @@ impl Fleet {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The entry of a session's agent, taken under the fleet's lock for a moment.
+    fn current(&self, session: &Session) -> Result<Shared, ApplyError> {
+        self.read()
+            .entry(&session.agent_id)
+            .ok_or_else(|| ApplyError::Superseded(session.agent_id.clone()))
+    }
+
+    /// The entry, if the session is still the one its agent streams on.
+    fn owned_by<'e>(
+        entry: &'e mut AgentEntry,
+        session: &Session,
+    ) -> Result<&'e mut AgentEntry, ApplyError> {
+        if entry.session == Some(session.id) {
+            Ok(entry)
+        } else {
+            Err(ApplyError::Superseded(session.agent_id.clone()))
+        }
+    }
+
     /// Registers an agent's Hello and opens a session for its stream.
     ///
     /// An id whose stream is open is taken over only by a Hello from the same host (a
@@ -195,9 +223,10 @@ impl Fleet {
         validate::hello(&identity, &inventory, &self.limits)?;
         let mut inner = self.write();
         let agent_id = identity.agent_id.clone();
-        let existing = inner.agents.get(&agent_id);
-        let reconnect = existing.is_some_and(|e| e.session.is_some());
-        if let Some(existing) = existing.filter(|_| reconnect) {
+        let shared = inner.entry(&agent_id);
+        let existing = shared.as_deref().map(lock);
+        let reconnect = existing.as_ref().is_some_and(|e| e.session.is_some());
+        if let Some(existing) = existing.as_ref().filter(|_| reconnect) {
             let theirs = &existing.view.identity;
             if !same_host(theirs, &identity) {
                 return Err(Rejection::new(
@@ -220,19 +249,24 @@ impl Fleet {
             ));
         }
         // The mark outlives the stream: a replay after reconnecting is still a duplicate.
-        let mark = existing.and_then(|e| e.mark.clone());
+        let mark = existing.as_ref().and_then(|e| e.mark.clone());
         inner.next_session += 1;
         let id = inner.next_session;
         let boot_id = identity.boot_id.clone();
-        inner.agents.insert(
-            agent_id.clone(),
-            AgentEntry {
-                view: HostView::new(identity, inventory, now_unix_ms)
-                    .with_findings_readings(self.findings_readings),
-                session: Some(id),
-                mark,
-            },
-        );
+        let fresh = AgentEntry {
+            view: HostView::new(identity, inventory, now_unix_ms)
+                .with_findings_readings(self.findings_readings),
+            session: Some(id),
+            mark,
+        };
+        match existing {
+            Some(mut e) => *e = fresh,
+            None => {
+                inner
+                    .agents
+                    .insert(agent_id.clone(), Arc::new(Mutex::new(fresh)));
+            }
+        }
         if !reconnect {
             inner.connected += 1;
         }
@@ -249,11 +283,12 @@ impl Fleet {
         &self,
         session: &Session,
         seq: u64,
-        snapshots: &[Snapshot],
+        snapshots: &Walked,
         now_unix_ms: i64,
     ) -> Result<(), ApplyError> {
-        let mut inner = self.write();
-        let entry = inner.current(session)?;
+        let shared = self.current(session)?;
+        let mut entry = lock(&shared);
+        let entry = Self::owned_by(&mut entry, session)?;
         entry.view.last_seen_unix_ms = now_unix_ms;
         Ok(entry.check(seq, snapshots, &self.limits, now_unix_ms)?)
     }
@@ -266,8 +301,9 @@ impl Fleet {
         seq: u64,
         snapshots: Vec<Snapshot>,
     ) -> Result<usize, ApplyError> {
-        let mut inner = self.write();
-        let entry = inner.current(session)?;
+        let shared = self.current(session)?;
+        let mut entry = lock(&shared);
+        let entry = Self::owned_by(&mut entry, session)?;
         Ok(entry.apply_checked(seq, snapshots))
     }
 
@@ -277,29 +313,30 @@ impl Fleet {
         &self,
         session: &Session,
         seq: u64,
-        snapshots: Vec<Snapshot>,
+        snapshots: impl IntoWalked,
         now_unix_ms: i64,
     ) -> Result<Applied, ApplyError> {
-        let mut inner = self.write();
-        let entry = inner.current(session)?;
+        let snapshots = snapshots.into_walked(&self.limits)?;
+        let shared = self.current(session)?;
+        let mut entry = lock(&shared);
+        let entry = Self::owned_by(&mut entry, session)?;
         entry.view.last_seen_unix_ms = now_unix_ms;
         entry.check(seq, &snapshots, &self.limits, now_unix_ms)?;
         match delivery::verdict(entry.mark.as_ref(), &session.boot_id, seq) {
             Verdict::Duplicate => Ok(Applied::Duplicate),
             Verdict::New => Ok(Applied::New {
-                gpu_samples: entry.apply_checked(seq, snapshots),
+                gpu_samples: entry.apply_checked(seq, snapshots.into_snapshots()),
             }),
         }
     }
 
     /// Records what an agent says of its own delivery (sent with each new batch).
     pub fn set_agent_stats(&self, session: &Session, stats: gpulse_exposition::AgentStats) {
-        let mut inner = self.write();
-        if let Some(entry) = inner
-            .agents
-            .get_mut(&session.agent_id)
-            .filter(|e| e.session == Some(session.id))
-        {
+        let Ok(shared) = self.current(session) else {
+            return;
+        };
+        let mut entry = lock(&shared);
+        if let Ok(entry) = Self::owned_by(&mut entry, session) {
             entry.view.agent_stats = Some(stats);
         }
     }
@@ -308,12 +345,18 @@ impl Fleet {
     /// the ids of agents forgotten to keep at most `limits.max_agents` departed ones.
     pub fn disconnect(&self, session: &Session, now_unix_ms: i64) -> Vec<String> {
         let mut inner = self.write();
-        let Ok(entry) = inner.current(session) else {
+        let Some(shared) = inner.entry(&session.agent_id) else {
             return Vec::new();
         };
-        entry.session = None;
-        entry.view.connected = false;
-        entry.view.last_seen_unix_ms = now_unix_ms;
+        {
+            let mut entry = lock(&shared);
+            let Ok(entry) = Self::owned_by(&mut entry, session) else {
+                return Vec::new();
+            };
+            entry.session = None;
+            entry.view.connected = false;
+            entry.view.last_seen_unix_ms = now_unix_ms;
+        }
         inner.connected -= 1;
         inner.evict_departed(self.limits.max_agents)
     }
@@ -325,6 +368,7 @@ impl Fleet {
             .agents
             .iter()
             .filter(|(_, e)| {
+                let e = lock(e);
                 e.session.is_none() && now_unix_ms - e.view.last_seen_unix_ms > expiry_ms
             })
             .map(|(id, _)| id.clone())
@@ -343,18 +387,26 @@ impl Fleet {
 
     /// A copy of one agent's view, for tests and the API.
     pub fn host(&self, agent_id: &str) -> Option<HostView> {
-        self.read().agents.get(agent_id).map(|e| e.view.clone())
+        let shared = self.read().entry(agent_id)?;
+        let view = lock(&shared).view.clone();
+        Some(view)
     }
 }
 
 impl HostSource for Fleet {
     fn for_each_host(&self, f: &mut dyn FnMut(&HostView)) {
-        let inner = self.read();
-        let mut ids: Vec<&String> = inner.agents.keys().collect();
+        // The entries are taken under the fleet's lock and read after it is released,
+        // each under its own: a scrape never holds up a Hello or another agent's batch.
+        let mut entries: Vec<(String, Shared)> = self
+            .read()
+            .agents
+            .iter()
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
         // Stable order makes the exposition diffable and the golden file possible.
-        ids.sort();
-        for id in ids {
-            f(&inner.agents[id].view);
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (_, entry) in entries {
+            f(&lock(&entry).view);
         }
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct HttpState {
     pub ledger_writer: Option<store::StoreHandle>,
     /// Requests whose handler panicked.
     pub panics: IntCounter,
+    /// The last /metrics body.
+    pub scrape_cache: crate::scrape_cache::ScrapeCache,
 }
 
 /// Every HTTP route: these and `more` (the fleet page's), all behind the one layer that
@@ -228,18 +230,37 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
+    use crate::scrape_cache::{Body, accepts_gzip};
     let scrape = state.scrape.clone();
-    // Rendering a large fleet takes milliseconds of CPU: keep it off the async workers.
-    match joined(tokio::task::spawn_blocking(move || scrape.render()).await) {
-        Some(body) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
+    const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+    // Rendering a large fleet takes milliseconds of CPU: the cache renders off the
+    // async workers, and reuses a young body.
+    match state
+        .scrape_cache
+        .body(accepts_gzip(&headers), move || scrape.render())
+        .await
+    {
+        Ok(Body::Plain(body)) => (
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::VARY, "accept-encoding"),
+            ],
             body,
         )
             .into_response(),
-        None => (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response(),
+        Ok(Body::Gzip(body)) => (
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::CONTENT_ENCODING, "gzip"),
+                (header::VARY, "accept-encoding"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("{e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use crate::cost::store::{BatchId, Durable, LedgerHost};
 use crate::delivery::Verdict;
 use crate::fleet::{Applied, ApplyError, Fleet, Session};
 use crate::metrics::SelfMetrics;
-use crate::validate::{RejectKind, Rejection};
+use crate::validate::{RejectKind, Rejection, Walked};
 
 /// Responses queued per stream before the handler waits for the agent to read them.
 const OUTBOUND_QUEUE: usize = 64;
@@ -274,14 +274,9 @@ impl IngestService {
                 })),
             }))
         };
-        let snapshots = match batch
-            .snapshots
-            .into_iter()
-            .map(Snapshot::try_from)
-            .collect::<Result<Vec<_>, _>>()
-        {
+        let snapshots = match Walked::from_wire(batch.snapshots, self.fleet.limits()) {
             Ok(s) => s,
-            Err(e) => return reject(Rejection::new(RejectKind::UnknownEnum, e.to_string())),
+            Err(r) => return reject(r),
         };
         let now = now_unix_ms();
         let (Some(host), Some(cost)) = (ledger, &self.cost) else {
@@ -314,6 +309,7 @@ impl IngestService {
             boot_id: session.boot_id.clone(),
             seq,
         };
+        let snapshots = snapshots.into_snapshots();
         match cost
             .store
             .apply_batch(host.clone(), batch, snapshots.clone())

@@ -28,6 +28,7 @@ pub mod metrics;
 #[cfg(test)]
 mod mutation_tests;
 pub mod remote_write;
+pub mod scrape_cache;
 pub mod tls;
 pub mod validate;
 
@@ -334,6 +335,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
             ledger: Some(cost.store.source().clone()),
             ledger_writer: Some(cost.store.clone()),
             panics: listener_metrics.http_panics.clone(),
+            scrape_cache: scrape_cache::ScrapeCache::new(config.metrics_cache),
         },
         live::router(live::FleetPage {
             hub: fleet_page.clone(),

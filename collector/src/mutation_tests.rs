@@ -21,6 +21,7 @@ use gpulse_proto::v1::{self, agent_message};
 use crate::config::Limits;
 use crate::cost::ledger::{GpuTerms, Ledger, Usage};
 use crate::fleet::{ApplyError, Fleet, Session};
+use crate::validate::Walked;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -365,11 +366,7 @@ fn fleet_with_host(clean: &[Vec<u8>]) -> (std::sync::Arc<Fleet>, Session) {
     else {
         panic!("then a Batch");
     };
-    let snapshots = batch
-        .snapshots
-        .into_iter()
-        .map(|s| Snapshot::try_from(s).expect("clean"))
-        .collect();
+    let snapshots = Walked::from_wire(batch.snapshots, fleet.limits()).expect("clean");
     fleet
         .apply(&session, batch.seq, snapshots, now_ms())
         .expect("a clean batch applies");
@@ -436,16 +433,15 @@ proptest! {
                 fleet.connect(identity, inventory, now).is_ok()
             }
             Some(agent_message::Msg::Batch(batch)) => {
-                let snapshots: Result<Vec<Snapshot>, _> =
-                    batch.snapshots.into_iter().map(Snapshot::try_from).collect();
-                match snapshots {
+                // As the ingest service does: walk the batch as it arrived first.
+                match Walked::from_wire(batch.snapshots, fleet.limits()) {
                     Err(_) => false,
-                    Ok(snapshots) => match fleet.apply(&session, batch.seq, snapshots.clone(), now) {
+                    Ok(walked) => match fleet.apply(&session, batch.seq, walked.clone(), now) {
                         Ok(_) => {
                             if let Some(a) = batch.agent {
                                 fleet.set_agent_stats(&session, crate::ingest::agent_stats(a));
                             }
-                            account(&snapshots);
+                            account(walked.snapshots());
                             true
                         }
                         Err(ApplyError::Rejected(_)) => false,

@@ -337,22 +337,80 @@ fn check_health(s: &DeviceSample) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Checks a batch's snapshots: count, strings and lists, timestamps, GPUs, value
-/// ranges, keys, and counters against each GPU's previous reading (the newest applied,
-/// then each earlier snapshot of the batch).
+/// A batch's snapshots whose every string and list passed the protocol's walk
+/// ([`wire::check`]) in wire form. Only the walk makes one, so nothing reaches the
+/// fleet or the ledger unwalked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Walked(Vec<Snapshot>);
+
+impl Walked {
+    /// Walks a batch's snapshots as they arrived, then converts them to the form the
+    /// collector keeps (the conversion loses nothing the walk saw).
+    pub fn from_wire(snapshots: Vec<v1::Snapshot>, limits: &Limits) -> Result<Walked, Rejection> {
+        let batch = v1::Batch {
+            seq: 0,
+            snapshots,
+            agent: None,
+        };
+        wire::check(&batch, limits)?;
+        batch
+            .snapshots
+            .into_iter()
+            .map(Snapshot::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Walked)
+            .map_err(|e| Rejection::new(RejectKind::UnknownEnum, e.to_string()))
+    }
+
+    /// Walks snapshots held in the collector's form (made in this process: the
+    /// simulated fleet, tests) by encoding them as an agent would send them.
+    pub fn from_snapshots(snapshots: Vec<Snapshot>, limits: &Limits) -> Result<Walked, Rejection> {
+        let on_the_wire = v1::Batch {
+            seq: 0,
+            snapshots: snapshots.iter().map(v1::Snapshot::from).collect(),
+            agent: None,
+        };
+        wire::check(&on_the_wire, limits)?;
+        Ok(Walked(snapshots))
+    }
+
+    pub fn snapshots(&self) -> &[Snapshot] {
+        &self.0
+    }
+
+    pub fn into_snapshots(self) -> Vec<Snapshot> {
+        self.0
+    }
+}
+
+/// What [`crate::fleet::Fleet::apply`] takes: snapshots already walked, or snapshots in
+/// the collector's form that it walks first.
+pub trait IntoWalked {
+    fn into_walked(self, limits: &Limits) -> Result<Walked, Rejection>;
+}
+
+impl IntoWalked for Walked {
+    fn into_walked(self, _: &Limits) -> Result<Walked, Rejection> {
+        Ok(self)
+    }
+}
+
+impl IntoWalked for Vec<Snapshot> {
+    fn into_walked(self, limits: &Limits) -> Result<Walked, Rejection> {
+        Walked::from_snapshots(self, limits)
+    }
+}
+
+/// Checks a walked batch's snapshots: timestamps, GPUs, value ranges, keys, and
+/// counters against each GPU's previous reading (the newest applied, then each earlier
+/// snapshot of the batch).
 pub fn snapshots(
-    snapshots: &[Snapshot],
+    walked: &Walked,
     known: &dyn KnownGpus,
     limits: &Limits,
     now_unix_ms: i64,
 ) -> Result<(), Rejection> {
-    // The batch as the wire carries it: what the walk checks is what gets stored.
-    let on_the_wire = v1::Batch {
-        seq: 0,
-        snapshots: snapshots.iter().map(v1::Snapshot::from).collect(),
-        agent: None,
-    };
-    wire::check(&on_the_wire, limits)?;
+    let snapshots = walked.snapshots();
     let skew = limits.max_clock_skew.as_millis() as i64;
     let age = limits.max_sample_age.as_millis() as i64;
     let mut previous: HashMap<&str, (i64, &DeviceSample)> = HashMap::new();
@@ -438,8 +496,9 @@ mod tests {
             gpus: sim.sample(0),
         };
         let inv = sim.inventory().to_vec();
+        let walked = Walked::from_snapshots(vec![snap], &limits).unwrap();
         snapshots(
-            &[snap],
+            &walked,
             &|u: &str| inv.iter().any(|g| g.uuid == u),
             &limits,
             NOW,
@@ -552,13 +611,16 @@ mod tests {
                 RejectKind::TooManySnapshots,
             ),
         ] {
-            let r = snapshots(
-                &batch,
-                &|u: &str| inv.iter().any(|g| g.uuid == u),
-                &limits,
-                NOW,
-            )
-            .unwrap_err();
+            let r = Walked::from_snapshots(batch, &limits)
+                .and_then(|walked| {
+                    snapshots(
+                        &walked,
+                        &|u: &str| inv.iter().any(|g| g.uuid == u),
+                        &limits,
+                        NOW,
+                    )
+                })
+                .unwrap_err();
             assert_eq!(r.kind, kind, "{}", r.message);
         }
     }

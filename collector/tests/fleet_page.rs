@@ -840,7 +840,7 @@ async fn scale_1000_hosts_of_8_gpus() {
             .fleet
             .connect(identity, sim.inventory().to_vec(), now_ms())
             .unwrap();
-        let snaps = (0..6)
+        let snaps: Vec<Snapshot> = (0..6)
             .map(|k| Snapshot {
                 timestamp_unix_ms: t0 + k * 5000,
                 gpus: sim.sample(t0 + k * 5000),

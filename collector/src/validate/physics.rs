@@ -104,6 +104,17 @@ struct Counter {
     rate: f64,
 }
 
+impl Counter {
+    /// Whether two counters are the same counter (of two readings).
+    fn same(&self, other: &Counter) -> bool {
+        self.key == other.key && self.name == other.name
+    }
+
+    fn order(a: &Counter, b: &Counter) -> std::cmp::Ordering {
+        (a.name, a.key).cmp(&(b.name, b.key))
+    }
+}
+
 fn counters(s: &DeviceSample, r: &CounterRates) -> Vec<Counter> {
     let mut out = Vec::new();
     let mut push = |name, key, value: Option<u64>, rate| {
@@ -231,11 +242,23 @@ pub fn counter_increase(
     elapsed_ms: i64,
 ) -> Result<(), Rejection> {
     let rates = CounterRates::of(info);
-    let before = counters(previous, &rates);
+    let mut before = counters(previous, &rates);
     let seconds = elapsed_ms.max(0) as f64 / 1000.0 + GRACE_SECONDS;
-    for c in counters(current, &rates) {
-        let Some(b) = before.iter().find(|b| b.name == c.name && b.key == c.key) else {
-            continue;
+    let now = counters(current, &rates);
+    // Two readings of one GPU list their counters in the same order unless a link,
+    // code or policy came or went: pair them by position, and only otherwise by key.
+    let aligned = before.len() == now.len() && before.iter().zip(&now).all(|(b, c)| b.same(c));
+    if !aligned {
+        before.sort_unstable_by(Counter::order);
+    }
+    for (i, c) in now.iter().enumerate() {
+        let b = if aligned {
+            &before[i]
+        } else {
+            match before.binary_search_by(|b| Counter::order(b, c)) {
+                Ok(j) => &before[j],
+                Err(_) => continue,
+            }
         };
         let increase = c.value.saturating_sub(b.value);
         let ceiling = c.rate * seconds;
