@@ -7,7 +7,7 @@
 //! values within their range and within what the GPU's inventory makes possible
 //! ([`physics`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use gpulse_exposition::GpuView;
 use gpulse_gpu::{DeviceInfo, DeviceSample, DeviceState, HostIdentity, Snapshot};
@@ -413,7 +413,9 @@ pub fn snapshots(
     let snapshots = walked.snapshots();
     let skew = limits.max_clock_skew.as_millis() as i64;
     let age = limits.max_sample_age.as_millis() as i64;
-    let mut previous: HashMap<&str, (i64, &DeviceSample)> = HashMap::new();
+    // Each GPU's newest reading so far in this batch, as its counters (a host has few
+    // GPUs: a list).
+    let mut previous: Vec<(&str, i64, physics::Counters)> = Vec::new();
     for snap in snapshots {
         let t = snap.timestamp_unix_ms;
         if t > now_unix_ms + skew {
@@ -435,7 +437,12 @@ pub fn snapshots(
                 ),
             ));
         }
-        let mut seen = HashSet::new();
+        if let Some(uuid) = keys::repeated_key(snap.gpus.iter().map(|s| s.uuid.as_str())) {
+            return Err(Rejection::new(
+                RejectKind::DuplicateGpu,
+                format!("GPU {uuid:?} appears twice in one snapshot"),
+            ));
+        }
         for s in &snap.gpus {
             let Some(info) = known.inventory(&s.uuid) else {
                 return Err(Rejection::new(
@@ -446,24 +453,27 @@ pub fn snapshots(
                     ),
                 ));
             };
-            if !seen.insert(s.uuid.as_str()) {
-                return Err(Rejection::new(
-                    RejectKind::DuplicateGpu,
-                    format!("GPU {:?} appears twice in one snapshot", s.uuid),
-                ));
-            }
             check_sample(s)?;
             keys::sample(s)?;
             keys::held_devices(s, info)?;
-            physics::sample(s, info)?;
-            let before = previous
-                .get(s.uuid.as_str())
-                .copied()
-                .or_else(|| known.previous(&s.uuid));
-            if let Some((then, p)) = before {
-                physics::counter_increase(info, p, s, t - then)?;
+            let counters = physics::Counters::of(s, info);
+            physics::sample_with(s, info, &counters)?;
+            let earlier = previous.iter_mut().find(|(u, ..)| *u == s.uuid);
+            match &earlier {
+                Some((_, then, before)) => {
+                    physics::increase_with(&s.uuid, before, &counters, t - then)?
+                }
+                None => {
+                    if let Some((then, p)) = known.previous(&s.uuid) {
+                        let before = physics::Counters::of(p, info);
+                        physics::increase_with(&s.uuid, &before, &counters, t - then)?;
+                    }
+                }
             }
-            previous.insert(&s.uuid, (t, s));
+            match earlier {
+                Some(e) => *e = (&s.uuid, t, counters),
+                None => previous.push((&s.uuid, t, counters)),
+            }
         }
     }
     Ok(())

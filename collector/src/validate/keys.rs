@@ -11,13 +11,44 @@ use gpulse_gpu::{DeviceInfo, DeviceSample};
 
 use super::{RejectKind, Rejection};
 
+/// Lists up to this long are searched pairwise rather than through a hash set: faster
+/// for the lists a GPU has (18 NVLink links, a handful of XIDs and processes).
+const PAIRWISE_UP_TO: usize = 32;
+
 /// The first key seen twice, if any.
-fn repeated_key<K: Eq + Hash + Clone>(keys: impl IntoIterator<Item = K>) -> Option<K> {
-    let mut seen = HashSet::new();
+pub(crate) fn repeated_key<K, I>(keys: I) -> Option<K>
+where
+    K: Eq + Hash + Clone,
+    I: IntoIterator<Item = K>,
+    I::IntoIter: ExactSizeIterator + Clone,
+{
+    let keys = keys.into_iter();
+    if keys.len() <= PAIRWISE_UP_TO {
+        return keys
+            .clone()
+            .enumerate()
+            .find(|(i, k)| keys.clone().take(*i).any(|earlier| earlier == *k))
+            .map(|(_, k)| k);
+    }
+    let mut seen = HashSet::with_capacity(keys.len());
     keys.into_iter().find(|k| !seen.insert(k.clone()))
 }
 
-fn duplicate(kind: RejectKind, owner: &str, list: &str, key: impl Display) -> Rejection {
+/// A GPU as a refusal names it, formatted only when one is made.
+struct OwnerName<'a>(&'a str);
+
+impl Display for OwnerName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GPU {}", self.0)
+    }
+}
+
+fn duplicate(
+    kind: RejectKind,
+    owner: impl Display,
+    list: &str,
+    key: impl Display,
+) -> Rejection {
     Rejection::new(
         kind,
         format!(
@@ -28,9 +59,10 @@ fn duplicate(kind: RejectKind, owner: &str, list: &str, key: impl Display) -> Re
 
 /// MIG devices are keyed by uuid across the host: a MIG uuid names one device.
 pub fn inventory(gpus: &[DeviceInfo]) -> Result<(), Rejection> {
-    let mig_uuids = gpus
+    let mig_uuids: Vec<&str> = gpus
         .iter()
-        .flat_map(|g| g.mig_instances.iter().map(|m| m.uuid.as_str()));
+        .flat_map(|g| g.mig_instances.iter().map(|m| m.uuid.as_str()))
+        .collect();
     if let Some(uuid) = repeated_key(mig_uuids) {
         return Err(duplicate(
             RejectKind::InvalidInventory,
@@ -65,7 +97,7 @@ pub fn held_devices(s: &DeviceSample, info: Option<&DeviceInfo>) -> Result<(), R
 /// NVLink links by link number, XIDs by code, processes by pid, holders by the whole
 /// holder, throttle time by policy.
 pub fn sample(s: &DeviceSample) -> Result<(), Rejection> {
-    let owner = format!("GPU {}", s.uuid);
+    let owner = OwnerName(&s.uuid);
     let kind = RejectKind::DuplicateKey;
     if let Some(link) = s
         .nvlinks
@@ -136,6 +168,21 @@ pub fn sample(s: &DeviceSample) -> Result<(), Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Short lists (pairwise) and long ones (hashed) find the same first repeat.
+        #[test]
+        fn the_first_repeated_key_is_found_at_any_length(keys in prop::collection::vec(0u8..40, 0..80)) {
+            let mut seen = Vec::new();
+            let expected = keys.iter().copied().find(|k| {
+                let again = seen.contains(k);
+                seen.push(*k);
+                again
+            });
+            prop_assert_eq!(repeated_key(keys.iter().copied()), expected);
+        }
+    }
     use gpulse_gpu::simulator::Simulator;
     use gpulse_gpu::{DeviceHolder, GpuBackend};
 

@@ -115,6 +115,17 @@ impl Counter {
     }
 }
 
+/// A reading's cumulative counters with their ceiling rates, listed once and checked
+/// against its GPU's ceiling and against the GPU's previous reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counters(Vec<Counter>);
+
+impl Counters {
+    pub fn of(s: &DeviceSample, info: Option<&DeviceInfo>) -> Counters {
+        Counters(counters(s, &CounterRates::of(info)))
+    }
+}
+
 fn counters(s: &DeviceSample, r: &CounterRates) -> Vec<Counter> {
     let mut out = Vec::new();
     let mut push = |name, key, value: Option<u64>, rate| {
@@ -198,6 +209,15 @@ fn impossible(uuid: &str, message: String) -> Rejection {
 /// Checks a sample against its GPU's inventory alone: memory within the GPU's, each
 /// counter within what ten years at its ceiling rate could count.
 pub fn sample(s: &DeviceSample, info: Option<&DeviceInfo>) -> Result<(), Rejection> {
+    sample_with(s, info, &Counters::of(s, info))
+}
+
+/// [`sample`] with the sample's counters already listed.
+pub fn sample_with(
+    s: &DeviceSample,
+    info: Option<&DeviceInfo>,
+    counters: &Counters,
+) -> Result<(), Rejection> {
     let total = info
         .and_then(|i| i.memory_total_bytes)
         .unwrap_or(MAX_MEMORY_BYTES);
@@ -216,8 +236,7 @@ pub fn sample(s: &DeviceSample, info: Option<&DeviceInfo>) -> Result<(), Rejecti
             format!("{what} {v} is more than the GPU's memory of {total} bytes"),
         ));
     }
-    let rates = CounterRates::of(info);
-    for c in counters(s, &rates) {
+    for c in &counters.0 {
         let ceiling = c.rate * MAX_COUNTER_AGE_SECONDS;
         if c.value as f64 > ceiling {
             return Err(impossible(
@@ -241,30 +260,44 @@ pub fn counter_increase(
     current: &DeviceSample,
     elapsed_ms: i64,
 ) -> Result<(), Rejection> {
-    let rates = CounterRates::of(info);
-    let mut before = counters(previous, &rates);
+    increase_with(
+        &current.uuid,
+        &Counters::of(previous, info),
+        &Counters::of(current, info),
+        elapsed_ms,
+    )
+}
+
+/// [`counter_increase`] with both readings' counters already listed.
+pub fn increase_with(
+    uuid: &str,
+    previous: &Counters,
+    current: &Counters,
+    elapsed_ms: i64,
+) -> Result<(), Rejection> {
+    let (before, now) = (&previous.0, &current.0);
     let seconds = elapsed_ms.max(0) as f64 / 1000.0 + GRACE_SECONDS;
-    let now = counters(current, &rates);
     // Two readings of one GPU list their counters in the same order unless a link,
     // code or policy came or went: pair them by position, and only otherwise by key.
-    let aligned = before.len() == now.len() && before.iter().zip(&now).all(|(b, c)| b.same(c));
-    if !aligned {
-        before.sort_unstable_by(Counter::order);
-    }
+    let aligned = before.len() == now.len() && before.iter().zip(now).all(|(b, c)| b.same(c));
+    let sorted = (!aligned).then(|| {
+        let mut sorted = before.clone();
+        sorted.sort_unstable_by(Counter::order);
+        sorted
+    });
     for (i, c) in now.iter().enumerate() {
-        let b = if aligned {
-            &before[i]
-        } else {
-            match before.binary_search_by(|b| Counter::order(b, c)) {
-                Ok(j) => &before[j],
+        let b = match &sorted {
+            None => &before[i],
+            Some(sorted) => match sorted.binary_search_by(|b| Counter::order(b, c)) {
+                Ok(j) => &sorted[j],
                 Err(_) => continue,
-            }
+            },
         };
         let increase = c.value.saturating_sub(b.value);
         let ceiling = c.rate * seconds;
         if increase as f64 > ceiling {
             return Err(impossible(
-                &current.uuid,
+                uuid,
                 format!(
                     "{} grew by {increase} in {elapsed_ms} ms, faster than the GPU's highest rate ({:.0} per second) allows",
                     c.name, c.rate
@@ -311,6 +344,32 @@ mod tests {
                 previous = Some(samples);
             }
         }
+    }
+
+    /// Readings whose links differ (one came or went) are paired by key, not position.
+    #[test]
+    fn counters_are_paired_by_link_when_a_link_came_or_went() {
+        let (info, before) = h100();
+        let links = |s: &mut DeviceSample| -> Vec<gpulse_gpu::health::NvLinkSample> {
+            s.nvlinks.get().cloned().unwrap()
+        };
+        let mut after = before.clone();
+        let mut now = links(&mut after);
+        assert!(now.len() > 8, "an H100 has 18 links");
+        now.remove(3);
+        let seven = now.iter_mut().find(|l| l.link == 7).unwrap();
+        // Five seconds of errors a link could count: kept in.
+        seven.crc_flit_errors = seven.crc_flit_errors.map(|v| v + 1000);
+        after.nvlinks = Reading::Value(now.clone());
+        counter_increase(Some(&info), &before, &after, 5000).unwrap();
+        // A link's bytes grown by more than 5 s at its rate: refused, whatever its place.
+        let seven = now.iter_mut().find(|l| l.link == 7).unwrap();
+        seven.tx_bytes = seven.tx_bytes.map(|v| v + 10u64.pow(14));
+        after.nvlinks = Reading::Value(now);
+        let err = counter_increase(Some(&info), &before, &after, 5000).unwrap_err();
+        assert!(err.message.contains("nvlink tx_bytes"), "{}", err.message);
+        // The other way round: the earlier reading lacks a link the later one has.
+        counter_increase(Some(&info), &after, &before, 5000).unwrap();
     }
 
     proptest! {
