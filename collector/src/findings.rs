@@ -119,8 +119,7 @@ pub fn report(fleet: &dyn HostSource, filter: &Filter, now_unix_ms: i64) -> Find
             gpus += 1;
             let window_seconds = gpu.window().seconds();
             let held_by: Option<Vec<HeldBy>> = gpu
-                .latest
-                .as_ref()
+                .latest()
                 .and_then(|s| s.allocation.as_ref())
                 .map(|a| a.holders().iter().map(HeldBy::from).collect());
             for f in gpu.findings() {

@@ -345,7 +345,7 @@ async fn an_oversized_message_is_refused_and_counted() {
             .unwrap()
             .gpus
             .iter()
-            .all(|g| g.latest.is_none())
+            .all(|g| g.latest().is_none())
     );
     c.shutdown().await;
 }

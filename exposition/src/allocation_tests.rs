@@ -125,8 +125,7 @@ fn the_dcgm_view_puts_the_holder_on_every_series_of_a_held_gpu_only() {
         view.gpus[1].info.uuid.clone(),
     );
     let pod = view.gpus[0]
-        .latest
-        .as_ref()
+        .latest()
         .unwrap()
         .allocation
         .as_ref()

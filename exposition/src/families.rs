@@ -283,7 +283,7 @@ pub fn write_host<S: SeriesSink>(sink: &mut S, host: &HostView, options: Exposit
     let answering: Vec<_> = host
         .gpus
         .iter()
-        .filter_map(|g| g.latest.as_ref())
+        .filter_map(|g| g.latest())
         .filter(|s| s.state != DeviceState::Lost)
         .collect();
     if !answering.is_empty() {
@@ -343,7 +343,7 @@ fn write_allocation<S: SeriesSink>(
 
 fn write_gpu<S: SeriesSink>(sink: &mut S, host: &str, gpu: &GpuView, options: ExpositionOptions) {
     let d = &gpu.info;
-    let latest = gpu.latest.as_ref();
+    let latest = gpu.latest();
     let lost = latest.is_some_and(|s| s.state == DeviceState::Lost);
     sink.gpu(&GpuContext {
         host,

@@ -21,7 +21,9 @@ pub struct UnknownGpu {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuView {
     pub info: DeviceInfo,
-    pub latest: Option<DeviceSample>,
+    /// The newest reading while none are kept for findings; with readings kept it is
+    /// the last of them (kept once: [`GpuView::latest`] finds it in either place).
+    newest: Option<DeviceSample>,
     /// The XID code seen most recently (for the DCGM view's last-XID gauge).
     pub last_xid: Option<u64>,
     /// The newest readings, oldest first, for the diagnosis rules (see
@@ -30,6 +32,14 @@ pub struct GpuView {
 }
 
 impl GpuView {
+    /// The newest reading applied.
+    pub fn latest(&self) -> Option<&DeviceSample> {
+        match self.recent.last() {
+            Some(t) => Some(&t.sample),
+            None => self.newest.as_ref(),
+        }
+    }
+
     /// This GPU's recent readings as the diagnosis rules see them.
     pub fn window(&self) -> GpuWindow<'_> {
         GpuWindow {
@@ -84,7 +94,7 @@ impl HostView {
                 .into_iter()
                 .map(|info| GpuView {
                     info,
-                    latest: None,
+                    newest: None,
                     last_xid: None,
                     recent: Vec::new(),
                 })
@@ -137,10 +147,13 @@ impl HostView {
         for sample in snapshot.gpus {
             if let Some(i) = self.position(&sample.uuid) {
                 let gpu = &mut self.gpus[i];
-                if let Some(xid) = crate::dcgm::newest_xid(gpu.latest.as_ref(), &sample) {
+                if let Some(xid) = crate::dcgm::newest_xid(gpu.latest(), &sample) {
                     gpu.last_xid = Some(xid);
                 }
                 if self.findings_readings > 0 {
+                    // Exactly as many as are kept, not the next power of two.
+                    gpu.recent
+                        .reserve_exact(self.findings_readings.saturating_sub(gpu.recent.len()));
                     if gpu.recent.len() >= self.findings_readings {
                         // At most 64 entries: shifting them is cheaper than a ring the
                         // rules could not read as one slice.
@@ -148,10 +161,11 @@ impl HostView {
                     }
                     gpu.recent.push(Timed {
                         unix_ms: snapshot.timestamp_unix_ms,
-                        sample: sample.clone(),
+                        sample,
                     });
+                } else {
+                    gpu.newest = Some(sample);
                 }
-                gpu.latest = Some(sample);
             }
         }
         Ok(())
@@ -201,7 +215,7 @@ mod tests {
             gpus: old,
         })
         .unwrap();
-        assert_eq!(view.gpus[0].latest.as_ref(), Some(&new[0]));
+        assert_eq!(view.gpus[0].latest(), Some(&new[0]));
     }
 
     #[test]

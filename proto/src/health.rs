@@ -109,7 +109,7 @@ pub(crate) fn nvlinks_to_wire(links: &[NvLinkSample]) -> v1::NvLinks {
 }
 
 pub(crate) fn nvlinks_from_wire(links: v1::NvLinks) -> Vec<NvLinkSample> {
-    links
+    let mut out: Vec<NvLinkSample> = links
         .links
         .into_iter()
         .map(|l| NvLinkSample {
@@ -122,7 +122,11 @@ pub(crate) fn nvlinks_from_wire(links: v1::NvLinks) -> Vec<NvLinkSample> {
             replay_errors: l.replay_errors,
             recovery_errors: l.recovery_errors,
         })
-        .collect()
+        .collect();
+    // Collected in place over the decoder's list, which grew by doubling (32 slots for
+    // an H100's 18 links): the collector keeps the list as long as the reading.
+    out.shrink_to_fit();
+    out
 }
 
 pub(crate) fn remapped_to_wire(r: RemappedRows) -> v1::RemappedRows {

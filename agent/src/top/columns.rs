@@ -183,7 +183,7 @@ fn reading<T: Copy>(r: &Reading<T>, show: impl Fn(T) -> String) -> Cell {
 
 /// The newest reading when the GPU answered it; `None` before the first and once lost.
 fn answered(gpu: &GpuView) -> Option<&gpulse_gpu::DeviceSample> {
-    gpu.latest.as_ref().filter(|s| s.state == DeviceState::Ok)
+    gpu.latest().filter(|s| s.state == DeviceState::Ok)
 }
 
 /// `f` of the newest reading, or the cell a missing one shows.
@@ -267,8 +267,7 @@ pub fn reasons_text(reasons: ThrottleReasons, label: impl Fn(&str) -> &str) -> (
 
 fn throttle(gpu: &GpuView) -> Cell {
     if gpu
-        .latest
-        .as_ref()
+        .latest()
         .is_some_and(|s| s.state == DeviceState::Lost)
     {
         return Cell::new("LOST", Tone::Critical);

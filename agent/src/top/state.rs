@@ -159,7 +159,7 @@ impl Top {
     /// Inventory positions in the order the table shows them.
     pub fn order(&self) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.host.gpus.len()).collect();
-        let figure = |i: usize| self.sort.figure(self.host.gpus[i].latest.as_ref());
+        let figure = |i: usize| self.sort.figure(self.host.gpus[i].latest());
         let descending = self.sort.descending_by_default() != self.reversed;
         order.sort_by(|&a, &b| {
             // A GPU without the figure goes last whichever way the sort runs.
@@ -247,7 +247,7 @@ pub(crate) mod tests {
     fn figures(top: &Top, key: SortKey) -> Vec<Option<u64>> {
         top.order()
             .into_iter()
-            .map(|g| key.figure(top.host().gpus[g].latest.as_ref()))
+            .map(|g| key.figure(top.host().gpus[g].latest()))
             .collect()
     }
 

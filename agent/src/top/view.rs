@@ -363,7 +363,7 @@ fn process_list(top: &Top) -> ProcessList {
 }
 
 fn answered(gpu: &GpuView) -> Option<&gpulse_gpu::DeviceSample> {
-    gpu.latest.as_ref().filter(|s| s.state == DeviceState::Ok)
+    gpu.latest().filter(|s| s.state == DeviceState::Ok)
 }
 
 /// What a workload is, in a word.
@@ -445,7 +445,7 @@ fn detail(top: &Top, look: &Look, width: u16) -> Text<'static> {
         ),
         look.title(),
     )];
-    match gpu.latest.as_ref() {
+    match gpu.latest() {
         None => lines.push(Line::raw("No reading yet.")),
         Some(s) if s.state == DeviceState::Lost => lines.push(Line::styled(
             "The GPU stopped answering (fallen off the bus, or no handle).",

@@ -85,7 +85,7 @@ pub struct HostDetail {
 
 fn series(gpu: &GpuView) -> Series {
     let mut s = Series::default();
-    let newest = gpu.latest.iter().map(|l| (None, l));
+    let newest = gpu.latest().into_iter().map(|l| (None, l));
     let readings: Vec<(Option<i64>, &DeviceSample)> = if gpu.recent.is_empty() {
         newest.collect()
     } else {
@@ -112,8 +112,7 @@ fn series(gpu: &GpuView) -> Series {
 fn gpu_detail(gpu: &GpuView, connected: bool) -> GpuDetail {
     let info = &gpu.info;
     let enforced = gpu
-        .latest
-        .as_ref()
+        .latest()
         .and_then(|l| l.power_limit_milliwatts.value());
     let power_limit_watts = match (enforced, info.default_power_limit_milliwatts) {
         (Some(mw), _) => Some(Limit {
@@ -143,8 +142,7 @@ fn gpu_detail(gpu: &GpuView, connected: bool) -> GpuDetail {
         power_limit_watts,
         // The diagnosis rules' own notion: a field the model lacks is not hidden.
         hidden_fields: gpu
-            .latest
-            .as_ref()
+            .latest()
             .map(|l| {
                 gpulse_gpu::diagnosis::hidden_fields(info, l)
                     .into_iter()

@@ -113,8 +113,7 @@ impl ReasonClass {
 /// The namespaces holding a GPU or any of its MIG devices, by its newest reading.
 fn namespaces(gpu: &GpuView) -> Vec<String> {
     let mut out: Vec<String> = gpu
-        .latest
-        .as_ref()
+        .latest()
         .and_then(|s| s.allocation.as_ref())
         .map(|a| a.holders().iter().map(|h| h.namespace.clone()).collect())
         .unwrap_or_default();
@@ -184,8 +183,7 @@ impl Tile {
             severity: worst.map(|f| f.severity.name()),
             finding: worst.map(|f| f.kind.name()),
             util: gpu
-                .latest
-                .as_ref()
+                .latest()
                 .and_then(|s| s.gpu_utilization_percent.value())
                 .map(step_utilization),
             namespaces: namespaces(gpu),
@@ -216,7 +214,7 @@ fn state_of(
     if !connected {
         return (TileState::Down, None);
     }
-    let Some(latest) = gpu.latest.as_ref() else {
+    let Some(latest) = gpu.latest() else {
         return (TileState::Unknown, None);
     };
     if latest.state == DeviceState::Lost {
