@@ -132,6 +132,23 @@ fn render_large_fleet(c: &mut Criterion) {
         };
         group.bench_function(name, |b| b.iter(render));
         if readings > 0 {
+            // As the collector renders: into the buffers of the render before.
+            let mut buffers = Vec::new();
+            group.bench_function(
+                format!("render_1000_hosts_x_8_gpus_{readings}_readings_reusing_buffers"),
+                |b| {
+                    b.iter(|| {
+                        let mut out = String::new();
+                        gpulse_exposition::render_fleet_reusing(
+                            fleet.as_ref(),
+                            ExpositionOptions::default(),
+                            &mut out,
+                            &mut buffers,
+                        );
+                        out
+                    })
+                },
+            );
             let filter = gpulse_collector::findings::Filter::default();
             group.bench_function("findings_json_1000_hosts_x_8_gpus", |b| {
                 b.iter(|| {
@@ -179,6 +196,7 @@ fn scrape_with_cost(c: &mut Criterion) {
             pricing,
             std::sync::Arc::new(std::sync::RwLock::new(totals)),
         )),
+        buffers: Default::default(),
     };
     let render = || scrape.render();
     eprintln!(
@@ -188,6 +206,16 @@ fn scrape_with_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("exposition");
     group.sample_size(10);
     group.bench_function("scrape_1000_hosts_x_8_gpus_with_cost", |b| b.iter(render));
+    // What a scraper that asks for gzip costs when the body is not cached: the render,
+    // then the compression.
+    let gzipped = gpulse_collector::scrape_cache::compress(render().as_bytes()).unwrap();
+    eprintln!(
+        "scrape with cost for 1,000 hosts x 8 GPUs, gzip: {} bytes",
+        gzipped.len()
+    );
+    group.bench_function("scrape_1000_hosts_x_8_gpus_with_cost_gzip", |b| {
+        b.iter(|| gpulse_collector::scrape_cache::compress(render().as_bytes()).unwrap())
+    });
     group.finish();
 }
 

@@ -30,13 +30,23 @@ pub struct Scrape {
     pub registry: Registry,
     /// `None` where no ledger is kept.
     pub cost: Option<crate::cost::metrics::CostSeries>,
+    /// The per-family buffers of the last render, for the next (see
+    /// [`gpulse_exposition::render_fleet_reusing`]).
+    pub buffers: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Scrape {
     /// The whole /metrics text.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(64 * 1024);
-        gpulse_exposition::render_fleet(self.fleet.as_ref(), self.options, &mut out);
+        let mut out = String::new();
+        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        gpulse_exposition::render_fleet_reusing(
+            self.fleet.as_ref(),
+            self.options,
+            &mut out,
+            &mut buffers,
+        );
+        drop(buffers);
         if let Some(cost) = &self.cost {
             cost.render(self.fleet.as_ref(), &mut out);
         }

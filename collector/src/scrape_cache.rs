@@ -117,7 +117,7 @@ impl ScrapeCache {
 /// gzip at its fastest level: a scrape's text is repetitive (metric and label names),
 /// so the fast level already shrinks it about tenfold, for a fraction of the CPU of
 /// the default level.
-fn compress(plain: &[u8]) -> std::io::Result<Bytes> {
+pub fn compress(plain: &[u8]) -> std::io::Result<Bytes> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(plain.len() / 8), Compression::fast());
     encoder.write_all(plain)?;
     Ok(Bytes::from(encoder.finish()?))

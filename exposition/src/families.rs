@@ -69,14 +69,27 @@ pub struct GpuContext<'a> {
 /// large fleet has hundreds of thousands of series, and building a label-pair object
 /// per label per series dominated the scrape (see docs/benchmarks.md).
 pub fn render_fleet(source: &dyn HostSource, options: ExpositionOptions, out: &mut String) {
+    render_fleet_reusing(source, options, out, &mut Vec::new());
+}
+
+/// [`render_fleet`] writing into `buffers`, the per-family buffers of an earlier
+/// render, and leaving them (emptied, their memory kept) for the next: a large fleet's
+/// text is tens of megabytes, and writing it into fresh memory at each scrape costs as
+/// much in page faults as the writing itself.
+pub fn render_fleet_reusing(
+    source: &dyn HostSource,
+    options: ExpositionOptions,
+    out: &mut String,
+    buffers: &mut Vec<String>,
+) {
     let defs: &'static [Def] = if options.dcgm.dcgm() {
         dcgm::fleet_and_dcgm_defs()
     } else {
         &names::FLEET
     };
-    let mut families = Families::new(defs);
+    let mut families = Families::with_buffers(defs, std::mem::take(buffers));
     write_fleet(source, options, &mut families);
-    families.finish(out);
+    *buffers = families.finish_keeping(out);
 }
 
 /// Writes every host of `source` into `sink`: gpulse's series, and the DCGM view's
@@ -149,9 +162,16 @@ const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 impl Families {
     /// Families for `defs`, written in that order by [`Families::finish`].
     pub fn new(defs: &'static [Def]) -> Families {
+        Families::with_buffers(defs, Vec::new())
+    }
+
+    /// Families writing into `bufs` (emptied first), as many as `defs` need.
+    pub fn with_buffers(defs: &'static [Def], mut bufs: Vec<String>) -> Families {
+        bufs.iter_mut().for_each(String::clear);
+        bufs.resize_with(defs.len(), String::new);
         Families {
             defs,
-            bufs: vec![String::new(); defs.len()],
+            bufs,
             hint: 0,
         }
     }
@@ -197,7 +217,21 @@ impl Families {
 
     /// Appends every family with at least one series, with its HELP and TYPE lines.
     pub fn finish(self, out: &mut String) {
-        for (def, buf) in self.defs.iter().zip(self.bufs) {
+        self.finish_keeping(out);
+    }
+
+    /// [`Families::finish`], then hands back the buffers for another render.
+    pub fn finish_keeping(self, out: &mut String) -> Vec<String> {
+        let header = |def: &Def| def.name.len() * 2 + def.help.len() + 32;
+        out.reserve(
+            self.defs
+                .iter()
+                .zip(&self.bufs)
+                .filter(|(_, b)| !b.is_empty())
+                .map(|(d, b)| header(d) + b.len())
+                .sum(),
+        );
+        for (def, buf) in self.defs.iter().zip(&self.bufs) {
             if buf.is_empty() {
                 continue;
             }
@@ -210,8 +244,9 @@ impl Families {
                 "# HELP {} {}\n# TYPE {} {kind}\n",
                 def.name, def.help, def.name
             );
-            out.push_str(&buf);
+            out.push_str(buf);
         }
+        self.bufs
     }
 }
 

@@ -266,10 +266,7 @@ pub fn reasons_text(reasons: ThrottleReasons, label: impl Fn(&str) -> &str) -> (
 }
 
 fn throttle(gpu: &GpuView) -> Cell {
-    if gpu
-        .latest()
-        .is_some_and(|s| s.state == DeviceState::Lost)
-    {
+    if gpu.latest().is_some_and(|s| s.state == DeviceState::Lost) {
         return Cell::new("LOST", Tone::Critical);
     }
     with_sample(gpu, |s| match s.throttle_reasons {

@@ -111,9 +111,7 @@ fn series(gpu: &GpuView) -> Series {
 
 fn gpu_detail(gpu: &GpuView, connected: bool) -> GpuDetail {
     let info = &gpu.info;
-    let enforced = gpu
-        .latest()
-        .and_then(|l| l.power_limit_milliwatts.value());
+    let enforced = gpu.latest().and_then(|l| l.power_limit_milliwatts.value());
     let power_limit_watts = match (enforced, info.default_power_limit_milliwatts) {
         (Some(mw), _) => Some(Limit {
             value: f64::from(mw) / 1000.0,

@@ -43,12 +43,7 @@ impl Display for OwnerName<'_> {
     }
 }
 
-fn duplicate(
-    kind: RejectKind,
-    owner: impl Display,
-    list: &str,
-    key: impl Display,
-) -> Rejection {
+fn duplicate(kind: RejectKind, owner: impl Display, list: &str, key: impl Display) -> Rejection {
     Rejection::new(
         kind,
         format!(
