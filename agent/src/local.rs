@@ -150,7 +150,13 @@ pub fn router(registry: Registry, host: Arc<LocalHost>) -> Router {
 }
 
 async fn metrics(State((registry, host)): State<(Registry, Arc<LocalHost>)>) -> impl IntoResponse {
-    let body = gpulse_exposition::render(&host, ExpositionOptions::default(), &registry);
+    // One host: every process on its own is affordable, and what `top` and a person
+    // on the host want.
+    let options = ExpositionOptions {
+        per_process: true,
+        ..ExpositionOptions::default()
+    };
+    let body = gpulse_exposition::render(&host, options, &registry);
     (
         [(
             header::CONTENT_TYPE,

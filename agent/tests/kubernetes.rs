@@ -142,10 +142,12 @@ fn views(c: &RunningCollector) -> (String, String) {
             fleet: c.fleet.clone(),
             options: ExpositionOptions {
                 nvlink_per_link: false,
+                per_process: false,
                 dcgm,
             },
             registry: prometheus::Registry::new(),
             cost: None,
+            buffers: Default::default(),
         }
         .render()
     };

@@ -384,6 +384,10 @@ pub struct CollectorConfig {
     /// Also expose each NVLink link on its own (up to 18 x 7 series per GPU). Default
     /// false: per-GPU NVLink totals and a count of links down are always exposed.
     pub nvlink_per_link: bool,
+    /// Also expose each compute process on its own (`gpulse_gpu_process_*`, labels
+    /// `pid`, `workload_kind`, `workload`): two series per process, new ones with each
+    /// process. Default false; `gpulse_gpu_processes` (the count) is always exposed.
+    pub process_series: bool,
     /// Price catalogue of your own (TOML, same format as collector/pricing/default.toml);
     /// its entries win over the shipped ones. Unset: the shipped catalogue only.
     pub pricing_file: Option<PathBuf>,
@@ -445,6 +449,7 @@ impl Default for CollectorConfig {
             http_client_auth: DEFAULT_HTTP_CLIENT_AUTH,
             allow_unauthenticated: false,
             nvlink_per_link: false,
+            process_series: false,
             pricing_file: None,
             dcgm_compat: DEFAULT_DCGM_COMPAT,
             findings_readings: DEFAULT_FINDINGS_READINGS,

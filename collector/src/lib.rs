@@ -219,6 +219,7 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         fleet: fleet.clone(),
         options: gpulse_exposition::ExpositionOptions {
             nvlink_per_link: config.nvlink_per_link,
+            per_process: config.process_series,
             dcgm: config.dcgm_compat,
         },
         registry: registry.clone(),

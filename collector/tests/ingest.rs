@@ -531,6 +531,7 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
             fleet,
             options: ExpositionOptions {
                 nvlink_per_link: true,
+                per_process: true,
                 dcgm,
             },
             registry,

@@ -36,6 +36,7 @@ fn render(hosts: Vec<HostView>, dcgm: DcgmCompat) -> String {
         &Hosts(hosts),
         ExpositionOptions {
             nvlink_per_link: false,
+            per_process: false,
             dcgm,
         },
         &mut out,

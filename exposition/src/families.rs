@@ -28,6 +28,11 @@ pub struct ExpositionOptions {
     /// Also expose every NVLink link on its own (`gpulse_gpu_nvlink_link_*{link}`):
     /// up to 36 links (NVML_NVLINK_MAX_LINKS, nvml.h 13.3.29 line 455) x 7 series per GPU. Off by default; per-GPU totals are always there.
     pub nvlink_per_link: bool,
+    /// Also expose each compute process on its own
+    /// (`gpulse_gpu_process_*{pid,workload_kind,workload}`): up to 2 series per process,
+    /// new ones as processes come and go. Off by default at the collector; the count of
+    /// processes per GPU is always there.
+    pub per_process: bool,
     /// dcgm-exporter's names beside gpulse's, instead of gpulse's per-GPU series, or not.
     pub dcgm: DcgmCompat,
 }
@@ -680,7 +685,7 @@ fn write_health<S: SeriesSink>(
             );
         }
     }
-    if let Some(procs) = s.processes.get() {
+    if let Some(procs) = s.processes.get().filter(|_| options.per_process) {
         for p in procs {
             let pid = p.pid.to_string();
             let labels = [

@@ -1995,6 +1995,7 @@ fn exposition_per_link(backend: &mut NvmlBackend, samples: Vec<DeviceSample>) ->
         &One(view),
         ExpositionOptions {
             nvlink_per_link: true,
+            per_process: true,
             ..ExpositionOptions::default()
         },
         &mut out,
