@@ -1,5 +1,6 @@
 //! The agent's cost per GPU-sample, apart from the time NVML itself takes: what the
-//! agent does with a reading (wire encoding, local view, queueing), and the NVML
+//! agent does with a reading (wire encoding, local view, queueing), what sending it
+//! costs (protobuf bytes, gzipped as tonic's gzip does on the stream), and the NVML
 //! backend's own work on top of a test library that exports the NVML C ABI.
 //!
 //! Run: cargo bench -p gpulse-agent --bench sampling
@@ -105,5 +106,55 @@ fn nvml_backend_over_test_library(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, agent_per_reading, nvml_backend_over_test_library);
+/// What the uplink's transport does with each batch: tonic encodes the message and, with
+/// `compression = "gzip"`, gzips it (flate2 at level 6, tonic/src/codec/compression.rs).
+fn sending_a_batch(c: &mut Criterion) {
+    use std::io::Write;
+
+    use gpulse_proto::v1;
+    use prost::Message;
+
+    let mut sim = Simulator::new(format!("gpus={GPUS},scenario=training").parse().unwrap());
+    let messages: Vec<v1::AgentMessage> = (0..64)
+        .map(|t| v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Batch(v1::Batch {
+                seq: t as u64,
+                snapshots: vec![v1::Snapshot::from(&Snapshot {
+                    timestamp_unix_ms: t * 5000,
+                    gpus: sim.sample(t * 5000),
+                })],
+                agent: Some(v1::AgentStats::default()),
+            })),
+        })
+        .collect();
+    let mut group = c.benchmark_group("agent");
+    group.throughput(Throughput::Elements(GPUS));
+    let mut i = 0usize;
+    group.bench_function("encode_batch_8_gpus", |b| {
+        b.iter(|| {
+            i += 1;
+            messages[i % messages.len()].encode_to_vec()
+        })
+    });
+    group.bench_function("encode_and_gzip_batch_8_gpus", |b| {
+        b.iter(|| {
+            i += 1;
+            let bytes = messages[i % messages.len()].encode_to_vec();
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(bytes.len() / 2),
+                flate2::Compression::new(6),
+            );
+            gz.write_all(&bytes).unwrap();
+            gz.finish().unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    agent_per_reading,
+    sending_a_batch,
+    nvml_backend_over_test_library
+);
 criterion_main!(benches);

@@ -135,6 +135,10 @@ pub struct AgentConfig {
     /// Time allowed to open a connection. Default 10s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How the stream to the collector is compressed: "gzip" or "none". A collector that
+    /// does not accept gzip gets the stream uncompressed (logged once). Default
+    /// [`crate::uplink::DEFAULT_COMPRESSION`] (gzip).
+    pub compression: crate::uplink::Compression,
     /// Retry period for opening NVML after a failure. Default 60s.
     #[serde(with = "humantime_serde")]
     pub nvml_retry: Duration,
@@ -171,6 +175,7 @@ impl Default for AgentConfig {
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            compression: crate::uplink::DEFAULT_COMPRESSION,
             nvml_retry: DEFAULT_NVML_RETRY,
             sysfs_root: PathBuf::from(DEFAULT_SYSFS_ROOT),
             provider: ProviderConfig::default(),
@@ -414,6 +419,8 @@ mod tests {
         assert_eq!(c.provider.name, "coreweave");
         assert_eq!(c.labels["team"], "ml");
         c.validate().unwrap();
+        let plain = parse("compression = \"none\"").unwrap();
+        assert_eq!(plain.compression, crate::uplink::Compression::None);
     }
 
     #[test]
@@ -423,6 +430,7 @@ mod tests {
             ("interval = 5", "interval"),
             ("[provider]\nnme = \"aws\"", "unknown field `nme`"),
             ("[provider]\nmetadata_timeout = 2", "metadata_timeout"),
+            ("compression = \"zstd\"", "unknown variant `zstd`"),
             ("http_listen = \"nowhere\"", "http_listen"),
         ] {
             let err = parse(text).unwrap_err();

@@ -250,6 +250,7 @@ pub async fn start(
         auth_token,
         tls,
         jitter_seed,
+        compression: config.compression,
     };
     tasks.push(tokio::spawn(uplink::run(
         shared,

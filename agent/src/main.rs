@@ -79,6 +79,10 @@ struct Cli {
     /// Name to check the collector's certificate against [default: the collector URL's host].
     #[arg(long, env = "GPULSE_AGENT_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    /// Compress the stream to the collector [default: gzip]; a collector that does not
+    /// accept gzip gets it uncompressed.
+    #[arg(long, env = "GPULSE_AGENT_COMPRESSION", value_enum)]
+    compression: Option<gpulse_agent::uplink::Compression>,
     /// Print an example configuration file with every default, then exit.
     #[arg(long)]
     print_example_config: bool,
@@ -191,6 +195,9 @@ impl Cli {
         }
         if let Some(v) = self.tls_server_name {
             c.tls_server_name = Some(v);
+        }
+        if let Some(v) = self.compression {
+            c.compression = v;
         }
         c.validate()?;
         Ok(c)

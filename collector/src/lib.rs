@@ -160,9 +160,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+    listener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// Validates the configuration, binds both listeners and starts serving.
@@ -258,8 +256,12 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
         stop_rx.clone(),
     )
     .with_ledger(cost.clone());
-    let server =
-        IngestServer::new(service).max_decoding_message_size(config.limits.max_message_bytes);
+    // gzip from agents that send it, plain from older ones; the answers are compressed
+    // only for a client that asks. The message limit applies to the decompressed size.
+    let server = IngestServer::new(service)
+        .max_decoding_message_size(config.limits.max_message_bytes)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
     let auth = GrpcAuth {
         shared: token.clone(),
         agents: agent_tokens,

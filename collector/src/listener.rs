@@ -1,4 +1,5 @@
-//! What both listeners (gRPC and HTTP) share beneath their protocols: the accept loop,
+//! What both listeners (gRPC and HTTP) share beneath their protocols: a listen backlog
+//! deep enough for a fleet that connects at once; the accept loop,
 //! which backs off instead of spinning when the process runs out of file descriptors;
 //! a bound on the connections each holds; and closing connections on which nothing is
 //! sent or received for a while. Each of these is counted (docs/security.md).
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -27,6 +28,11 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest wait between accepts while they keep failing: a released descriptor is
 /// used within this long.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Connections the kernel queues for each listener until they are accepted. A fleet that
+/// connects at once (the collector restarted; 10,000 agents within a second) overflows
+/// the 128 that std and tokio ask for, and the kernel resets what is past it. Linux caps
+/// the backlog at `net.core.somaxconn` (4096 by default since 5.4; raise it for more).
+pub const LISTEN_BACKLOG: u32 = 4096;
 /// Accepted connections waiting for the server to take them.
 const ACCEPTED_QUEUE: usize = 64;
 /// errno values (asm-generic/errno-base.h, the same on the BSDs): the process's (EMFILE)
@@ -151,6 +157,18 @@ impl Counters {
             other_errors: error(AcceptFailure::Other),
         }
     }
+}
+
+/// Binds `addr` as `TcpListener::bind` does (SO_REUSEADDR), with a backlog of
+/// [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts connections on `listener` (named `name`: grpc or http) until `stop` turns
@@ -438,6 +456,31 @@ pub async fn serve_http<Io>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_wait_in_the_backlog_until_they_are_accepted() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel caps the backlog at somaxconn; 1,000 is well past the 128 of
+        // TcpListener::bind, and within the cap on any kernel since 5.4.
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(128);
+        let n = 1000.min(somaxconn);
+        // Nothing accepts yet: each connection completes only if the backlog holds it.
+        let mut waiting = Vec::new();
+        for _ in 0..n {
+            let c = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+                .await
+                .expect("the backlog holds the connection")
+                .unwrap();
+            waiting.push(c);
+        }
+        for _ in 0..n {
+            listener.accept().await.unwrap();
+        }
+    }
 
     #[test]
     fn running_out_of_descriptors_is_told_from_other_accept_failures() {

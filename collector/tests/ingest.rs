@@ -301,6 +301,123 @@ async fn bad_hellos_get_a_clear_status() {
     c.shutdown().await;
 }
 
+/// Opens a stream whose messages are gzipped when `send_gzip`, from a client that asks
+/// for gzipped answers when `accept_gzip`; also gives the answer's `grpc-encoding`.
+async fn open_compressed(
+    c: &RunningCollector,
+    hello: v1::Hello,
+    send_gzip: bool,
+    accept_gzip: bool,
+) -> Result<(Stream, Option<String>), tonic::Status> {
+    use tonic::codec::CompressionEncoding::Gzip;
+    let mut client = IngestClient::connect(format!("http://{}", c.grpc_addr))
+        .await
+        .unwrap();
+    if send_gzip {
+        client = client.send_compressed(Gzip);
+    }
+    if accept_gzip {
+        client = client.accept_compressed(Gzip);
+    }
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let response = client.stream(ReceiverStream::new(rx)).await?;
+    let encoding = response
+        .metadata()
+        .get("grpc-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    Ok((
+        Stream {
+            tx,
+            rx: response.into_inner(),
+        },
+        encoding,
+    ))
+}
+
+#[tokio::test]
+async fn gzipped_and_plain_streams_are_both_taken_and_answers_are_gzipped_only_on_request() {
+    let c = start().await;
+    for (host, send_gzip, accept_gzip) in [
+        ("plain-1", false, false),
+        ("gzip-1", true, true),
+        ("gzip-send-only-1", true, false),
+        ("gzip-accept-only-1", false, true),
+    ] {
+        let mut sim = sim("gpus=8,seed=11");
+        let (mut s, encoding) = open_compressed(
+            &c,
+            hello_for(&identity(host, &format!("m-{host}")), &sim),
+            send_gzip,
+            accept_gzip,
+        )
+        .await
+        .unwrap();
+        assert_eq!(encoding.as_deref(), accept_gzip.then_some("gzip"), "{host}");
+        for seq in 1..=3 {
+            let t = now_ms() - 10_000 + seq as i64 * 1000;
+            let answer = s.send(seq, vec![snapshot(&mut sim, t)]).await;
+            assert!(
+                matches!(answer, collector_message::Msg::Ack(v1::Ack { seq: a }) if a == seq),
+                "{host}: {answer:?}"
+            );
+        }
+        assert!(
+            c.fleet
+                .host(host)
+                .unwrap()
+                .gpus
+                .iter()
+                .all(|g| g.latest().is_some()),
+            "{host}"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gzipped_message_is_bounded_by_its_size_once_decompressed() {
+    let c = start_with(CollectorConfig {
+        limits: gpulse_collector::config::Limits {
+            max_message_bytes: 64 * 1024,
+            ..Default::default()
+        },
+        ..CollectorConfig::default()
+    })
+    .await;
+    let mut sim = sim("gpus=8,seed=6");
+    let (s, _) = open_compressed(&c, hello_for(&identity("node-z", "m-z"), &sim), true, false)
+        .await
+        .unwrap();
+    let mut s = s;
+    // The same reading 400 times: over 2 MB decoded, a few KB gzipped.
+    let one = snapshot(&mut sim, now_ms() - 1000);
+    s.tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Batch(v1::Batch {
+            seq: 1,
+            snapshots: vec![one; 400],
+            agent: None,
+        })),
+    })
+    .await
+    .unwrap();
+    let end = s.next().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::ResourceExhausted, "{end:?}");
+    assert!(end.message().contains("max_message_bytes"), "{end:?}");
+    for _ in 0..50 {
+        if rejected(&c, "oversized") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rejected(&c, "oversized"), 1.0);
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_oversized_message_is_refused_and_counted() {
     let c = start_with(CollectorConfig {
