@@ -49,8 +49,11 @@ case "$mode" in
     for a in "$@"; do
       if [ "$a" = "--http-less" ]; then http=(); else args+=("$a"); fi
     done
+    # The agent's default interval unless the flags give one.
+    interval=(--interval 5s)
+    for a in "${args[@]}"; do [ "$a" = "--interval" ] && interval=(); done
     "$bin/gpulse-loadgen" --collector "http://127.0.0.1:$grpc_port" "${http[@]}" \
-      --agents "$agents" --gpus 8 --interval 5s --duration "$duration" --json "${args[@]}"
+      --agents "$agents" --gpus 8 "${interval[@]}" --duration "$duration" --json "${args[@]}"
     ;;
   startup)
     runs=${2:-10}
