@@ -147,7 +147,6 @@ fn views(c: &RunningCollector) -> (String, String) {
             },
             registry: prometheus::Registry::new(),
             cost: None,
-            buffers: Default::default(),
         }
         .render()
     };

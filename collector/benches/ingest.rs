@@ -196,7 +196,6 @@ fn scrape_with_cost(c: &mut Criterion) {
             pricing,
             std::sync::Arc::new(std::sync::RwLock::new(totals)),
         )),
-        buffers: Default::default(),
     };
     let render = || scrape.render();
     eprintln!(

@@ -225,7 +225,6 @@ pub async fn start(config: CollectorConfig) -> Result<RunningCollector, StartErr
             cost.pricing.clone(),
             cost.store.totals().clone(),
         )),
-        buffers: Default::default(),
     };
 
     let grpc_listener = bind("agents (gRPC)", config.grpc_listen).await?;

@@ -73,10 +73,7 @@ impl ScrapeCache {
         F: FnOnce() -> String + Send + 'static,
     {
         let mut last = self.last.lock().await;
-        let fresh = last.as_ref().filter(|r| {
-            let age = r.at.elapsed();
-            age < self.max_age && age < r.took * REUSE_PER_RENDER
-        });
+        let fresh = last.as_ref().filter(|r| r.at.elapsed() < self.keep_for(r));
         let mut rendered = match fresh {
             Some(r) => r.clone(),
             None => {
@@ -84,12 +81,14 @@ impl ScrapeCache {
                 let text = tokio::task::spawn_blocking(render)
                     .await
                     .map_err(|_| CacheError::Render)?;
-                Rendered {
+                let rendered = Rendered {
                     at,
                     took: at.elapsed(),
                     plain: Bytes::from(text),
                     gzip: None,
-                }
+                };
+                self.forget_after(&rendered);
+                rendered
             }
         };
         if !gzip {
@@ -111,6 +110,25 @@ impl ScrapeCache {
         };
         *last = Some(rendered);
         Ok(Body::Gzip(compressed))
+    }
+
+    /// How long a body may be reused.
+    fn keep_for(&self, r: &Rendered) -> Duration {
+        self.max_age.min(r.took * REUSE_PER_RENDER)
+    }
+
+    /// Lets go of a body once it can no longer be reused: a large fleet's is tens of
+    /// megabytes, not to be held between scrapes minutes apart.
+    fn forget_after(&self, r: &Rendered) {
+        let keep = self.keep_for(r);
+        let (last, at) = (self.last.clone(), r.at);
+        tokio::spawn(async move {
+            tokio::time::sleep(keep).await;
+            let mut last = last.lock().await;
+            if last.as_ref().is_some_and(|r| r.at == at) {
+                *last = None;
+            }
+        });
     }
 }
 
@@ -197,6 +215,16 @@ mod tests {
         let third = cache.body(false, counted(&renders, SLOW)).await.unwrap();
         assert_ne!(first, third);
         assert_eq!(renders.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_is_let_go_once_it_cannot_be_reused() {
+        let renders = Arc::new(AtomicUsize::new(0));
+        let cache = ScrapeCache::new(Duration::from_millis(100));
+        cache.body(true, counted(&renders, SLOW)).await.unwrap();
+        assert!(cache.last.lock().await.is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(cache.last.lock().await.is_none());
     }
 
     #[tokio::test]

@@ -653,7 +653,6 @@ fn golden_text_with(dcgm: DcgmCompat) -> String {
             },
             registry,
             cost: Some(CostSeries::new(pricing, Arc::new(RwLock::new(totals)))),
-            buffers: Default::default(),
         }
         .render(),
     )
