@@ -340,11 +340,32 @@ fn assert_one_sample_per_line(text: &str) {
             "{line:?}"
         );
         if let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) {
-            let labels = &line[open + 1..close];
-            let quotes = labels.matches('"').count() - labels.matches("\\\"").count();
+            // Quotes not escaped by a backslash (itself not escaped) open and close
+            // values: `\\"` is an escaped backslash, then a closing quote.
+            let mut quotes = 0;
+            let mut escaped = false;
+            for c in line[open + 1..close].chars() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => quotes += 1,
+                    _ => {}
+                }
+            }
+            assert!(!escaped, "a dangling backslash: {line:?}");
             assert_eq!(quotes % 2, 0, "unbalanced quotes: {line:?}");
         }
     }
+}
+
+/// A value ending in a backslash is written `\\\\` before its closing quote: balanced.
+#[test]
+fn the_line_check_reads_an_escaped_backslash_before_a_quote() {
+    assert_one_sample_per_line("gpulse_gpu_info{host=\"h\",pci_bus_id=\"00:18.\\\\\"} 1");
+    let unbalanced = std::panic::catch_unwind(|| {
+        assert_one_sample_per_line("gpulse_gpu_info{host=\"h\\\",gpu=\"0\"} 1")
+    });
+    assert!(unbalanced.is_err());
 }
 
 /// A fleet with the clean Hello and first batch applied.
