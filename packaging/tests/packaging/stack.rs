@@ -293,13 +293,15 @@ fn a_real_prometheus_and_alertmanager_see_the_fleet() {
         .build()
         .unwrap();
 
-    // The collector (with the DCGM view too) and the fleet, in this process.
+    // The collector (with the DCGM view and per-process series too: the dashboards have
+    // panels for both) and the fleet, in this process.
     let (collector, agents) = rt.block_on(async {
         let collector = gpulse_collector::start(CollectorConfig {
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("collector"),
             dcgm_compat: DcgmCompat::Also,
+            process_series: true,
             ..CollectorConfig::default()
         })
         .await
