@@ -132,23 +132,6 @@ fn render_large_fleet(c: &mut Criterion) {
         };
         group.bench_function(name, |b| b.iter(render));
         if readings > 0 {
-            // As the collector renders: into the buffers of the render before.
-            let mut buffers = Vec::new();
-            group.bench_function(
-                format!("render_1000_hosts_x_8_gpus_{readings}_readings_reusing_buffers"),
-                |b| {
-                    b.iter(|| {
-                        let mut out = String::new();
-                        gpulse_exposition::render_fleet_reusing(
-                            fleet.as_ref(),
-                            ExpositionOptions::default(),
-                            &mut out,
-                            &mut buffers,
-                        );
-                        out
-                    })
-                },
-            );
             let filter = gpulse_collector::findings::Filter::default();
             group.bench_function("findings_json_1000_hosts_x_8_gpus", |b| {
                 b.iter(|| {

@@ -74,27 +74,14 @@ pub struct GpuContext<'a> {
 /// large fleet has hundreds of thousands of series, and building a label-pair object
 /// per label per series dominated the scrape (see docs/benchmarks.md).
 pub fn render_fleet(source: &dyn HostSource, options: ExpositionOptions, out: &mut String) {
-    render_fleet_reusing(source, options, out, &mut Vec::new());
-}
-
-/// [`render_fleet`] writing into `buffers`, the per-family buffers of an earlier
-/// render, and leaving them (emptied, their memory kept) for the next: a large fleet's
-/// text is tens of megabytes, and writing it into fresh memory at each scrape costs as
-/// much in page faults as the writing itself.
-pub fn render_fleet_reusing(
-    source: &dyn HostSource,
-    options: ExpositionOptions,
-    out: &mut String,
-    buffers: &mut Vec<String>,
-) {
     let defs: &'static [Def] = if options.dcgm.dcgm() {
         dcgm::fleet_and_dcgm_defs()
     } else {
         &names::FLEET
     };
-    let mut families = Families::with_buffers(defs, std::mem::take(buffers));
+    let mut families = Families::new(defs);
     write_fleet(source, options, &mut families);
-    *buffers = families.finish_keeping(out);
+    families.finish(out);
 }
 
 /// Writes every host of `source` into `sink`: gpulse's series, and the DCGM view's
@@ -167,16 +154,9 @@ const JOULES_PER_MILLIJOULE: f64 = 1e-3;
 impl Families {
     /// Families for `defs`, written in that order by [`Families::finish`].
     pub fn new(defs: &'static [Def]) -> Families {
-        Families::with_buffers(defs, Vec::new())
-    }
-
-    /// Families writing into `bufs` (emptied first), as many as `defs` need.
-    pub fn with_buffers(defs: &'static [Def], mut bufs: Vec<String>) -> Families {
-        bufs.iter_mut().for_each(String::clear);
-        bufs.resize_with(defs.len(), String::new);
         Families {
             defs,
-            bufs,
+            bufs: vec![String::new(); defs.len()],
             hint: 0,
         }
     }
@@ -220,13 +200,10 @@ impl Families {
         buf.push('\n');
     }
 
-    /// Appends every family with at least one series, with its HELP and TYPE lines.
+    /// Appends every family with at least one series, with its HELP and TYPE lines,
+    /// into `out` grown once to the size they need (a large fleet's text is tens of
+    /// megabytes: growing it by doubling copies it over and over).
     pub fn finish(self, out: &mut String) {
-        self.finish_keeping(out);
-    }
-
-    /// [`Families::finish`], then hands back the buffers for another render.
-    pub fn finish_keeping(self, out: &mut String) -> Vec<String> {
         let header = |def: &Def| def.name.len() * 2 + def.help.len() + 32;
         out.reserve(
             self.defs
@@ -251,7 +228,6 @@ impl Families {
             );
             out.push_str(buf);
         }
-        self.bufs
     }
 }
 

@@ -24,7 +24,7 @@ mod view;
 
 pub use families::{
     ExpositionOptions, Families, GpuContext, HostSource, Labels, SeriesSink, render_fleet,
-    render_fleet_reusing, write_fleet, write_host,
+    write_fleet, write_host,
 };
 pub use view::{
     AgentStats, DEFAULT_FINDINGS_READINGS, GpuView, HostView, MAX_FINDINGS_READINGS, UnknownGpu,

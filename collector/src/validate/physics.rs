@@ -207,12 +207,15 @@ fn impossible(uuid: &str, message: String) -> Rejection {
 }
 
 /// Checks a sample against its GPU's inventory alone: memory within the GPU's, each
-/// counter within what ten years at its ceiling rate could count.
+/// counter within what ten years at its ceiling rate could count. Validation lists a
+/// reading's counters once for both checks ([`sample_with`], [`increase_with`]); this
+/// and `counter_increase` list them themselves, for the tests.
+#[cfg(test)]
 pub fn sample(s: &DeviceSample, info: Option<&DeviceInfo>) -> Result<(), Rejection> {
     sample_with(s, info, &Counters::of(s, info))
 }
 
-/// [`sample`] with the sample's counters already listed.
+/// Checks a sample against its GPU's inventory alone, given the sample's counters.
 pub fn sample_with(
     s: &DeviceSample,
     info: Option<&DeviceInfo>,
@@ -254,6 +257,7 @@ pub fn sample_with(
 /// Checks the counters of a GPU's reading against its previous reading, `elapsed_ms`
 /// earlier: none may have grown faster than its ceiling rate. A counter that went
 /// down was reset and is not refused; one absent from either reading is not compared.
+#[cfg(test)]
 pub fn counter_increase(
     info: Option<&DeviceInfo>,
     previous: &DeviceSample,
@@ -268,7 +272,8 @@ pub fn counter_increase(
     )
 }
 
-/// [`counter_increase`] with both readings' counters already listed.
+/// Checks that no counter grew faster than its ceiling rate between two readings
+/// `elapsed_ms` apart, given both readings' counters.
 pub fn increase_with(
     uuid: &str,
     previous: &Counters,
